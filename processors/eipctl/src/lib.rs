@@ -1,0 +1,448 @@
+//! # eipctl
+//!
+//! Operator operations behind the `eipctl` CLI, also used by the end-to-end tests and the
+//! benchmarks so that what they exercise is what operators run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eip_runtime::config::KafkaConfig;
+use eip_runtime::kafka::{self, TopicSpec};
+use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
+use eip_schemas::types::OrderPlaced;
+use eip_schemas::types::samples::order_placed;
+use eip_schemas::{AvroRecord, Catalog, Codec, Registered, Registry, RegistrySettings};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// Errors of operator operations.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Kafka client or broker error.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Topic administration error.
+    #[error(transparent)]
+    Admin(#[from] kafka::AdminError),
+    /// Registry or codec error.
+    #[error("registry: {0}")]
+    Codec(#[from] eip_schemas::CodecError),
+    /// Local schema files are broken.
+    #[error(transparent)]
+    Schema(#[from] eip_schemas::SchemaError),
+    /// A wait ran out of time.
+    #[error("timed out after {after:?}: {what}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+    /// The topic does not exist.
+    #[error("topic {0} does not exist")]
+    NoSuchTopic(String),
+}
+
+/// Where the broker and the registry are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Registry base URL.
+    pub registry: String,
+}
+
+impl Endpoints {
+    /// Kafka settings for tool clients (group id unused by most tools).
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            client_id: "eipctl".into(),
+            group_id: "eipctl".into(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// A registry client (auto-registering: tools run the bootstrap).
+    pub fn registry(&self) -> Result<Arc<Registry>, OpsError> {
+        Ok(Arc::new(Registry::new(RegistrySettings {
+            url: self.registry.clone(),
+            timeout: Duration::from_secs(5),
+            auto_register: true,
+            bearer_token: None,
+        })?))
+    }
+}
+
+/// Registers every message schema under its record-name subject (idempotent).
+pub async fn register_schemas(ep: &Endpoints) -> Result<Vec<Registered>, OpsError> {
+    let registry = ep.registry()?;
+    Ok(registry.register_all(Catalog::global()?).await?)
+}
+
+/// Creates topics that don't exist yet.
+pub async fn create_topics(
+    ep: &Endpoints,
+    names: &[String],
+    partitions: i32,
+) -> Result<(), OpsError> {
+    let specs: Vec<TopicSpec> = names
+        .iter()
+        .map(|n| TopicSpec {
+            name: n.clone(),
+            partitions,
+        })
+        .collect();
+    kafka::ensure_topics(&ep.kafka(), &specs, Duration::from_secs(15)).await?;
+    Ok(())
+}
+
+/// Kinds of deliberately broken records, for demos and tests of the DLQ path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoisonKind {
+    /// A JSON document where a framed Avro record belongs (bad magic byte).
+    NotFramed,
+    /// Only three bytes: shorter than the Confluent header.
+    Truncated,
+    /// A well-formed frame naming a schema id the registry doesn't have.
+    UnknownSchema,
+    /// A valid frame and schema id, with a body cut short.
+    BadBody,
+}
+
+impl PoisonKind {
+    /// The kinds in rotation order.
+    pub const ALL: [PoisonKind; 4] = [
+        PoisonKind::NotFramed,
+        PoisonKind::Truncated,
+        PoisonKind::UnknownSchema,
+        PoisonKind::BadBody,
+    ];
+
+    /// The bytes of a poison record of this kind; `good` is a valid framed record to damage.
+    pub fn payload(self, good: &[u8]) -> Vec<u8> {
+        match self {
+            PoisonKind::NotFramed => br#"{"order_id":"legacy-1","total":12.5}"#.to_vec(),
+            PoisonKind::Truncated => vec![0, 0, 1],
+            PoisonKind::UnknownSchema => vec![0, 0x7f, 0xff, 0xff, 0xf0, 2, 4],
+            PoisonKind::BadBody => good[..good.len().min(12)].to_vec(),
+        }
+    }
+}
+
+/// What to produce.
+#[derive(Debug, Clone)]
+pub struct ProduceSpec {
+    /// Topic.
+    pub topic: String,
+    /// Valid `OrderPlaced` records.
+    pub count: u64,
+    /// Sequence number of the first record (records are `order_placed(seq)`).
+    pub start: u64,
+    /// Poison records spread evenly among the valid ones.
+    pub poison: u64,
+    /// Number of distinct keys the valid records cycle through; 0 means one key per record.
+    pub keys: u64,
+}
+
+/// What was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceReport {
+    /// Valid records acknowledged.
+    pub valid: u64,
+    /// Poison records acknowledged.
+    pub poison: u64,
+    /// Wall time from first send to last acknowledgement.
+    pub elapsed: Duration,
+}
+
+/// The key of the `seq`-th sample record under `spec`.
+pub fn sample_key(spec: &ProduceSpec, seq: u64) -> String {
+    if spec.keys == 0 {
+        order_placed(seq).metadata.aggregate_id
+    } else {
+        format!("order-{:08}", seq % spec.keys)
+    }
+}
+
+/// Produces sample `OrderPlaced` records (and optional poison), idempotently, and waits for
+/// every acknowledgement. Each valid record carries a `correlation-id` and a new `traceparent`.
+pub async fn produce_orders(ep: &Endpoints, spec: &ProduceSpec) -> Result<ProduceReport, OpsError> {
+    let codec = Codec::new(ep.registry()?);
+    let id = codec.id_of::<OrderPlaced>().await?;
+    let producer: FutureProducer = kafka::producer_config(&ep.kafka()).create()?;
+    let started = Instant::now();
+    let total = spec.count + spec.poison;
+    let poison_every = total
+        .checked_div(spec.poison)
+        .map_or(u64::MAX, |n| n.max(1));
+    let mut pending = Vec::with_capacity(10_000);
+    let (mut valid, mut poison, mut seq) = (0u64, 0u64, spec.start);
+    let mut last_good: Vec<u8> = Vec::new();
+    for i in 0..total {
+        let is_poison = poison < spec.poison && (i + 1) % poison_every == 0 || valid == spec.count;
+        let (key, payload, headers) = if is_poison {
+            let kind = PoisonKind::ALL[(poison % PoisonKind::ALL.len() as u64) as usize];
+            if last_good.is_empty() {
+                last_good = eip_schemas::codec::encode_with_id(id, &order_placed(0))?;
+            }
+            poison += 1;
+            (
+                format!("poison-{poison}"),
+                kind.payload(&last_good),
+                OwnedHeaders::new(),
+            )
+        } else {
+            let mut order = order_placed(seq);
+            let key = sample_key(spec, seq);
+            order.metadata.aggregate_id = key.clone();
+            let bytes = eip_schemas::codec::encode_with_id(id, &order)?;
+            last_good.clone_from(&bytes);
+            let trace = TraceContext::new_root().to_header();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: CORRELATION_ID,
+                    value: Some(order.metadata.correlation_id.as_str()),
+                })
+                .insert(Header {
+                    key: TRACEPARENT,
+                    value: Some(trace.as_str()),
+                });
+            seq += 1;
+            valid += 1;
+            (key, bytes, headers)
+        };
+        let mut record = FutureRecord::to(&spec.topic)
+            .key(key.as_bytes())
+            .payload(&payload)
+            .headers(headers);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        if pending.len() >= 10_000 {
+            for f in pending.drain(..) {
+                await_delivery(f).await?;
+            }
+        }
+    }
+    for f in pending {
+        await_delivery(f).await?;
+    }
+    Ok(ProduceReport {
+        valid,
+        poison,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn await_delivery(f: rdkafka::producer::DeliveryFuture) -> Result<(), OpsError> {
+    match f.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.into()),
+        Err(_) => Err(OpsError::Kafka(rdkafka::error::KafkaError::Canceled)),
+    }
+}
+
+fn reader(ep: &Endpoints) -> Result<BaseConsumer, OpsError> {
+    let mut c: ClientConfig = kafka::base_config(&ep.kafka());
+    c.set(
+        "group.id",
+        format!("eipctl-reader-{}", uuid::Uuid::new_v4()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.partition.eof", "false");
+    Ok(c.create()?)
+}
+
+/// (low, high) watermarks of every partition of `topic`.
+pub fn watermarks(ep: &Endpoints, topic: &str) -> Result<Vec<(i32, i64, i64)>, OpsError> {
+    let consumer = reader(ep)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .ok_or_else(|| OpsError::NoSuchTopic(topic.to_string()))?;
+    let mut out = Vec::new();
+    for p in t.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        out.push((p.id(), low, high));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Records currently in `topic`, counted by reading them (see [`read_all`] for why).
+pub fn count(ep: &Endpoints, topic: &str) -> Result<u64, OpsError> {
+    Ok(read_all(ep, topic, Duration::from_secs(120))?.len() as u64)
+}
+
+/// Consumes `topic` from the beginning until at least `n` records were seen; returns how many.
+pub async fn wait_for_count(
+    ep: &Endpoints,
+    topic: &str,
+    n: u64,
+    timeout: Duration,
+) -> Result<u64, OpsError> {
+    let ep = ep.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer = reader(&ep)?;
+        let tpl = beginning(&ep, topic.as_str())?;
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0u64;
+        while seen < n {
+            if Instant::now() >= deadline {
+                return Err(OpsError::Timeout {
+                    what: format!("{topic} has {seen} of {n} records"),
+                    after: timeout,
+                });
+            }
+            if let Some(result) = consumer.poll(Duration::from_millis(200)) {
+                result?;
+                seen += 1;
+            }
+        }
+        Ok(seen)
+    })
+    .await
+    .map_err(|e| OpsError::Timeout {
+        what: e.to_string(),
+        after: timeout,
+    })?
+}
+
+fn beginning(ep: &Endpoints, topic: &str) -> Result<TopicPartitionList, OpsError> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, _, _) in watermarks(ep, topic)? {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    Ok(tpl)
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value.
+    pub payload: Option<Bytes>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Timestamp in ms, if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ReadRecord {
+    /// The last value of header `name` as UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// How long [`read_all`] waits for more records once it has read up to the watermarks.
+pub const READ_IDLE: Duration = Duration::from_millis(1500);
+
+/// Reads every record currently in `topic`, in offset order per partition.
+///
+/// The end is where no more records arrive for [`READ_IDLE`] after every partition reached
+/// its reported high watermark. Watermarks alone are not enough: Tansu 0.6 reports the base
+/// offset of a partition's last batch as its high watermark, short of the real end.
+pub fn read_all(
+    ep: &Endpoints,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, OpsError> {
+    let marks = watermarks(ep, topic)?;
+    let consumer = reader(ep)?;
+    consumer.assign(&beginning(ep, topic)?)?;
+    let mut behind: HashMap<i32, i64> = marks
+        .iter()
+        .filter(|(_, low, high)| high > low)
+        .map(|(p, _, high)| (*p, *high))
+        .collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut last = Instant::now();
+    while !behind.is_empty() || last.elapsed() < READ_IDLE {
+        if Instant::now() >= deadline {
+            return Err(OpsError::Timeout {
+                what: format!("reading {topic}: {} records so far", out.len()),
+                after: timeout,
+            });
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = result?;
+        last = Instant::now();
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if behind
+            .get(&m.partition())
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            behind.remove(&m.partition());
+        }
+        out.push(ReadRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(Bytes::copy_from_slice),
+            payload: m.payload().map(Bytes::copy_from_slice),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        });
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}
+
+/// The full name this binary would decode a framed payload as, or why it can't.
+pub async fn describe_payload(codec: &Codec, payload: Option<&[u8]>) -> String {
+    match codec.decode_value(payload).await {
+        Ok(d) => d.writer.full_name.clone(),
+        Err(e) => format!("undecodable: {e}"),
+    }
+}
+
+/// The subject and full name of the sample record type, for messages.
+pub fn sample_type() -> &'static str {
+    OrderPlaced::FULL_NAME
+}

@@ -1,0 +1,605 @@
+//! Processor configuration: defaults, then a TOML file, then `EIP__*` environment variables.
+//!
+//! Every section denies unknown fields, durations are humantime strings (`"250ms"`, `"5s"`),
+//! and the whole configuration is validated before any network call. A bad value is reported
+//! as one line that names the key and where the value came from, e.g.
+//! `invalid configuration: pipeline.max_in_flight: must be at least 1 (from EIP__PIPELINE__MAX_IN_FLIGHT)`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override file values; `__` separates nesting levels,
+/// e.g. `EIP__KAFKA__BROKERS=broker:9092` sets `kafka.brokers`.
+pub const ENV_PREFIX: &str = "EIP__";
+
+/// A configuration problem, reported before the processor touches the network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is missing, of the wrong type, or out of range.
+    #[error("invalid configuration: {key}: {reason}{}", origin.as_ref().map(|s| format!(" (from {s})")).unwrap_or_default())]
+    Invalid {
+        /// The dotted key, e.g. `kafka.brokers`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+        /// Where the value came from (a file or an environment variable), when known.
+        origin: Option<String>,
+    },
+    /// The configuration file named on the command line does not exist.
+    #[error("invalid configuration: file {0} does not exist")]
+    MissingFile(String),
+}
+
+impl ConfigError {
+    /// An invalid-value error for `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+            origin: None,
+        }
+    }
+}
+
+/// A processor-specific configuration section (`[processor]`), validated with the rest.
+pub trait Section: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Checks what types alone can't. Keys in errors are relative to `[processor]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// The `[processor]` section of processors that have no settings of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl Section for NoSettings {}
+
+/// Where a consumer group with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// From the oldest record still in the topic.
+    Earliest,
+    /// Only records produced after the group first joined.
+    Latest,
+}
+
+/// `[kafka]`: how to reach the brokers and behave in the consumer group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group id; every replica of one processor shares it.
+    pub group_id: String,
+    /// Client id, shown in broker logs and quotas.
+    pub client_id: String,
+    /// Where a new consumer group starts reading.
+    pub auto_offset_reset: OffsetReset,
+    /// How often stored offsets are committed to the group coordinator.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Session timeout: how long the group waits for a silent member before rebalancing.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// `range`, `roundrobin` or `cooperative-sticky` (incremental rebalances, the default).
+    pub partition_assignment_strategy: String,
+    /// How long the producer waits to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How often librdkafka reports statistics (consumer lag metrics come from them).
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
+    /// Extra librdkafka properties for both clients (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer only.
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:19092".into(),
+            group_id: "eip".into(),
+            client_id: "eip".into(),
+            auto_offset_reset: OffsetReset::Earliest,
+            commit_interval: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(10),
+            partition_assignment_strategy: "cooperative-sticky".into(),
+            linger: Duration::from_millis(5),
+            statistics_interval: Duration::from_secs(5),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[registry]`: the Confluent-compatible schema registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL, e.g. `http://127.0.0.1:18081`.
+    pub url: String,
+    /// Per-request timeout; a registry slower than this counts as unavailable (transient).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Register our own schemas on first use (convenient locally); in production, register
+    /// them in the deploy pipeline and set this to false so processors only look them up.
+    pub auto_register: bool,
+    /// Bearer token for registries that require one.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: "http://127.0.0.1:18081".into(),
+            timeout: Duration::from_secs(5),
+            auto_register: true,
+            bearer_token: None,
+        }
+    }
+}
+
+/// `[pipeline.retry]`: backoff for transient errors, retried in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First backoff.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Backoff ceiling; retries go on at this interval until the error clears.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Growth factor between attempts (at least 1).
+    pub multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+        }
+    }
+}
+
+/// `[pipeline]`: what to consume and how much to hold in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Topics to consume.
+    pub inputs: Vec<String>,
+    /// Each input topic `T` dead-letters into `T` + this suffix.
+    pub dlq_suffix: String,
+    /// Records held per partition between consume and commit. When a partition reaches it,
+    /// the partition is paused: a slow downstream becomes backpressure, not memory growth.
+    pub max_in_flight: usize,
+    /// Records taken from the consumer per dispatch round.
+    pub max_batch: usize,
+    /// Create missing input and DLQ topics at startup (local use); otherwise a missing topic
+    /// stops startup with a message naming it.
+    pub create_topics: bool,
+    /// Partitions for topics created by `create_topics`.
+    pub topic_partitions: i32,
+    /// How long a partition being revoked, or the whole process on SIGTERM, may take to finish
+    /// its in-flight records before they are abandoned (uncommitted, so redelivered).
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Backoff for transient errors.
+    pub retry: RetryConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            inputs: Vec::new(),
+            dlq_suffix: ".dlq".into(),
+            max_in_flight: 2000,
+            max_batch: 500,
+            create_topics: false,
+            topic_partitions: 4,
+            drain_timeout: Duration::from_secs(20),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable lines (local runs).
+    Text,
+}
+
+/// `[telemetry]`: metrics, probes and logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `eip_runtime=debug,info`.
+    pub log_filter: String,
+    /// How often readiness re-checks the broker and the registry.
+    #[serde(with = "humantime_serde")]
+    pub readiness_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            log_format: LogFormat::Json,
+            log_filter: "info".into(),
+            readiness_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A processor's whole configuration: the shared sections plus its own `[processor]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, bound = "A: Section")]
+pub struct Config<A: Section> {
+    /// Brokers and consumer group.
+    pub kafka: KafkaConfig,
+    /// Schema registry.
+    pub registry: RegistryConfig,
+    /// Inputs, DLQ, in-flight bounds and retries.
+    pub pipeline: PipelineConfig,
+    /// Metrics, probes and logs.
+    pub telemetry: TelemetryConfig,
+    /// Settings of the processor itself.
+    pub processor: A,
+}
+
+impl<A: Section> Default for Config<A> {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            registry: RegistryConfig::default(),
+            pipeline: PipelineConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            processor: A::default(),
+        }
+    }
+}
+
+fn from_figment(e: figment::Error) -> ConfigError {
+    let key = if e.path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        e.path.join(".")
+    };
+    let origin = e.metadata.as_ref().map(|md| match &md.source {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        _ if md.name.contains("environment") => format!(
+            "{ENV_PREFIX}{}",
+            e.path
+                .iter()
+                .map(|p| p.to_uppercase())
+                .collect::<Vec<_>>()
+                .join("__")
+        ),
+        _ => md.name.to_string(),
+    });
+    let reason = match &e.kind {
+        figment::error::Kind::UnknownField(field, _) => format!("unknown key `{field}`"),
+        kind => kind.to_string(),
+    };
+    ConfigError::Invalid {
+        key,
+        reason: reason.replace('\n', " "),
+        origin,
+    }
+}
+
+impl<A: Section> Config<A> {
+    /// Loads defaults, then `file` (if given; it must exist), then `EIP__*` variables from the
+    /// process environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config<A>, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Like [`Config::load`] with an explicit environment provider (tests pass their own).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config<A>, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::<A>::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config<A> = figment.merge(env).extract().map_err(from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules. Runs before any network call.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.brokers.split(',').any(|b| {
+            let b = b.trim();
+            b.is_empty() || !b.contains(':')
+        }) {
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                format!("`{}` is not a comma-separated list of host:port", k.brokers),
+            ));
+        }
+        if k.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
+        }
+        if !["range", "roundrobin", "cooperative-sticky"]
+            .contains(&k.partition_assignment_strategy.as_str())
+        {
+            return Err(ConfigError::invalid(
+                "kafka.partition_assignment_strategy",
+                "must be range, roundrobin or cooperative-sticky",
+            ));
+        }
+        if k.session_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "kafka.session_timeout",
+                "must be at least 1s",
+            ));
+        }
+        if k.commit_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "kafka.commit_interval",
+                "must be more than 0",
+            ));
+        }
+        let r = &self.registry;
+        if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "registry.url",
+                format!("`{}` is not an http:// or https:// URL", r.url),
+            ));
+        }
+        if r.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "registry.timeout",
+                "must be more than 0",
+            ));
+        }
+        let p = &self.pipeline;
+        if p.inputs.is_empty() || p.inputs.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "pipeline.inputs",
+                "must name at least one topic, and no empty names",
+            ));
+        }
+        if p.dlq_suffix.is_empty() {
+            return Err(ConfigError::invalid(
+                "pipeline.dlq_suffix",
+                "must not be empty (a DLQ equal to its source topic would loop)",
+            ));
+        }
+        if p.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "pipeline.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if p.max_batch == 0 {
+            return Err(ConfigError::invalid(
+                "pipeline.max_batch",
+                "must be at least 1",
+            ));
+        }
+        if p.topic_partitions < 1 {
+            return Err(ConfigError::invalid(
+                "pipeline.topic_partitions",
+                "must be at least 1",
+            ));
+        }
+        if p.retry.initial_backoff.is_zero() || p.retry.max_backoff < p.retry.initial_backoff {
+            return Err(ConfigError::invalid(
+                "pipeline.retry",
+                "initial_backoff must be more than 0 and no more than max_backoff",
+            ));
+        }
+        if !(p.retry.multiplier.is_finite() && p.retry.multiplier >= 1.0) {
+            return Err(ConfigError::invalid(
+                "pipeline.retry.multiplier",
+                "must be at least 1",
+            ));
+        }
+        if self.telemetry.readiness_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "telemetry.readiness_interval",
+                "must be more than 0",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).map_err(|e| {
+            ConfigError::invalid("telemetry.log_filter", e.to_string().replace('\n', " "))
+        })?;
+        self.processor.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                key,
+                reason,
+                origin,
+            } => ConfigError::Invalid {
+                key: format!("processor.{key}"),
+                reason,
+                origin,
+            },
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct App {
+        output: String,
+    }
+    impl Default for App {
+        fn default() -> Self {
+            App {
+                output: "out".into(),
+            }
+        }
+    }
+    impl Section for App {
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.output.is_empty() {
+                return Err(ConfigError::invalid("output", "must not be empty"));
+            }
+            Ok(())
+        }
+    }
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let f = file("[pipeline]\ninputs = [\"orders\"]\n[kafka]\ngroup_id = \"from-file\"\n");
+        let cfg: Config<App> =
+            Config::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__")).unwrap();
+        assert_eq!(cfg.kafka.group_id, "from-file");
+        assert_eq!(cfg.pipeline.inputs, vec!["orders".to_string()]);
+        assert_eq!(cfg.kafka.commit_interval, Duration::from_secs(1));
+        assert_eq!(cfg.processor.output, "out");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure type
+    fn environment_overrides_the_file_and_bad_values_name_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "eip.toml",
+                "[pipeline]\ninputs = [\"orders\"]\n[kafka]\ngroup_id = \"file\"\n",
+            )?;
+            jail.set_env("EIP__KAFKA__GROUP_ID", "from-env");
+            jail.set_env("EIP__PROCESSOR__OUTPUT", "elsewhere");
+            let cfg: Config<App> = Config::load(Some(Path::new("eip.toml"))).unwrap();
+            assert_eq!(cfg.kafka.group_id, "from-env");
+            assert_eq!(cfg.processor.output, "elsewhere");
+
+            jail.set_env("EIP__PIPELINE__MAX_IN_FLIGHT", "lots");
+            let msg = Config::<App>::load(Some(Path::new("eip.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with("invalid configuration: pipeline.max_in_flight:"),
+                "{msg}"
+            );
+            assert!(msg.contains("EIP__PIPELINE__MAX_IN_FLIGHT"), "{msg}");
+            assert!(!msg.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = file("[pipeline]\ninputs = [\"a\"]\n[kafka]\nbrokerz = \"x:1\"\n");
+        let err =
+            Config::<App>::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("invalid configuration: kafka.brokerz: unknown key"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn bad_durations_name_the_key_and_the_file() {
+        let f = file("[pipeline]\ninputs = [\"a\"]\n[registry]\ntimeout = \"soon\"\n");
+        let msg = Config::<App>::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("invalid configuration: registry.timeout:"),
+            "{msg}"
+        );
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn range_checks_name_the_key() {
+        let cases = [
+            ("[pipeline]\ninputs = []\n", "pipeline.inputs"),
+            (
+                "[pipeline]\ninputs = [\"a\"]\nmax_in_flight = 0\n",
+                "pipeline.max_in_flight",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[kafka]\nbrokers = \"nohostport\"\n",
+                "kafka.brokers",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[registry]\nurl = \"ftp://x\"\n",
+                "registry.url",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[processor]\noutput = \"\"\n",
+                "processor.output",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[telemetry]\nlisten = \"not-an-addr\"\n",
+                "telemetry.listen",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[kafka]\nauto_offset_reset = \"middle\"\n",
+                "kafka.auto_offset_reset",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[pipeline.retry]\nmultiplier = 0.5\n",
+                "pipeline.retry.multiplier",
+            ),
+        ];
+        for (toml, key) in cases {
+            let f = file(toml);
+            let msg = Config::<App>::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with(&format!("invalid configuration: {key}:")),
+                "{toml:?} gave {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = Config::<App>::load_from(
+            Some(Path::new("/nonexistent/eip.toml")),
+            Env::prefixed("EIP_TEST_NONE__"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::MissingFile("/nonexistent/eip.toml".into())
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! librdkafka client settings and topic administration.
+//!
+//! The consumer stores offsets explicitly (`enable.auto.offset.store=false`) and lets
+//! librdkafka commit the stored ones periodically; the producer is idempotent with `acks=all`
+//! and an unbounded local timeout, so a broker outage turns into waiting, not lost records.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::{KafkaConfig, OffsetReset};
+
+/// Errors from topic administration.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The admin client could not be created or the request failed.
+    #[error("kafka admin: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A topic could not be created.
+    #[error("creating topic {topic}: {reason}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
+    },
+    /// Topics that should exist don't.
+    #[error("missing topics: {}", .0.join(", "))]
+    Missing(Vec<String>),
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// Settings shared by every client.
+pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", &kafka.client_id)
+        // Fail fast on a missing broker address rather than resolving forever.
+        .set("socket.connection.setup.timeout.ms", "10000");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Consumer settings: explicit offset storage, periodic commit of stored offsets.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", ms(kafka.commit_interval))
+        .set(
+            "auto.offset.reset",
+            match kafka.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        )
+        .set("session.timeout.ms", ms(kafka.session_timeout))
+        .set(
+            "partition.assignment.strategy",
+            &kafka.partition_assignment_strategy,
+        )
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", ms(kafka.statistics_interval));
+    for (k, v) in &kafka.consumer_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer settings: idempotent, `acks=all`, never time a record out locally, and
+/// Java-compatible key partitioning so other clients agree on where a key lives.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", ms(kafka.linger))
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "200000");
+    for (k, v) in &kafka.producer_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A topic to make sure of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Name.
+    pub name: String,
+    /// Partitions when created.
+    pub partitions: i32,
+}
+
+/// Topics among `names` that the cluster does not have.
+pub fn missing_topics(
+    kafka: &KafkaConfig,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, AdminError> {
+    let consumer: BaseConsumer = base_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let present: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name())
+        .collect();
+    Ok(names
+        .iter()
+        .filter(|n| !present.contains(n.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// Creates the topics that don't exist yet; topics that already exist are left alone.
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    topics: &[TopicSpec],
+    timeout: Duration,
+) -> Result<(), AdminError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            new.iter(),
+            &AdminOptions::new().operation_timeout(Some(timeout)),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(AdminError::Create {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes topics (tests and tools clean up after themselves).
+pub async fn delete_topics(
+    kafka: &KafkaConfig,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<(), AdminError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
+    let results = admin
+        .delete_topics(names, &AdminOptions::new().operation_timeout(Some(timeout)))
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(AdminError::Create {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

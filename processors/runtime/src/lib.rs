@@ -1,0 +1,368 @@
+//! # eip-runtime
+//!
+//! The one message loop every eip processor runs. Domain code implements [`Processor`]
+//! (see [`processor`]); this crate does everything else:
+//! - consume with explicit offset storage, per-partition order, concurrency across partitions
+//!   ([`pipeline`]);
+//! - decode Confluent-framed Avro through the registry cache, encode outputs the same way;
+//! - produce idempotently and store an offset only after every output is acknowledged;
+//! - transient errors retry in place with backoff; poison goes to the DLQ ([`dlq`]); fatal
+//!   errors drain and exit non-zero;
+//! - bounded in-flight records per partition (pause/resume), clean drain on SIGTERM and on
+//!   rebalance;
+//! - layered, validated configuration ([`config`]);
+//! - Prometheus metrics ([`metrics`]), `/healthz`, `/readyz` ([`health`], [`telemetry`]),
+//!   JSON logs and W3C trace context in headers ([`trace`]).
+
+pub mod config;
+pub mod dlq;
+pub mod health;
+pub mod kafka;
+pub mod metrics;
+mod pipeline;
+pub mod processor;
+pub mod telemetry;
+pub mod trace;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eip_schemas::{Codec, Registry, RegistrySettings};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use config::{Config, ConfigError, NoSettings, Section};
+pub use health::Health;
+pub use metrics::Metrics;
+pub use processor::{
+    AnyRecord, Decode, Envelope, Headers, Output, Payload, Position, ProcessError, Processor, Raw,
+    Record,
+};
+
+use pipeline::{ConsumerCtx, Core, PollState, ProducerContext, Stop};
+
+/// Why a processor stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Startup failed (a port in use, a missing topic, a client that could not be created).
+    #[error("startup: {0}")]
+    Startup(String),
+    /// A fatal error stopped the pipeline after draining.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl From<rdkafka::error::KafkaError> for RuntimeError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        RuntimeError::Startup(format!("kafka client: {e}"))
+    }
+}
+
+/// Handles on a running pipeline, for embedding (tests, benchmarks).
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// The telemetry server's bound address.
+    pub telemetry: std::net::SocketAddr,
+    /// The processor's metrics.
+    pub metrics: Metrics,
+    /// The processor's health flags.
+    pub health: Arc<Health>,
+}
+
+/// Runs `processor` until `shutdown` completes (graceful drain) or a fatal error occurs.
+/// `on_start` is called once the telemetry server is listening and the consumer subscribed.
+pub async fn run_until<P, A>(
+    config: &Config<A>,
+    processor: P,
+    shutdown: impl Future<Output = ()> + Send,
+    on_start: impl FnOnce(Running) + Send,
+) -> Result<(), RuntimeError>
+where
+    P: Processor,
+    A: Section,
+{
+    config.validate()?;
+    let name = processor.name().to_string();
+    let metrics =
+        Metrics::new(&name).map_err(|e| RuntimeError::Startup(format!("metrics: {e}")))?;
+    let health = Arc::new(Health::default());
+    let stop = Arc::new(Stop::default());
+    let telemetry_stop = CancellationToken::new();
+    let (telemetry_addr, telemetry_task) = telemetry::serve(
+        config.telemetry.listen,
+        metrics.clone(),
+        health.clone(),
+        telemetry_stop.clone(),
+    )
+    .await
+    .map_err(|e| {
+        RuntimeError::Startup(format!("telemetry.listen {}: {e}", config.telemetry.listen))
+    })?;
+
+    let registry = Registry::new(RegistrySettings {
+        url: config.registry.url.clone(),
+        timeout: config.registry.timeout,
+        auto_register: config.registry.auto_register,
+        bearer_token: config.registry.bearer_token.clone(),
+    })
+    .map_err(|e| RuntimeError::Startup(format!("registry: {e}")))?;
+    let codec = Codec::new(Arc::new(registry));
+
+    check_topics(config, &processor).await?;
+
+    let producer: FutureProducer<ProducerContext> = kafka::producer_config(&config.kafka)
+        .create_with_context(ProducerContext { stop: stop.clone() })?;
+    let state = PollState::new(
+        metrics.clone(),
+        name.clone(),
+        stop.clone(),
+        health.clone(),
+        config.pipeline.drain_timeout,
+    );
+    let consumer: BaseConsumer<ConsumerCtx> =
+        kafka::consumer_config(&config.kafka).create_with_context(state.context())?;
+    let inputs: Vec<&str> = config.pipeline.inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&inputs)?;
+    let consumer = Arc::new(consumer);
+    let core = Arc::new(Core {
+        processor,
+        name: name.clone(),
+        codec: codec.clone(),
+        producer,
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        pipeline: config.pipeline.clone(),
+    });
+
+    tokio::spawn(readiness(
+        consumer.clone(),
+        codec.registry().clone(),
+        health.clone(),
+        metrics.clone(),
+        config.telemetry.readiness_interval,
+        stop.stopping.clone(),
+    ));
+
+    let runtime = tokio::runtime::Handle::current();
+    let poll_core = core.clone();
+    let poll = std::thread::Builder::new()
+        .name("eip-poll".into())
+        .spawn(move || pipeline::poll_loop(consumer, state, poll_core, runtime))
+        .map_err(|e| RuntimeError::Startup(format!("poll thread: {e}")))?;
+    info!(processor = %name, telemetry = %telemetry_addr, inputs = ?config.pipeline.inputs, "started");
+    on_start(Running {
+        telemetry: telemetry_addr,
+        metrics: metrics.clone(),
+        health: health.clone(),
+    });
+
+    tokio::select! {
+        _ = shutdown => {
+            info!("shutdown requested: draining");
+            stop.request();
+        }
+        _ = stop.stopping.cancelled() => {}
+    }
+    // The poll thread drains partitions within drain_timeout; past that, abandon the rest.
+    let hard = stop.abandon.clone();
+    let drain = config.pipeline.drain_timeout + Duration::from_secs(5);
+    let watchdog = tokio::spawn(async move {
+        tokio::time::sleep(drain).await;
+        hard.cancel();
+    });
+    let joined = tokio::task::spawn_blocking(move || poll.join()).await;
+    watchdog.abort();
+    if !matches!(joined, Ok(Ok(()))) {
+        stop.fatal("poll thread panicked".into());
+    }
+    let flush_core = core.clone();
+    let _ = tokio::task::spawn_blocking(move || flush_core.producer.flush(Duration::from_secs(10)))
+        .await;
+    telemetry_stop.cancel();
+    let _ = telemetry_task.await;
+    match stop.fatal_reason() {
+        Some(reason) => {
+            health.set_fatal();
+            Err(RuntimeError::Fatal(reason))
+        }
+        None => {
+            info!(processor = %name, "stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// Makes sure input, DLQ and output topics exist (creating them when configured to).
+async fn check_topics<P: Processor, A: Section>(
+    config: &Config<A>,
+    processor: &P,
+) -> Result<(), RuntimeError> {
+    let mut topics: Vec<String> = Vec::new();
+    for input in &config.pipeline.inputs {
+        topics.push(input.clone());
+        topics.push(format!("{input}{}", config.pipeline.dlq_suffix));
+    }
+    topics.extend(processor.output_topics());
+    topics.sort();
+    topics.dedup();
+    let kafka = config.kafka.clone();
+    if config.pipeline.create_topics {
+        let specs: Vec<kafka::TopicSpec> = topics
+            .iter()
+            .map(|t| kafka::TopicSpec {
+                name: t.clone(),
+                partitions: config.pipeline.topic_partitions,
+            })
+            .collect();
+        kafka::ensure_topics(&kafka, &specs, Duration::from_secs(10))
+            .await
+            .map_err(|e| RuntimeError::Startup(e.to_string()))?;
+    }
+    let missing = tokio::task::spawn_blocking(move || {
+        kafka::missing_topics(&kafka, &topics, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| RuntimeError::Startup(e.to_string()))?
+    .map_err(|e| RuntimeError::Startup(format!("broker {}: {e}", config.kafka.brokers)))?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Startup(format!(
+            "missing topics: {} (create them, or set pipeline.create_topics = true)",
+            missing.join(", ")
+        )))
+    }
+}
+
+async fn readiness(
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    metrics: Metrics,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let c = consumer.clone();
+        let broker = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(None, Duration::from_secs(3)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health.set_broker(broker);
+        let registry_ok = registry.subjects().await.is_ok();
+        health.set_registry(registry_ok);
+        let r = health.readiness();
+        metrics.ready.set(i64::from(r.ready));
+        if !broker || !registry_ok {
+            warn!(broker, registry = registry_ok, "not ready");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Exit code for a configuration error.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code for a startup or fatal error.
+pub const EXIT_FATAL: u8 = 1;
+
+/// The whole `main` of a processor binary: parse `--config`, load and validate the
+/// configuration (a bad one prints one line and exits 2 before any network call), set up logs,
+/// build the processor, run until SIGTERM/SIGINT, and map the outcome to an exit code.
+pub fn main_with<A, P>(build: impl FnOnce(&Config<A>) -> Result<P, ConfigError>) -> ExitCode
+where
+    A: Section,
+    P: Processor,
+{
+    let mut config_path: Option<PathBuf> = None;
+    let mut check_only = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config_path = args.next().map(PathBuf::from),
+            "--check-config" => check_only = true,
+            "--help" | "-h" => {
+                println!(
+                    "usage: [--config FILE] [--check-config]\nSettings layer as defaults, then FILE, then EIP__SECTION__KEY environment variables."
+                );
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("invalid arguments: unknown argument `{other}` (try --help)");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let config = match Config::<A>::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let processor = match build(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init_logging(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("startup: tokio runtime: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    match runtime.block_on(run_until(&config, processor, shutdown_signal(), |_| {})) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "processor stopped");
+            eprintln!("{e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}

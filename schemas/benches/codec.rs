@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p eip-schemas --bench codec`
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)] // a benchmark: panicking on setup failure is the right outcome
 
 use std::hint::black_box;
 

@@ -1,0 +1,544 @@
+//! Test harness for the end-to-end and fault-injection tests.
+//!
+//! Everything here talks to real servers: the shared local stack started by `make test`
+//! (`EIP_KAFKA_BROKERS`, `EIP_REGISTRY_URL`), or private brokers and registries a test starts
+//! for itself when it needs to stop them. Names are unique per test; waits poll with deadlines.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use eip_passthrough::{Passthrough, PassthroughConfig};
+use eip_runtime::config::{Config, LogFormat};
+use eip_runtime::{Processor, Running, Section};
+use eip_schemas::types::OrderPlaced;
+use eip_schemas::{Codec, Registry, RegistrySettings};
+pub use eipctl::{Endpoints, ProduceSpec, ReadRecord};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Endpoints of the shared local stack.
+pub fn endpoints() -> Endpoints {
+    Endpoints {
+        brokers: std::env::var("EIP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into()),
+        registry: std::env::var("EIP_REGISTRY_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:18081".into()),
+    }
+}
+
+/// `prefix` plus a random suffix: topic and group names no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Installs a test log subscriber once (WARN and up, or `RUST_LOG`).
+pub fn init_logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates topics on `ep` with `partitions` each.
+pub async fn create_topics(ep: &Endpoints, names: &[&str], partitions: i32) {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    eipctl::create_topics(ep, &names, partitions).await.unwrap();
+}
+
+/// Registers every schema with the registry of `ep`.
+pub async fn register(ep: &Endpoints) {
+    eipctl::register_schemas(ep).await.unwrap();
+}
+
+/// Produces sample orders (see [`eipctl::produce_orders`]).
+pub async fn produce(ep: &Endpoints, topic: &str, count: u64, start: u64, poison: u64, keys: u64) {
+    let report = eipctl::produce_orders(
+        ep,
+        &ProduceSpec {
+            topic: topic.to_string(),
+            count,
+            start,
+            poison,
+            keys,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.valid, count);
+    assert_eq!(report.poison, poison);
+}
+
+/// Reads every record of `topic`.
+pub async fn read_all(ep: &Endpoints, topic: &str) -> Vec<ReadRecord> {
+    let ep = ep.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        eipctl::read_all(&ep, &topic, Duration::from_secs(180)).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `topic` holds at least `n` records.
+pub async fn wait_for(ep: &Endpoints, topic: &str, n: u64, timeout: Duration) {
+    eipctl::wait_for_count(ep, topic, n, timeout).await.unwrap();
+}
+
+/// A codec over the registry of `ep`.
+pub fn codec(ep: &Endpoints) -> Codec {
+    Codec::new(std::sync::Arc::new(
+        Registry::new(RegistrySettings {
+            url: ep.registry.clone(),
+            timeout: Duration::from_secs(5),
+            auto_register: false,
+            bearer_token: None,
+        })
+        .unwrap(),
+    ))
+}
+
+/// Decodes every record of `records` as an `OrderPlaced`.
+pub async fn decode_orders(codec: &Codec, records: &[ReadRecord]) -> Vec<OrderPlaced> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        out.push(
+            codec
+                .decode::<OrderPlaced>(r.payload.as_deref())
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Sequence number of a sample order (from its event id `evt-<key>-<version>-<seq>`).
+pub fn seq_of(order: &OrderPlaced) -> u64 {
+    order
+        .metadata
+        .event_id
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Checks the at-least-once-in-order contract: for every key, the output's first occurrences
+/// of each sequence number, in output order, equal that key's input sequence. Returns
+/// the number of duplicates (redeliveries).
+pub fn assert_in_order_per_key(inputs: &[(String, u64)], outputs: &[(String, u64)]) -> usize {
+    let mut want: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (k, s) in inputs {
+        want.entry(k.as_str()).or_default().push(*s);
+    }
+    let mut got: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
+    for (k, s) in outputs {
+        if seen.insert((k.as_str(), *s)) {
+            got.entry(k.as_str()).or_default().push(*s);
+        } else {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(
+        want.len(),
+        got.len(),
+        "keys in output differ from keys in input"
+    );
+    for (k, seqs) in &want {
+        let g = got
+            .get(k)
+            .unwrap_or_else(|| panic!("key {k} missing from output"));
+        assert_eq!(
+            g, seqs,
+            "key {k}: first occurrences out of order or missing"
+        );
+    }
+    duplicates
+}
+
+/// A test configuration for a processor reading `input` on `ep`, telemetry on a free port.
+pub fn config<A: Section>(ep: &Endpoints, input: &str, group: &str, processor: A) -> Config<A> {
+    let mut c: Config<A> = Config::default();
+    c.kafka.brokers = ep.brokers.clone();
+    c.kafka.group_id = group.to_string();
+    c.kafka.client_id = group.to_string();
+    c.kafka.statistics_interval = Duration::from_secs(1);
+    c.registry.url = ep.registry.clone();
+    c.pipeline.inputs = vec![input.to_string()];
+    c.telemetry.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.telemetry.log_format = LogFormat::Text;
+    c.telemetry.readiness_interval = Duration::from_millis(500);
+    c.processor = processor;
+    c
+}
+
+/// A processor running inside the test process.
+pub struct InProcess {
+    /// Telemetry, metrics and health of the running pipeline.
+    pub running: Running,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), eip_runtime::RuntimeError>>,
+}
+
+impl InProcess {
+    /// Starts `processor` with `config` and waits until it is subscribed.
+    pub async fn start<P: Processor, A: Section>(config: Config<A>, processor: P) -> InProcess {
+        init_logs();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            eip_runtime::run_until(
+                &config,
+                processor,
+                async {
+                    let _ = stop_rx.await;
+                },
+                move |running| {
+                    let _ = started_tx.send(running);
+                },
+            )
+            .await
+        });
+        let running = match started_rx.await {
+            Ok(r) => r,
+            Err(_) => panic!("processor failed to start: {:?}", task.await),
+        };
+        InProcess {
+            running,
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
+    /// Sum of every sample of metric `name` (e.g. `eip_records_produced_total`).
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_sum(&self.running.metrics.render(), name)
+    }
+
+    /// Requests a graceful stop and returns how the pipeline ended.
+    pub async fn stop(mut self) -> Result<(), eip_runtime::RuntimeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap()
+    }
+}
+
+/// Starts the pass-through in-process from `input` to `output`.
+pub async fn passthrough(ep: &Endpoints, input: &str, output: &str, group: &str) -> InProcess {
+    let cfg = config(
+        ep,
+        input,
+        group,
+        PassthroughConfig {
+            output: output.to_string(),
+        },
+    );
+    InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await
+}
+
+/// Sum of every sample of `name` in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Path of a workspace binary built by `cargo build --bins` (the Makefile builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process with its output in a log file.
+pub struct ChildProcess {
+    child: std::process::Child,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ChildProcess {
+    /// Spawns `program` with `args` and `env`, logging to a temp file.
+    pub fn spawn(program: &Path, args: &[&str], env: &[(String, String)]) -> ChildProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        ChildProcess {
+            child,
+            log,
+            _dir: Some(dir),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {timeout:?}; log:\n{}",
+                self.pid(),
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Environment for an `eip-passthrough` child reading `input` into `output` on `ep`.
+pub fn passthrough_env(
+    ep: &Endpoints,
+    input: &str,
+    output: &str,
+    group: &str,
+    telemetry_port: u16,
+) -> Vec<(String, String)> {
+    [
+        ("EIP__KAFKA__BROKERS", ep.brokers.clone()),
+        ("EIP__KAFKA__GROUP_ID", group.to_string()),
+        ("EIP__KAFKA__CLIENT_ID", group.to_string()),
+        ("EIP__REGISTRY__URL", ep.registry.clone()),
+        ("EIP__PIPELINE__INPUTS", format!("[\"{input}\"]")),
+        ("EIP__PROCESSOR__OUTPUT", output.to_string()),
+        (
+            "EIP__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{telemetry_port}"),
+        ),
+        ("EIP__TELEMETRY__LOG_FORMAT", "text".to_string()),
+        ("EIP__TELEMETRY__READINESS_INTERVAL", "500ms".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// GETs `http://addr/path`; returns status and body, or `None` when nothing answers.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
+
+/// A broker of this test's own (sqlite storage, so it survives restarts), started and
+/// stopped through the same `deploy/local/stack.sh` users run.
+pub struct PrivateBroker {
+    dir: tempfile::TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PrivateBroker {
+    fn stack(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(repo_root().join("deploy/local/stack.sh"))
+            .arg(cmd)
+            .env("EIP_STATE_DIR", self.dir.path())
+            .env("EIP_KAFKA_PORT", self.port.to_string())
+            .env("EIP_STORAGE", "sqlite")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "stack.sh {cmd} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a new broker on a free port.
+    pub fn start() -> PrivateBroker {
+        let b = PrivateBroker {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+        };
+        b.stack("start-broker");
+        b
+    }
+
+    /// `host:port`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&self) {
+        self.stack("stop-broker");
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) {
+        self.stack("start-broker");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stack("stop-broker");
+    }
+}
+
+/// A schema registry of this test's own, which it can pause (SIGSTOP) and resume.
+pub struct PrivateRegistry {
+    child: ChildProcess,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PrivateRegistry {
+    /// Starts rivven-schema on a free port and waits until it answers.
+    pub async fn start() -> PrivateRegistry {
+        let port = free_port();
+        let tools = std::env::var("EIP_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/eip-tools")
+            });
+        let child = ChildProcess::spawn(
+            &tools.join("bin/rivven-schema"),
+            &["serve", "--host", "127.0.0.1", "--port", &port.to_string()],
+            &[],
+        );
+        let addr = format!("127.0.0.1:{port}");
+        eventually(
+            "private registry to answer",
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                async move {
+                    http_get(&addr, "/subjects")
+                        .await
+                        .filter(|(s, _)| *s == 200)
+                }
+            },
+        )
+        .await;
+        PrivateRegistry { child, port }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes it: connections are accepted but never answered.
+    pub fn pause(&self) {
+        self.child.signal("STOP");
+    }
+
+    /// Unfreezes it.
+    pub fn resume(&self) {
+        self.child.signal("CONT");
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        self.child.signal("CONT");
+    }
+}

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::schema_registry::{
-    SrSettings, get_all_subjects, get_schema_by_id, get_schema_by_subject, is_compatible_schema,
-    post_schema,
+    SrSettings, get_all_subjects, get_schema_by_id, get_schema_by_subject, post_schema,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
@@ -70,8 +69,9 @@ pub struct Registered {
 /// The cached schema registry client.
 pub struct Registry {
     settings: SrSettings,
+    /// For the calls the converter lacks or routes differently (config, compatibility).
+    http: reqwest::Client,
     url: String,
-    timeout: Duration,
     bearer_token: Option<String>,
     auto_register: bool,
     by_id: RwLock<HashMap<u32, Arc<WriterSchema>>>,
@@ -121,10 +121,17 @@ impl Registry {
         let sr = builder.build().map_err(|e| CodecError::RegistryRejected {
             reason: e.to_string(),
         })?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| CodecError::RegistryRejected {
+                reason: e.to_string(),
+            })?;
         Ok(Registry {
             settings: sr,
+            http,
             url: settings.url.trim_end_matches('/').to_string(),
-            timeout: settings.timeout,
             bearer_token: settings.bearer_token,
             auto_register: settings.auto_register,
             by_id: RwLock::new(HashMap::new()),
@@ -277,12 +284,50 @@ impl Registry {
     }
 
     /// Asks the registry whether `json` may be registered as the next version of `subject`
-    /// under the subject's compatibility level.
+    /// under the subject's compatibility level (`POST /compatibility/subjects/{s}/versions/latest`).
     pub async fn is_compatible(&self, subject: &str, json: &str) -> Result<bool, CodecError> {
-        let supplied = SuppliedSchema::new(None, SchemaType::Avro, json.to_string());
-        is_compatible_schema(&self.settings, subject.to_string(), supplied)
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            is_compatible: bool,
+        }
+        let url = format!(
+            "{}/compatibility/subjects/{subject}/versions/latest",
+            self.url
+        );
+        let body = serde_json::json!({ "schema": json }).to_string();
+        let resp = self.send(self.http.post(&url).body(body)).await?;
+        resp.json::<Answer>()
             .await
-            .map_err(|e| classify(e, None, Some(subject)))
+            .map(|a| a.is_compatible)
+            .map_err(|e| CodecError::RegistryRejected {
+                reason: format!("POST {url}: {e}"),
+            })
+    }
+
+    /// Sends a request with the registry's content type and credentials; a non-2xx answer is
+    /// classified like the converter's errors.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CodecError> {
+        let mut req = req.header("content-type", "application/vnd.schemaregistry.v1+json");
+        if let Some(token) = &self.bearer_token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CodecError::RegistryUnavailable {
+                reason: e.to_string(),
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let reason = format!("{status}: {}", body.trim());
+        if status.is_server_error() {
+            Err(CodecError::RegistryUnavailable { reason })
+        } else {
+            Err(CodecError::RegistryRejected { reason })
+        }
     }
 
     /// Lists the registry's subjects; used as a cheap reachability probe for readiness.
@@ -298,42 +343,12 @@ impl Registry {
         subject: Option<&str>,
         level: &str,
     ) -> Result<(), CodecError> {
-        let path = match subject {
+        let url = match subject {
             Some(s) => format!("{}/config/{s}", self.url),
             None => format!("{}/config", self.url),
         };
-        let client = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .no_proxy()
-            .build()
-            .map_err(|e| CodecError::RegistryRejected {
-                reason: e.to_string(),
-            })?;
-        let mut req = client
-            .put(&path)
-            .header("content-type", "application/vnd.schemaregistry.v1+json")
-            .body(serde_json::json!({ "compatibility": level }).to_string());
-        if let Some(token) = &self.bearer_token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| CodecError::RegistryUnavailable {
-                reason: e.to_string(),
-            })?;
-        let status = resp.status();
-        if status.is_success() {
-            Ok(())
-        } else if status.is_server_error() {
-            Err(CodecError::RegistryUnavailable {
-                reason: format!("PUT {path} answered {status}"),
-            })
-        } else {
-            Err(CodecError::RegistryRejected {
-                reason: format!("PUT {path} answered {status}"),
-            })
-        }
+        let body = serde_json::json!({ "compatibility": level }).to_string();
+        self.send(self.http.put(&url).body(body)).await.map(|_| ())
     }
 }
 

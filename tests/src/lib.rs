@@ -260,6 +260,12 @@ impl InProcess {
         metric_sum(&self.running.metrics.render(), name)
     }
 
+    /// Waits for the pipeline to end by itself (a fatal error) and returns how it ended.
+    pub async fn join(mut self) -> Result<(), eip_runtime::RuntimeError> {
+        let _keep_running = self.stop.take();
+        (&mut self.task).await.unwrap()
+    }
+
     /// Requests a graceful stop and returns how the pipeline ended.
     pub async fn stop(mut self) -> Result<(), eip_runtime::RuntimeError> {
         if let Some(tx) = self.stop.take() {
@@ -541,4 +547,43 @@ impl Drop for PrivateRegistry {
     fn drop(&mut self) {
         self.child.signal("CONT");
     }
+}
+
+/// Runs git in the repository and returns stdout; panics with stderr on failure.
+pub fn git(args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo_root())
+        .args(args)
+        .output()
+        .expect("git must be installed: the schema compatibility tests read history with it");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `.avsc` files under `schemas/avro` at revision `rev`, as (path relative to `schemas/`,
+/// contents).
+pub fn schema_files_at(rev: &str) -> Vec<(String, String)> {
+    git(&["ls-tree", "-r", "--name-only", rev, "--", "schemas/avro"])
+        .lines()
+        .filter(|p| p.ends_with(".avsc"))
+        .map(|p| {
+            let contents = git(&["show", &format!("{rev}:{p}")]);
+            (p.trim_start_matches("schemas/").to_string(), contents)
+        })
+        .collect()
+}
+
+/// Every commit that changed `schemas/avro`, oldest first.
+pub fn schema_history() -> Vec<String> {
+    let mut revs: Vec<String> = git(&["log", "--format=%H", "--", "schemas/avro"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    revs.reverse();
+    revs
 }

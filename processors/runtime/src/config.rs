@@ -83,6 +83,11 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Client id, shown in broker logs and quotas.
     pub client_id: String,
+    /// Static group membership (KIP-345): a stable id per replica, such as the StatefulSet pod
+    /// name. A replica that restarts takes its partitions back at once, without waiting for
+    /// the session timeout and without a rebalance of the other members. `None` for dynamic
+    /// membership. See docs/consumer-groups.md.
+    pub group_instance_id: Option<String>,
     /// Where a new consumer group starts reading.
     pub auto_offset_reset: OffsetReset,
     /// How often stored offsets are committed to the group coordinator.
@@ -113,6 +118,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:19092".into(),
             group_id: "eip".into(),
             client_id: "eip".into(),
+            group_instance_id: None,
             auto_offset_reset: OffsetReset::Earliest,
             commit_interval: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
@@ -346,6 +352,15 @@ impl<A: Section> Config<A> {
         }
         if k.group_id.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
+        }
+        if k.group_instance_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "kafka.group_instance_id",
+                "must not be empty when set (leave it out for dynamic membership)",
+            ));
         }
         if !["range", "roundrobin", "cooperative-sticky"]
             .contains(&k.partition_assignment_strategy.as_str())

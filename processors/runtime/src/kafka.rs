@@ -71,6 +71,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         )
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", ms(kafka.statistics_interval));
+    if let Some(id) = &kafka.group_instance_id {
+        c.set("group.instance.id", id);
+    }
     for (k, v) in &kafka.consumer_properties {
         c.set(k, v);
     }

@@ -51,7 +51,10 @@ use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 pub(crate) struct Stop {
     /// Cancelled when the poll loop should stop taking new records.
     pub(crate) stopping: CancellationToken,
-    /// Cancelled when in-flight work must be abandoned (fatal error, or drain timed out).
+    /// Cancelled on a fatal error: workers take no further records (acknowledgements of what
+    /// was already produced are still awaited and committed).
+    pub(crate) halt: CancellationToken,
+    /// Cancelled when in-flight work must be abandoned (the drain timed out).
     pub(crate) abandon: CancellationToken,
     fatal: Mutex<Option<String>>,
 }
@@ -71,7 +74,7 @@ impl Stop {
             *f = Some(reason);
         }
         self.stopping.cancel();
-        self.abandon.cancel();
+        self.halt.cancel();
     }
 
     /// The fatal error, if one happened.
@@ -202,9 +205,11 @@ impl ConsumerContext for ConsumerCtx {
             if let Err(e) = consumer.resume(tpl) {
                 debug!(error = %e, "resume after assign");
             }
-            info!(partitions = tpl.count(), "partitions assigned");
         }
         let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if let Rebalance::Assign(tpl) = rebalance {
+            info!(added = tpl.count(), assigned, "partitions assigned");
+        }
         self.state.metrics.assigned.set(assigned as i64);
         self.state.health.set_assigned(assigned);
     }
@@ -524,9 +529,10 @@ async fn worker<P: Processor>(
 ) {
     let mut consumed_topic: Option<(Arc<str>, prometheus::IntCounter, prometheus::Histogram)> =
         None;
+    let halt = core.stop.halt.clone();
     while let Some(batch) = rx.recv().await {
         for record in batch {
-            if cancel.is_cancelled() {
+            if cancel.is_cancelled() || halt.is_cancelled() {
                 return;
             }
             let (consumed, latency) = match &consumed_topic {
@@ -667,6 +673,7 @@ async fn handle<P: Processor>(
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => continue,
                             _ = cancel.cancelled() => return None,
+                            _ = core.stop.halt.cancelled() => return None,
                         }
                     }
                     class => break Err((class, e)),
@@ -845,6 +852,7 @@ async fn send<P: Processor>(
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(2)) => {}
                     _ = cancel.cancelled() => return Err(SendError::Abandoned),
+                    _ = core.stop.halt.cancelled() => return Err(SendError::Abandoned),
                 }
             }
             Err((KafkaError::MessageProduction(code), _)) if record_is_unproducible(code) => {

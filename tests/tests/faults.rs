@@ -1,0 +1,273 @@
+//! Fault injection: kill -9 the processor, freeze the registry, restart the broker, hit a fatal
+//! error. Each fault test runs alone (they start servers of their own and stop them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eip_passthrough::{Passthrough, PassthroughConfig};
+use eip_runtime::processor::decode_with;
+use eip_runtime::{Envelope, Output, ProcessError, Processor, Record, RuntimeError};
+use eip_schemas::Codec;
+use eip_schemas::types::OrderPlaced;
+use eip_tests::*;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// (key, seq) of every order in `topic`.
+async fn key_seqs(ep: &Endpoints, topic: &str) -> Vec<(String, u64)> {
+    let orders = decode_orders(&codec(ep), &read_all(ep, topic).await).await;
+    orders
+        .iter()
+        .map(|o| (o.metadata.aggregate_id.clone(), seq_of(o)))
+        .collect()
+}
+
+/// Waits until every input (key, seq) appears in `output`; returns the output.
+async fn until_complete(
+    ep: &Endpoints,
+    inputs: &[(String, u64)],
+    output: &str,
+) -> Vec<(String, u64)> {
+    let want: HashSet<&(String, u64)> = inputs.iter().collect();
+    eventually("every input in the output", WAIT, || async {
+        let got = key_seqs(ep, output).await;
+        let have: HashSet<&(String, u64)> = got.iter().collect();
+        want.is_subset(&have).then_some(got.clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_loses_nothing_and_keeps_key_order() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let ep = endpoints();
+    register(&ep).await;
+    let (input, output, group) = (unique("kill"), unique("kill-out"), unique("g"));
+    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 4).await;
+    // 100 keys, 300 records each: per-key order is checkable.
+    produce(&ep, &input, 30_000, 0, 0, 100).await;
+    let port = free_port();
+    let mut env = passthrough_env(&ep, &input, &output, &group, port);
+    // Static membership, as the Kubernetes StatefulSet sets it: the restarted replica takes its
+    // partitions back at once (see docs/consumer-groups.md for why Tansu needs it).
+    env.push(("EIP__KAFKA__GROUP_INSTANCE_ID".into(), format!("{group}-0")));
+
+    let mut first = ChildProcess::spawn(&bin("eip-passthrough"), &[], &env);
+    wait_for(&ep, &output, 8_000, WAIT).await;
+    first.signal("KILL");
+    let status = first.wait(Duration::from_secs(30)).await;
+    assert!(!status.success(), "killed");
+
+    let mut second = ChildProcess::spawn(&bin("eip-passthrough"), &[], &env);
+    let inputs = key_seqs(&ep, &input).await;
+    let outputs = until_complete(&ep, &inputs, &output).await;
+    second.signal("TERM");
+    assert!(
+        second.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        second.log_text()
+    );
+
+    let duplicates = assert_in_order_per_key(&inputs, &outputs);
+    // Redelivery is bounded by what was in flight and not yet committed when killed.
+    assert!(duplicates < 30_000, "duplicates: {duplicates}");
+    eprintln!(
+        "kill -9: {} outputs for 30000 inputs ({duplicates} redelivered)",
+        outputs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_registry_means_retries_in_place_not_dead_letters() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let registry = PrivateRegistry::start().await;
+    let shared = endpoints();
+    let ep = Endpoints {
+        brokers: shared.brokers.clone(),
+        registry: registry.url(),
+    };
+    register(&ep).await;
+    let (input, output, group) = (unique("reg"), unique("reg-out"), unique("g"));
+    let dlq_topic = format!("{input}.dlq");
+    create_topics(&ep, &[&input, &dlq_topic, &output], 2).await;
+    produce(&ep, &input, 2_000, 0, 0, 0).await;
+
+    // The processor starts with an empty schema cache while the registry is frozen.
+    registry.pause();
+    let mut cfg = config(
+        &ep,
+        &input,
+        &group,
+        PassthroughConfig {
+            output: output.clone(),
+        },
+    );
+    cfg.registry.timeout = Duration::from_millis(300);
+    cfg.pipeline.retry.initial_backoff = Duration::from_millis(50);
+    cfg.pipeline.retry.max_backoff = Duration::from_millis(500);
+    let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
+    eventually("retries while the registry is frozen", WAIT, || async {
+        Some(()).filter(|_| p.metric("eip_records_retried_total") >= 6.0)
+    })
+    .await;
+    let addr = p.running.telemetry.to_string();
+    let (status, body) = eventually("not ready while the registry is frozen", WAIT, || {
+        let addr = addr.clone();
+        async move {
+            http_get(&addr, "/readyz")
+                .await
+                .filter(|(_, b)| b.contains("\"registry\":false"))
+        }
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(p.metric("eip_records_produced_total"), 0.0);
+    assert_eq!(
+        p.metric("eip_records_dlq_total"),
+        0.0,
+        "nothing dead-lettered during the outage"
+    );
+
+    registry.resume();
+    wait_for(&ep, &output, 2_000, WAIT).await;
+    eventually("ready again", WAIT, || {
+        let addr = addr.clone();
+        async move { http_get(&addr, "/readyz").await.filter(|(s, _)| *s == 200) }
+    })
+    .await;
+    p.stop().await.unwrap();
+    assert!(
+        read_all(&ep, &dlq_topic).await.is_empty(),
+        "no dead letters"
+    );
+    let ids: HashSet<_> = key_seqs(&ep, &output).await.into_iter().collect();
+    assert_eq!(ids.len(), 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_survived_without_loss() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let broker = PrivateBroker::start();
+    let shared = endpoints();
+    let ep = Endpoints {
+        brokers: broker.brokers(),
+        registry: shared.registry.clone(),
+    };
+    register(&ep).await;
+    let (input, output, group) = (unique("bounce"), unique("bounce-out"), unique("g"));
+    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 2).await;
+    produce(&ep, &input, 10_000, 0, 0, 0).await;
+
+    let cfg = config(
+        &ep,
+        &input,
+        &group,
+        PassthroughConfig {
+            output: output.clone(),
+        },
+    );
+    let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
+    wait_for(&ep, &output, 2_000, WAIT).await;
+    broker.stop();
+    eventually("broker seen as down", WAIT, || async {
+        Some(()).filter(|_| !p.running.health.readiness().broker)
+    })
+    .await;
+    broker.restart();
+    // More records after the restart flow too.
+    produce(&ep, &input, 5_000, 10_000, 0, 0).await;
+    let inputs = key_seqs(&ep, &input).await;
+    assert_eq!(inputs.len(), 15_000);
+    let outputs = until_complete(&ep, &inputs, &output).await;
+    eventually("ready again", WAIT, || async {
+        Some(()).filter(|_| p.running.health.readiness().ready)
+    })
+    .await;
+    p.stop()
+        .await
+        .expect("the processor recovered by itself, without a fatal error");
+    assert_in_order_per_key(&inputs, &outputs);
+}
+
+/// Fails fatally on one sequence number; passes everything else through.
+struct FatalOn {
+    output: Arc<str>,
+    seq: u64,
+}
+
+impl Processor for FatalOn {
+    type Input = OrderPlaced;
+    fn name(&self) -> &str {
+        "fatal-on"
+    }
+    async fn decode(&self, codec: &Codec, record: &Record) -> Result<OrderPlaced, ProcessError> {
+        decode_with(codec, record).await
+    }
+    async fn process(&self, input: Envelope<OrderPlaced>) -> Result<Vec<Output>, ProcessError> {
+        if seq_of(&input.value) == self.seq {
+            return Err(ProcessError::Fatal(
+                "the store's schema is newer than this binary".into(),
+            ));
+        }
+        Ok(vec![Output::record(
+            self.output.clone(),
+            input.key,
+            input.value,
+        )])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_drains_exits_with_an_error_and_leaves_the_record_uncommitted() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let ep = endpoints();
+    register(&ep).await;
+    let (input, output, group) = (unique("fatal"), unique("fatal-out"), unique("g"));
+    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 1).await;
+    produce(&ep, &input, 1_000, 0, 0, 0).await;
+    let cfg = config(
+        &ep,
+        &input,
+        &group,
+        PassthroughConfig {
+            output: output.clone(),
+        },
+    );
+    let p = InProcess::start(
+        cfg.clone(),
+        FatalOn {
+            output: output.as_str().into(),
+            seq: 500,
+        },
+    )
+    .await;
+    let ended = tokio::time::timeout(WAIT, p.join()).await.unwrap();
+    match ended {
+        Err(RuntimeError::Fatal(reason)) => assert!(reason.contains("schema is newer"), "{reason}"),
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+    let before = key_seqs(&ep, &output).await;
+    assert!(
+        before.iter().all(|(_, s)| *s < 500),
+        "nothing at or after the fatal record is produced"
+    );
+    assert_eq!(before.len(), 500, "everything before it is produced");
+
+    // A fixed binary resumes at the fatal record: it was never committed, so it is not lost.
+    let p = passthrough(&ep, &input, &output, &group).await;
+    wait_for(&ep, &output, 1_000, WAIT).await;
+    p.stop().await.unwrap();
+    let after = key_seqs(&ep, &output).await;
+    let seqs: HashSet<u64> = after.iter().map(|(_, s)| *s).collect();
+    assert_eq!(seqs.len(), 1_000);
+    assert_eq!(
+        after.len(),
+        1_000,
+        "resumed exactly at the uncommitted record"
+    );
+}

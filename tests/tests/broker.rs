@@ -42,7 +42,10 @@ async fn burst(ep: &Endpoints, topic: &str, n: usize) {
     }
 }
 
-fn first_from(ep: &Endpoints, topic: &str, offset: i64) -> (i64, Vec<(String, Option<Vec<u8>>)>) {
+/// Header names and values as read back.
+type ReadHeaders = Vec<(String, Option<Vec<u8>>)>;
+
+fn first_from(ep: &Endpoints, topic: &str, offset: i64) -> (i64, ReadHeaders) {
     let mut c = kafka::base_config(&ep.kafka());
     c.set("group.id", unique("conformance"))
         .set("enable.auto.commit", "false");

@@ -191,11 +191,20 @@ pub struct PipelineConfig {
     pub inputs: Vec<String>,
     /// Each input topic `T` dead-letters into `T` + this suffix.
     pub dlq_suffix: String,
-    /// Records held per partition between consume and commit. When a partition reaches it,
-    /// the partition is paused: a slow downstream becomes backpressure, not memory growth.
+    /// Records held between consume and commit by the flowing partitions. At this budget the
+    /// consumer takes no more records: a slow downstream becomes backpressure, not memory
+    /// growth. Paused (stuck) partitions keep what they hold, within a hard ceiling of twice
+    /// this budget, so memory stays under about 2 × this × the average record size, plus
+    /// librdkafka's prefetch queue (`queued.max.messages.kbytes`).
     pub max_in_flight: usize,
     /// Records taken from the consumer per dispatch round.
     pub max_batch: usize,
+    /// If nothing is acknowledged for this long while at the `max_in_flight` budget, the
+    /// partition holding the most records is paused, so one stuck partition does not hold up
+    /// the others. (Pausing makes librdkafka drop what it prefetched, so it is not the normal
+    /// backpressure path.)
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
     /// Create missing input and DLQ topics at startup (local use); otherwise a missing topic
     /// stops startup with a message naming it.
     pub create_topics: bool,
@@ -214,8 +223,9 @@ impl Default for PipelineConfig {
         PipelineConfig {
             inputs: Vec::new(),
             dlq_suffix: ".dlq".into(),
-            max_in_flight: 2000,
+            max_in_flight: 20_000,
             max_batch: 500,
+            pause_after: Duration::from_secs(2),
             create_topics: false,
             topic_partitions: 4,
             drain_timeout: Duration::from_secs(20),
@@ -414,6 +424,12 @@ impl<A: Section> Config<A> {
                 "must be at least 1",
             ));
         }
+        if p.pause_after.is_zero() {
+            return Err(ConfigError::invalid(
+                "pipeline.pause_after",
+                "must be more than 0",
+            ));
+        }
         if p.max_batch == 0 {
             return Err(ConfigError::invalid(
                 "pipeline.max_batch",
@@ -531,6 +547,33 @@ mod tests {
             assert!(!msg.contains('\n'));
             Ok(())
         });
+    }
+
+    #[test]
+    fn librdkafka_properties_keep_their_dotted_names() {
+        let f = file(
+            "[pipeline]\ninputs = [\"a\"]\n[kafka.properties]\n\"security.protocol\" = \"ssl\"\n[kafka.producer_properties]\n\"compression.type\" = \"lz4\"\n",
+        );
+        let cfg: Config<App> =
+            Config::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__")).unwrap();
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("ssl")
+        );
+        assert_eq!(
+            cfg.kafka
+                .producer_properties
+                .get("compression.type")
+                .map(String::as_str),
+            Some("lz4")
+        );
+        let producer = crate::kafka::producer_config(&cfg.kafka);
+        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        assert_eq!(producer.get("security.protocol"), Some("ssl"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             &kafka.partition_assignment_strategy,
         )
         .set("enable.partition.eof", "false")
+        // Bound librdkafka's prefetch (default 64 MiB): it is where records wait while the
+        // pipeline applies backpressure.
+        .set("queued.max.messages.kbytes", "65536")
         .set("statistics.interval.ms", ms(kafka.statistics_interval));
     if let Some(id) = &kafka.group_instance_id {
         c.set("group.instance.id", id);

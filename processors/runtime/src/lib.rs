@@ -44,7 +44,7 @@ pub use processor::{
     Record,
 };
 
-use pipeline::{ConsumerCtx, Core, PollState, ProducerContext, Stop};
+use pipeline::{ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
 
 /// Why a processor stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -120,12 +120,14 @@ where
 
     let producer: FutureProducer<ProducerContext> = kafka::producer_config(&config.kafka)
         .create_with_context(ProducerContext { stop: stop.clone() })?;
+    let in_flight = InFlight::new(metrics.in_flight.with_label_values(&[name.as_str()]));
     let state = PollState::new(
         metrics.clone(),
         name.clone(),
         stop.clone(),
         health.clone(),
         config.pipeline.drain_timeout,
+        in_flight.clone(),
     );
     let consumer: BaseConsumer<ConsumerCtx> =
         kafka::consumer_config(&config.kafka).create_with_context(state.context())?;
@@ -140,6 +142,7 @@ where
         metrics: metrics.clone(),
         stop: stop.clone(),
         pipeline: config.pipeline.clone(),
+        in_flight,
     });
 
     tokio::spawn(readiness(

@@ -16,8 +16,11 @@
 //!   awaits each record's deliveries in offset order and only then stores the next offset.
 //!   librdkafka commits stored offsets periodically, on revoke and at shutdown. So nothing is
 //!   committed before everything it caused is acknowledged.
-//! - A partition holding `max_in_flight` unacknowledged records is paused; it resumes when it
-//!   falls to half. Memory is bounded by partitions × `max_in_flight`.
+//! - At most `max_in_flight` records are held between consume and commit by the flowing
+//!   partitions. At the budget the poll loop stops taking records, so librdkafka's bounded
+//!   prefetch queue fills and its fetcher stops; nothing fetched is discarded. If the budget
+//!   stays full for `pause_after`, the partition holding the most records is paused so the
+//!   others go on; it resumes once it has drained. The total never passes twice the budget.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,6 +95,7 @@ pub(crate) struct Core<P: Processor> {
     pub(crate) metrics: Metrics,
     pub(crate) stop: Arc<Stop>,
     pub(crate) pipeline: PipelineConfig,
+    pub(crate) in_flight: Arc<InFlight>,
 }
 
 /// The producer's context: turns librdkafka's fatal errors into a fatal stop.
@@ -111,6 +115,35 @@ impl ClientContext for ProducerContext {
 
 type PartitionKey = (Arc<str>, i32);
 
+/// Records consumed but not yet committed, across all partitions: the backpressure budget.
+pub(crate) struct InFlight {
+    total: AtomicUsize,
+    gauge: prometheus::IntGauge,
+}
+
+impl InFlight {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Arc<InFlight> {
+        Arc::new(InFlight {
+            total: AtomicUsize::new(0),
+            gauge,
+        })
+    }
+
+    fn add(&self, n: usize) {
+        self.total.fetch_add(n, Ordering::AcqRel);
+        self.gauge.add(n as i64);
+    }
+
+    fn sub(&self, n: usize) {
+        self.total.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.sub(n as i64);
+    }
+
+    fn get(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
 /// The poll thread's handle on one partition's tasks.
 struct PartitionHandle {
     tx: mpsc::UnboundedSender<Vec<Record>>,
@@ -124,6 +157,7 @@ struct PartitionHandle {
 /// State shared by the poll loop and the rebalance callbacks (both run on the poll thread).
 pub(crate) struct PollState {
     partitions: Mutex<HashMap<PartitionKey, PartitionHandle>>,
+    in_flight: Arc<InFlight>,
     metrics: Metrics,
     name: String,
     stop: Arc<Stop>,
@@ -222,9 +256,11 @@ impl PollState {
         stop: Arc<Stop>,
         health: Arc<Health>,
         drain_timeout: Duration,
+        in_flight: Arc<InFlight>,
     ) -> Arc<PollState> {
         Arc::new(PollState {
             partitions: Mutex::new(HashMap::new()),
+            in_flight,
             metrics,
             name,
             stop,
@@ -274,18 +310,26 @@ impl PollState {
             }
             // Dropping the sender lets the worker finish what it has, then stop.
             drop(h.tx);
-            waiting.push((key, h.done, h.cancel));
+            self.in_flight.sub(h.stash.len());
+            waiting.push((key, h.done, h.cancel, h.in_flight));
         }
-        for (key, done, cancel) in waiting {
+        for (key, done, cancel, in_flight) in waiting {
             let left = deadline.saturating_duration_since(Instant::now());
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(left) {
                 warn!(topic = %key.0, partition = key.1, "drain timed out: abandoning in-flight records, they will be redelivered");
                 cancel.cancel();
                 let _ = done.recv_timeout(Duration::from_secs(5));
             }
+            // Whatever was not acknowledged stays uncommitted; it no longer counts here.
+            self.in_flight.sub(in_flight.swap(0, Ordering::AcqRel));
         }
         if !lost {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
+            // Every record finished above has its offset stored. librdkafka commits stored
+            // offsets of partitions it unassigns (auto-commit is on) and waits for that commit
+            // before completing the rebalance; this asks for it now as well. Asynchronous on
+            // purpose: a synchronous commit has no timeout and would hang a shutdown whose
+            // broker is gone.
+            match consumer.commit_consumer_state(CommitMode::Async) {
                 Ok(()) => {}
                 Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                 Err(e) => warn!(error = %e, "commit on release failed"),
@@ -336,13 +380,31 @@ pub(crate) fn poll_loop<P: Processor>(
 ) {
     let max_batch = core.pipeline.max_batch;
     let max_in_flight = core.pipeline.max_in_flight;
+    let pause_after = core.pipeline.pause_after;
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut batches: HashMap<PartitionKey, Vec<Record>> = HashMap::new();
     let mut any_paused = false;
+    let mut stalled_since: Option<Instant> = None;
     while !core.stop.stopping.is_cancelled() {
         if any_paused {
             any_paused = resume_ready(&consumer, &state, max_in_flight);
         }
+        // Backpressure. While the flowing partitions hold max_in_flight unacknowledged
+        // records, take no more: librdkafka's prefetch queue fills and its fetcher stops, and
+        // nothing fetched is thrown away. If that lasts pause_after (a stuck partition), pause
+        // the partition holding the most records: what it holds stops counting against the
+        // others, within a hard ceiling of twice the budget overall.
+        let (active, total) = budget_use(&state);
+        if active >= max_in_flight || total >= 2 * max_in_flight {
+            let since = *stalled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= pause_after && total < 2 * max_in_flight {
+                any_paused |= pause_fullest(&consumer, &state);
+                stalled_since = None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        stalled_since = None;
         let timeout = if any_paused {
             Duration::from_millis(10)
         } else {
@@ -368,14 +430,7 @@ pub(crate) fn poll_loop<P: Processor>(
             next = consumer.poll(Duration::ZERO);
         }
         if !batches.is_empty() {
-            any_paused |= dispatch(
-                &consumer,
-                &state,
-                &core,
-                &runtime,
-                &mut batches,
-                max_in_flight,
-            );
+            dispatch(&consumer, &state, &core, &runtime, &mut batches);
         }
     }
     info!("stopping: draining in-flight records");
@@ -383,59 +438,80 @@ pub(crate) fn poll_loop<P: Processor>(
     consumer.unsubscribe();
 }
 
-/// Hands batches to their partition workers, spawning workers for new partitions and pausing
-/// partitions that reached their in-flight limit. Returns whether any partition is paused.
+/// Hands batches to their partition workers, spawning workers for new partitions; records of
+/// paused partitions wait in the partition's stash.
 fn dispatch<P: Processor>(
     consumer: &Arc<BaseConsumer<ConsumerCtx>>,
     state: &Arc<PollState>,
     core: &Arc<Core<P>>,
     runtime: &tokio::runtime::Handle,
     batches: &mut HashMap<PartitionKey, Vec<Record>>,
-    max_in_flight: usize,
-) -> bool {
+) {
     let Ok(mut map) = state.partitions.lock() else {
         core.stop.fatal("partition table poisoned".into());
-        return false;
+        return;
     };
-    let mut pause = TopicPartitionList::new();
     for (key, batch) in batches.drain() {
         if batch.is_empty() {
             continue;
         }
-        let handle = map.entry(key.clone()).or_insert_with(|| {
-            spawn_partition(key.clone(), consumer.clone(), core.clone(), runtime)
-        });
+        let handle = map
+            .entry(key.clone())
+            .or_insert_with(|| spawn_partition(key, consumer.clone(), core.clone(), runtime));
         if handle.paused {
+            state.in_flight.add(batch.len());
             handle.stash.extend(batch);
             continue;
         }
         let n = batch.len();
-        let now = handle.in_flight.fetch_add(n, Ordering::AcqRel) + n;
-        core.metrics
-            .in_flight
-            .with_label_values(&[&core.name])
-            .add(n as i64);
-        if handle.tx.send(batch).is_err() {
-            // The worker stopped (fatal or abandoned); the records stay uncommitted.
-            continue;
-        }
-        if now >= max_in_flight {
-            handle.paused = true;
-            core.metrics.paused.inc();
-            pause.add_partition(&key.0, key.1);
-        }
+        handle.in_flight.fetch_add(n, Ordering::AcqRel);
+        state.in_flight.add(n);
+        // A failed send means the worker stopped (fatal or abandoned): the records stay
+        // uncommitted and are redelivered to whoever owns the partition next.
+        let _ = handle.tx.send(batch);
     }
-    if pause.count() > 0 {
-        debug!(partitions = ?pause.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "pausing");
-        if let Err(e) = consumer.pause(&pause) {
-            warn!(error = %e, "pause failed");
-        }
-    }
-    map.values().any(|h| h.paused)
 }
 
-/// Resumes paused partitions that have drained to half their limit, handing them their stash
-/// first. Returns whether any partition is still paused.
+/// Records held by unpaused partitions, and by all partitions (stashes included).
+fn budget_use(state: &PollState) -> (usize, usize) {
+    let total = state.in_flight.get();
+    let Ok(map) = state.partitions.lock() else {
+        return (total, total);
+    };
+    let paused: usize = map
+        .values()
+        .filter(|h| h.paused)
+        .map(|h| h.in_flight.load(Ordering::Acquire) + h.stash.len())
+        .sum();
+    (total.saturating_sub(paused), total)
+}
+
+/// Pauses the unpaused partition holding the most unacknowledged records: librdkafka stops
+/// fetching it (and drops what it prefetched for it). Returns whether one was paused.
+fn pause_fullest(consumer: &BaseConsumer<ConsumerCtx>, state: &PollState) -> bool {
+    let Ok(mut map) = state.partitions.lock() else {
+        return false;
+    };
+    let Some((key, h)) = map
+        .iter_mut()
+        .filter(|(_, h)| !h.paused)
+        .max_by_key(|(_, h)| h.in_flight.load(Ordering::Acquire))
+    else {
+        return false;
+    };
+    h.paused = true;
+    state.metrics.paused.inc();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    warn!(topic = %key.0, partition = key.1, records = h.in_flight.load(Ordering::Acquire), "nothing acknowledged for a while: pausing the fullest partition");
+    if let Err(e) = consumer.pause(&tpl) {
+        warn!(error = %e, "pause failed");
+    }
+    true
+}
+
+/// Resumes the paused partitions that have drained to a quarter of the budget, handing them
+/// their stash first. Returns whether any partition is still paused.
 fn resume_ready(
     consumer: &BaseConsumer<ConsumerCtx>,
     state: &PollState,
@@ -450,19 +526,14 @@ fn resume_ready(
         if !h.paused {
             continue;
         }
-        if h.in_flight.load(Ordering::Acquire) > max_in_flight / 2 {
+        if h.in_flight.load(Ordering::Acquire) > max_in_flight / 4 {
             still_paused = true;
             continue;
         }
         let stash = std::mem::take(&mut h.stash);
         if !stash.is_empty() {
-            let n = stash.len();
-            h.in_flight.fetch_add(n, Ordering::AcqRel);
-            state
-                .metrics
-                .in_flight
-                .with_label_values(&[&state.name])
-                .add(n as i64);
+            // Already counted in the budget when stashed.
+            h.in_flight.fetch_add(stash.len(), Ordering::AcqRel);
             let _ = h.tx.send(stash);
         }
         h.paused = false;
@@ -872,7 +943,6 @@ async fn acker<P: Processor>(
     cancel: CancellationToken,
     done: std::sync::mpsc::Sender<()>,
 ) {
-    let in_flight_gauge = core.metrics.in_flight.with_label_values(&[&core.name]);
     let mut produced: HashMap<Arc<str>, prometheus::IntCounter> = HashMap::new();
     let mut to_store: Option<i64> = None;
     let mut since_store = 0usize;
@@ -954,7 +1024,7 @@ async fn acker<P: Processor>(
         to_store = Some(offset);
         since_store += 1;
         in_flight.fetch_sub(1, Ordering::AcqRel);
-        in_flight_gauge.dec();
+        core.in_flight.sub(1);
         if since_store >= 256 || rx.is_empty() {
             store_offset(&consumer, &key, offset);
             to_store = None;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make bench`: the pass-through benchmark (raw rdkafka vs the runtime) and the codec
+# micro-benchmark, on a fresh local stack. Figures are printed; README.md records them.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+EIP_SCRIPT=bench
+. deploy/local/common.sh
+ensure_toolchain
+export EIP_STATE_DIR=${EIP_BENCH_STATE_DIR:-$ROOT/.eip-local/bench}
+export EIP_KAFKA_PORT=${EIP_BENCH_KAFKA_PORT:-19292}
+export EIP_REGISTRY_PORT=${EIP_BENCH_REGISTRY_PORT:-18281}
+export EIP_STORAGE=sqlite
+bash deploy/local/stack.sh stop >/dev/null 2>&1 || true
+rm -rf "$EIP_STATE_DIR/data"
+trap 'bash deploy/local/stack.sh stop' EXIT
+bash deploy/local/stack.sh start
+export EIP_KAFKA_BROKERS=127.0.0.1:$EIP_KAFKA_PORT
+export EIP_REGISTRY_URL=http://127.0.0.1:$EIP_REGISTRY_PORT
+cargo bench -p eip-schemas --bench codec -- --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^[a-z].*OrderPlaced|time:"
+cargo bench -p eip-tests --bench passthrough -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-5}"

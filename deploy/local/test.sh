@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make test`: formatting, lints, then every unit, integration and fault test against a real
+# local stack (Tansu + rivven-schema) started here on test ports and stopped on exit.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+EIP_SCRIPT=test
+. deploy/local/common.sh
+ensure_toolchain
+
+export EIP_STATE_DIR=${EIP_TEST_STATE_DIR:-$ROOT/.eip-local/test}
+export EIP_KAFKA_PORT=${EIP_TEST_KAFKA_PORT:-19192}
+export EIP_REGISTRY_PORT=${EIP_TEST_REGISTRY_PORT:-18181}
+export EIP_STORAGE=sqlite
+export EIP_PROMETHEUS=1
+export EIP_PROMETHEUS_PORT=${EIP_TEST_PROMETHEUS_PORT:-19190}
+
+log "installing what the tests need"
+bash deploy/local/stack.sh install
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "alert rules and scrape config"
+promtool check rules deploy/prometheus/alerts.yml
+sed -e "s|@TARGETS@|'127.0.0.1:9464'|" deploy/local/prometheus.yml >"$EIP_STATE_DIR/prometheus-check.yml"
+cp deploy/prometheus/alerts.yml "$EIP_STATE_DIR/alerts.yml"
+promtool check config "$EIP_STATE_DIR/prometheus-check.yml"
+
+log "building binaries the tests start"
+cargo build --workspace --bins
+
+# A fresh broker and registry for every run: tests assume nothing about earlier runs.
+bash deploy/local/stack.sh stop >/dev/null 2>&1 || true
+rm -rf "$EIP_STATE_DIR/data"
+trap 'bash deploy/local/stack.sh stop' EXIT
+EIP_PROMETHEUS=0 bash deploy/local/stack.sh start
+export EIP_KAFKA_BROKERS=127.0.0.1:$EIP_KAFKA_PORT
+export EIP_REGISTRY_URL=http://127.0.0.1:$EIP_REGISTRY_PORT
+
+log "cargo test (unit, integration, fault injection)"
+cargo test --workspace -- --test-threads "${EIP_TEST_THREADS:-2}"
+log "all tests passed"

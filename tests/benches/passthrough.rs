@@ -1,0 +1,420 @@
+//! Pass-through benchmark: the runtime against raw rdkafka, on the same broker and topic.
+//!
+//! ```text
+//! make bench            # starts the local stack, runs this, stops the stack
+//! cargo bench -p eip-tests --bench passthrough -- [--records N] [--rounds R] [--partitions P]
+//! ```
+//!
+//! In one run it measures, on one input topic of framed `OrderPlaced` records:
+//! 1. the broker's own ceiling: raw idempotent produce, and raw consume, in records/s;
+//! 2. raw rdkafka consume -> produce (BaseConsumer + BaseProducer, auto-commit, no decoding);
+//! 3. the runtime's pass-through (`eip-passthrough`): Avro decode through the registry cache,
+//!    encode, produce idempotently, and commit only after acknowledgement.
+//!
+//! Pass-throughs alternate (raw, runtime, raw, runtime, ...) so broker drift hits both; each
+//! is timed from its first consumed record to its last acknowledged output, excluding group
+//! join time. The figures printed are medians over the rounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use eip_passthrough::{Passthrough, PassthroughConfig};
+use eip_runtime::kafka;
+use eip_runtime::processor::decode_with;
+use eip_runtime::{Envelope, Output, ProcessError, Processor, Record};
+use eip_schemas::Codec;
+use eip_schemas::types::OrderPlaced;
+use eip_schemas::types::samples::order_placed;
+use eip_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+struct Args {
+    records: usize,
+    rounds: usize,
+    partitions: i32,
+    max_in_flight: usize,
+    /// Skip the raw pass-through (profiling the runtime alone).
+    runtime_only: bool,
+    /// Skip the runtime pass-through (profiling raw rdkafka alone).
+    raw_only: bool,
+}
+
+/// Kafka settings for the benchmark's clients: the defaults, plus producer properties from
+/// `EIP_BENCH_PRODUCER` (`key=value,key=value`) for experiments.
+fn bench_kafka(ep: &Endpoints) -> eip_runtime::config::KafkaConfig {
+    let mut k = ep.kafka();
+    if let Ok(props) = std::env::var("EIP_BENCH_PRODUCER") {
+        for kv in props.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = kv.split_once('=').expect("key=value");
+            k.producer_properties
+                .insert(key.to_string(), value.to_string());
+        }
+    }
+    k
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        records: 100_000,
+        rounds: 3,
+        partitions: 4,
+        max_in_flight: eip_runtime::config::PipelineConfig::default().max_in_flight,
+        runtime_only: false,
+        raw_only: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("a number")
+        };
+        match arg.as_str() {
+            "--records" => a.records = value(),
+            "--rounds" => a.rounds = value(),
+            "--partitions" => a.partitions = value() as i32,
+            "--max-in-flight" => a.max_in_flight = value(),
+            "--runtime-only" => a.runtime_only = true,
+            "--raw-only" => a.raw_only = true,
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    a
+}
+
+/// CPU time (user + system) consumed so far by process `pid` ("self" for this one), from
+/// /proc; `None` when unavailable.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the comm.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The pid of the broker listening on `brokers`' port, found by its command line.
+fn broker_pid(brokers: &str) -> Option<String> {
+    let port = brokers.rsplit(':').next()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (cmdline.contains("tansu") && cmdline.contains(&format!("127.0.0.1:{port}")))
+            .then(|| e.file_name().to_string_lossy().to_string())
+    })
+}
+
+/// CPU spent by this process and by the broker while `f` runs, in µs per record.
+struct Cpu {
+    broker: Option<String>,
+}
+
+impl Cpu {
+    fn sample(&self) -> (Option<Duration>, Option<Duration>) {
+        (cpu_time("self"), self.broker.as_deref().and_then(cpu_time))
+    }
+
+    fn per_record(&self, before: (Option<Duration>, Option<Duration>), n: usize) -> String {
+        let after = self.sample();
+        let us = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => format!(
+                "{:.1}",
+                (a.saturating_sub(b)).as_secs_f64() * 1e6 / n as f64
+            ),
+            _ => "n/a".into(),
+        };
+        format!(
+            "CPU µs/record: client {}, broker {}",
+            us(after.0, before.0),
+            us(after.1, before.1)
+        )
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Raw idempotent produce of `n` framed sample records; returns records/s.
+fn raw_produce(ep: &Endpoints, topic: &str, n: usize, payload: &[u8]) -> f64 {
+    let producer: BaseProducer = kafka::producer_config(&bench_kafka(ep)).create().unwrap();
+    let keys: Vec<String> = (0..n).map(|i| format!("order-{i:08}")).collect();
+    let started = Instant::now();
+    for key in &keys {
+        // The headers a real producer (eipctl, the gateway) sends: both pass-throughs then
+        // write the same two headers per record.
+        let trace = eip_runtime::trace::TraceContext::new_root().to_header();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "correlation-id",
+                value: Some(key.as_str()),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some(trace.as_str()),
+            });
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload)
+            .headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    rate(n, started.elapsed())
+}
+
+/// Raw consume of `n` records from the beginning of every partition; returns records/s.
+fn raw_consume(ep: &Endpoints, topic: &str, partitions: i32, n: usize) -> f64 {
+    let mut c = kafka::base_config(&ep.kafka());
+    c.set("group.id", unique("bench-read"))
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = c.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut seen = 0;
+    let mut started = None;
+    while seen < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m.unwrap();
+            started.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    rate(n, started.unwrap().elapsed())
+}
+
+/// Raw rdkafka consume -> produce with the same producer settings the runtime uses.
+fn raw_passthrough(ep: &Endpoints, input: &str, output: &str, n: usize) -> f64 {
+    let mut c = kafka::base_config(&ep.kafka());
+    c.set("group.id", unique("bench-raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true");
+    let consumer: BaseConsumer = c.create().unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    let producer: BaseProducer = kafka::producer_config(&bench_kafka(ep)).create().unwrap();
+    let mut seen = 0;
+    let mut started = None;
+    while seen < n {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        started.get_or_insert_with(Instant::now);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = m.payload() {
+            record = record.payload(p);
+        }
+        if let Some(h) = m.headers() {
+            record = record.headers(h.detach());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        seen += 1;
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    rate(n, started.unwrap().elapsed())
+}
+
+/// The pass-through, noting when it saw its first record.
+struct Timed {
+    inner: Passthrough,
+    first: Arc<OnceLock<Instant>>,
+}
+
+impl Processor for Timed {
+    type Input = OrderPlaced;
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn output_topics(&self) -> Vec<String> {
+        self.inner.output_topics()
+    }
+    async fn decode(&self, codec: &Codec, record: &Record) -> Result<OrderPlaced, ProcessError> {
+        self.first.get_or_init(Instant::now);
+        decode_with(codec, record).await
+    }
+    async fn process(&self, input: Envelope<OrderPlaced>) -> Result<Vec<Output>, ProcessError> {
+        self.inner.process(input).await
+    }
+}
+
+/// The runtime's pass-through from `input` to `output`, in-process.
+/// Returns records/s and the peak number of records in flight.
+async fn runtime_passthrough(
+    ep: &Endpoints,
+    input: &str,
+    output: &str,
+    n: usize,
+    max_in_flight: usize,
+) -> (f64, i64) {
+    let group = unique("bench-rt");
+    let mut cfg = config(
+        ep,
+        input,
+        &group,
+        PassthroughConfig {
+            output: output.to_string(),
+        },
+    );
+    cfg.kafka = eip_runtime::config::KafkaConfig {
+        group_id: group.clone(),
+        ..bench_kafka(ep)
+    };
+    cfg.telemetry.readiness_interval = Duration::from_secs(5);
+    cfg.kafka.statistics_interval = Duration::from_secs(5);
+    cfg.telemetry.log_filter = "warn".into();
+    cfg.pipeline.max_in_flight = max_in_flight;
+    let first = Arc::new(OnceLock::new());
+    let p = InProcess::start(
+        cfg.clone(),
+        Timed {
+            inner: Passthrough::new(&cfg.processor),
+            first: first.clone(),
+        },
+    )
+    .await;
+    let produced = p
+        .running
+        .metrics
+        .produced
+        .with_label_values(&["passthrough", output]);
+    let in_flight = p
+        .running
+        .metrics
+        .in_flight
+        .with_label_values(&["passthrough"]);
+    let mut peak = 0;
+    while (produced.get() as usize) < n {
+        peak = peak.max(in_flight.get());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = first.get().unwrap().elapsed();
+    p.stop().await.unwrap();
+    (rate(n, elapsed), peak)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let a = args();
+    let ep = endpoints();
+    register(&ep).await;
+    let input = unique("bench-in");
+    create_topics(&ep, &[&input, &format!("{input}.dlq")], a.partitions).await;
+    let codec = codec(&ep);
+    let id = codec.id_of::<OrderPlaced>().await.unwrap();
+    let payload = eip_schemas::codec::encode_with_id(id, &order_placed(42)).unwrap();
+
+    println!(
+        "pass-through benchmark: {} records of {} bytes, {} partitions, {} rounds, broker {}",
+        a.records,
+        payload.len(),
+        a.partitions,
+        a.rounds,
+        ep.brokers
+    );
+    let cpu = Cpu {
+        broker: broker_pid(&ep.brokers),
+    };
+    let (ep2, t2, p2) = (ep.clone(), input.clone(), payload.clone());
+    let before = cpu.sample();
+    let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, a.records, &p2))
+        .await
+        .unwrap();
+    println!(
+        "broker ceiling: raw produce {produce:>9.0} records/s; {}",
+        cpu.per_record(before, a.records)
+    );
+    let (ep2, t2) = (ep.clone(), input.clone());
+    let before = cpu.sample();
+    let consume =
+        tokio::task::spawn_blocking(move || raw_consume(&ep2, &t2, a.partitions, a.records))
+            .await
+            .unwrap();
+    println!(
+        "broker ceiling: raw consume {consume:>9.0} records/s; {}",
+        cpu.per_record(before, a.records)
+    );
+
+    let (mut raw, mut rt, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=a.rounds {
+        let out = unique("bench-raw-out");
+        create_topics(&ep, &[&out], a.partitions).await;
+        let (ep2, i2, o2) = (ep.clone(), input.clone(), out.clone());
+        let before = cpu.sample();
+        let r = if a.runtime_only {
+            f64::NAN
+        } else {
+            tokio::task::spawn_blocking(move || raw_passthrough(&ep2, &i2, &o2, a.records))
+                .await
+                .unwrap()
+        };
+        println!(
+            "round {round}: raw rdkafka pass-through {r:>9.0} records/s; {}",
+            cpu.per_record(before, a.records)
+        );
+        if a.raw_only {
+            raw.push(r);
+            continue;
+        }
+        let out = unique("bench-rt-out");
+        create_topics(&ep, &[&out], a.partitions).await;
+        let before = cpu.sample();
+        let (t, peak) = runtime_passthrough(&ep, &input, &out, a.records, a.max_in_flight).await;
+        println!(
+            "round {round}: runtime pass-through     {t:>9.0} records/s; {} ({:.2}x raw, peak {peak} records in flight)",
+            cpu.per_record(before, a.records),
+            t / r
+        );
+        raw.push(r);
+        rt.push(t);
+        ratios.push(t / r);
+    }
+    if rt.is_empty() {
+        return;
+    }
+    let (r, t) = (median(raw), median(rt));
+    println!("median: raw rdkafka pass-through {r:>9.0} records/s");
+    println!(
+        "median: runtime pass-through     {t:>9.0} records/s (Avro decode + encode, commit after ack)"
+    );
+    println!(
+        "ratio runtime / raw: {:.2} (of medians); median of per-round ratios {:.2}",
+        t / r,
+        median(ratios)
+    );
+}

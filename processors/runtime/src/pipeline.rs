@@ -33,7 +33,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::mpsc;
@@ -915,6 +915,15 @@ async fn send<P: Processor>(
     if let Some(p) = payload {
         record = record.payload(p);
     }
+    send_record(core, record, cancel).await
+}
+
+/// Hands a prepared record to the producer, waiting while its queue is full (backpressure).
+async fn send_record<P: Processor>(
+    core: &Core<P>,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+    cancel: &CancellationToken,
+) -> Result<DeliveryFuture, SendError> {
     loop {
         match core.producer.send_result(record) {
             Ok(f) => return Ok(f),
@@ -934,6 +943,83 @@ async fn send<P: Processor>(
     }
 }
 
+/// How a delivery ended.
+enum Settled {
+    /// Acknowledged by the broker.
+    Delivered,
+    /// Refused for good: this record can never be produced.
+    Unproducible(KafkaError),
+    /// The partition is abandoned or the process is stopping on a fatal error.
+    Stop,
+}
+
+/// Awaits a delivery. A delivery that failed for a reason that may pass (the broker restarting,
+/// a leader moving) is sent again with backoff, in place, until it is acknowledged: transient
+/// errors never dead-letter good data. `source` labels the retry metric.
+async fn settle<P: Processor>(
+    core: &Core<P>,
+    source: &str,
+    first: DeliveryFuture,
+    cancel: &CancellationToken,
+) -> Settled {
+    let mut fut = first;
+    let mut attempt: u32 = 0;
+    loop {
+        let result = tokio::select! {
+            r = fut => r,
+            _ = cancel.cancelled() => return Settled::Stop,
+        };
+        let (e, msg) = match result {
+            Ok(Ok(_)) => return Settled::Delivered,
+            Ok(Err(failure)) => failure,
+            Err(_) => {
+                core.stop
+                    .fatal("producer shut down with deliveries pending".into());
+                return Settled::Stop;
+            }
+        };
+        if e.rdkafka_error_code().is_some_and(record_is_unproducible) {
+            return Settled::Unproducible(e);
+        }
+        if let Some((code, reason)) = core.producer.client().fatal_error() {
+            core.stop
+                .fatal(format!("producer fatal error {code:?}: {reason}"));
+            return Settled::Stop;
+        }
+        attempt += 1;
+        core.metrics
+            .retried
+            .with_label_values(&[core.name.as_str(), source])
+            .inc();
+        let delay = backoff(&core.pipeline.retry, attempt);
+        warn!(error = %e, topic = msg.topic(), attempt, retry_in_ms = delay.as_millis() as u64, "delivery failed: sending again");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return Settled::Stop,
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(msg.topic()).partition(msg.partition());
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        if let Some(h) = msg.headers() {
+            record = record.headers(h.clone());
+        }
+        fut = match send_record(core, record, cancel).await {
+            Ok(f) => f,
+            Err(SendError::Abandoned) => return Settled::Stop,
+            Err(SendError::Permanent(reason)) | Err(SendError::Fatal(reason)) => {
+                core.stop
+                    .fatal(format!("sending to {} again: {reason}", msg.topic()));
+                return Settled::Stop;
+            }
+        };
+    }
+}
+
 async fn acker<P: Processor>(
     core: Arc<Core<P>>,
     key: PartitionKey,
@@ -950,50 +1036,38 @@ async fn acker<P: Processor>(
         let offset = ack.record.position.offset;
         let mut failed: Option<(Arc<str>, KafkaError)> = None;
         for (what, fut) in ack.deliveries {
-            let result = tokio::select! {
-                r = fut => r,
-                _ = cancel.cancelled() => break 'acks,
-            };
-            match (result, what) {
-                (Ok(Ok(_)), Delivery::Output(topic)) => {
-                    produced
+            match settle(&core, &key.0, fut, &cancel).await {
+                Settled::Delivered => match what {
+                    Delivery::Output(topic) => produced
                         .entry(topic.clone())
                         .or_insert_with(|| {
                             core.metrics
                                 .produced
                                 .with_label_values(&[core.name.as_str(), &topic])
                         })
-                        .inc();
-                }
-                (Ok(Ok(_)), Delivery::DeadLetter(class)) => {
-                    core.metrics
+                        .inc(),
+                    Delivery::DeadLetter(class) => core
+                        .metrics
                         .dlq
                         .with_label_values(&[core.name.as_str(), &key.0, class.as_str()])
-                        .inc();
-                }
-                (Ok(Err((e, _))), Delivery::Output(topic)) => {
-                    failed.get_or_insert((topic, e));
-                }
-                (Ok(Err((e, _))), Delivery::DeadLetter(_)) => {
-                    core.stop.fatal(format!(
-                        "dead-letter delivery from {}[{}] failed: {e}",
-                        key.0, key.1
-                    ));
-                    break 'acks;
-                }
-                (Err(_), _) => {
-                    core.stop
-                        .fatal("producer shut down with deliveries pending".into());
-                    break 'acks;
-                }
+                        .inc(),
+                },
+                Settled::Unproducible(e) => match what {
+                    Delivery::Output(topic) => {
+                        failed.get_or_insert((topic, e));
+                    }
+                    Delivery::DeadLetter(_) => {
+                        core.stop.fatal(format!(
+                            "dead letter from {}[{}] refused by the broker: {e}",
+                            key.0, key.1
+                        ));
+                        break 'acks;
+                    }
+                },
+                Settled::Stop => break 'acks,
             }
         }
         if let Some((topic, e)) = failed {
-            let code = e.rdkafka_error_code();
-            if !code.is_some_and(record_is_unproducible) {
-                core.stop.fatal(format!("delivery to {topic} failed: {e}"));
-                break 'acks;
-            }
             // The broker refused this output for good (too large, invalid): the input is poison.
             let reason = format!("delivery to {topic} failed: {e}");
             let Some(dl) = dead_letter(
@@ -1010,15 +1084,25 @@ async fn acker<P: Processor>(
                 break 'acks;
             };
             for (_, fut) in dl.deliveries {
-                if !matches!(fut.await, Ok(Ok(_))) {
-                    core.stop
-                        .fatal(format!("dead-lettering from {}[{}] failed", key.0, key.1));
-                    break 'acks;
+                match settle(&core, &key.0, fut, &cancel).await {
+                    Settled::Delivered => core
+                        .metrics
+                        .dlq
+                        .with_label_values(&[
+                            core.name.as_str(),
+                            &key.0,
+                            ErrorClass::Poison.as_str(),
+                        ])
+                        .inc(),
+                    Settled::Unproducible(e) => {
+                        core.stop.fatal(format!(
+                            "dead letter from {}[{}] refused by the broker: {e}",
+                            key.0, key.1
+                        ));
+                        break 'acks;
+                    }
+                    Settled::Stop => break 'acks,
                 }
-                core.metrics
-                    .dlq
-                    .with_label_values(&[core.name.as_str(), &key.0, ErrorClass::Poison.as_str()])
-                    .inc();
             }
         }
         to_store = Some(offset);

@@ -72,7 +72,7 @@ echo "================ eip demo summary ================"
 printf 'input     %-28s %6d records (%d valid, %d poison)\n' "$IN" $((COUNT + POISON)) "$COUNT" "$POISON"
 printf 'output    %-28s %6d records\n' "$OUT" "$OUT_N"
 printf 'dead      %-28s %6d records\n' "$DLQ" "$DLQ_N"
-python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'time      {s:.1f} s from start to last record, {int(sys.argv[3])/s:.0f} records/s (debug-free release build, includes group join)')" "$STARTED" "$ENDED" $((COUNT + POISON))
+python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'time      {s:.1f} s from start to last record, {int(sys.argv[3])/s:.0f} records/s, consumer group join included')" "$STARTED" "$ENDED" $((COUNT + POISON))
 echo "readiness $READY"
 echo "prometheus sum(eip_records_produced_total) = $SCRAPED (scraped from 127.0.0.1:9464)"
 echo "shutdown  SIGTERM -> exit $STATUS (drained and committed)"

@@ -21,11 +21,9 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use eip_passthrough::{Passthrough, PassthroughConfig};
+use eip_passthrough::PassthroughConfig;
 use eip_runtime::kafka;
-use eip_runtime::processor::decode_with;
-use eip_runtime::{Envelope, Output, ProcessError, Processor, Record};
-use eip_schemas::Codec;
+use eip_runtime::{Envelope, ProcessError};
 use eip_schemas::types::OrderPlaced;
 use eip_schemas::types::samples::order_placed;
 use eip_tests::*;
@@ -146,6 +144,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Sends with a `BaseProducer`, serving delivery reports while its queue is full.
+fn send_blocking(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+    }
+    producer.poll(Duration::ZERO);
+}
+
 /// Raw idempotent produce of `n` framed sample records; returns records/s.
 fn raw_produce(ep: &Endpoints, topic: &str, n: usize, payload: &[u8]) -> f64 {
     let producer: BaseProducer = kafka::producer_config(&bench_kafka(ep)).create().unwrap();
@@ -164,20 +176,11 @@ fn raw_produce(ep: &Endpoints, topic: &str, n: usize, payload: &[u8]) -> f64 {
                 key: "traceparent",
                 value: Some(trace.as_str()),
             });
-        let mut record = BaseRecord::to(topic)
-            .key(key.as_str())
+        let record = BaseRecord::to(topic)
+            .key(key.as_bytes())
             .payload(payload)
             .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_blocking(&producer, record);
     }
     producer.flush(Duration::from_secs(300)).unwrap();
     rate(n, started.elapsed())
@@ -234,46 +237,23 @@ fn raw_passthrough(ep: &Endpoints, input: &str, output: &str, n: usize) -> f64 {
         if let Some(h) = m.headers() {
             record = record.headers(h.detach());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_blocking(&producer, record);
         seen += 1;
     }
     producer.flush(Duration::from_secs(300)).unwrap();
     rate(n, started.unwrap().elapsed())
 }
 
-/// The pass-through, noting when it saw its first record.
-struct Timed {
-    inner: Passthrough,
-    first: Arc<OnceLock<Instant>>,
-}
+/// Notes when the runtime took its first record.
+struct FirstRecord(Arc<OnceLock<Instant>>);
 
-impl Processor for Timed {
-    type Input = OrderPlaced;
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn output_topics(&self) -> Vec<String> {
-        self.inner.output_topics()
-    }
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<OrderPlaced, ProcessError> {
-        self.first.get_or_init(Instant::now);
-        decode_with(codec, record).await
-    }
-    async fn process(&self, input: Envelope<OrderPlaced>) -> Result<Vec<Output>, ProcessError> {
-        self.inner.process(input).await
+impl Hook for FirstRecord {
+    async fn before(&self, _: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
+        self.0.get_or_init(Instant::now);
+        Ok(())
     }
 }
 
-/// The runtime's pass-through from `input` to `output`, in-process.
 /// Returns records/s and the peak number of records in flight.
 async fn runtime_passthrough(
     ep: &Endpoints,
@@ -300,14 +280,12 @@ async fn runtime_passthrough(
     cfg.telemetry.log_filter = "warn".into();
     cfg.pipeline.max_in_flight = max_in_flight;
     let first = Arc::new(OnceLock::new());
-    let p = InProcess::start(
-        cfg.clone(),
-        Timed {
-            inner: Passthrough::new(&cfg.processor),
-            first: first.clone(),
-        },
-    )
-    .await;
+    let timed = Hooked {
+        name: "passthrough",
+        output: output.into(),
+        hook: FirstRecord(first.clone()),
+    };
+    let p = InProcess::start(cfg, timed).await;
     let produced = p
         .running
         .metrics

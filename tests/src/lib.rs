@@ -408,7 +408,6 @@ pub fn passthrough_env(
             "EIP__TELEMETRY__LISTEN",
             format!("127.0.0.1:{telemetry_port}"),
         ),
-        ("EIP__TELEMETRY__LOG_FORMAT", "text".to_string()),
         ("EIP__TELEMETRY__READINESS_INTERVAL", "500ms".to_string()),
     ]
     .into_iter()
@@ -586,4 +585,94 @@ pub fn schema_history() -> Vec<String> {
         .collect();
     revs.reverse();
     revs
+}
+
+/// Topic and group names of one test, all unique.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Input topic.
+    pub input: String,
+    /// Its dead-letter topic.
+    pub dlq: String,
+    /// Output topic.
+    pub output: String,
+    /// Consumer group.
+    pub group: String,
+}
+
+/// Registers the schemas on `ep` and creates a fresh input, DLQ and output topic.
+pub async fn fresh_topics(ep: &Endpoints, prefix: &str, partitions: i32) -> Names {
+    register(ep).await;
+    let input = unique(prefix);
+    let names = Names {
+        dlq: format!("{input}.dlq"),
+        output: format!("{input}-out"),
+        group: unique("g"),
+        input,
+    };
+    create_topics(ep, &[&names.input, &names.dlq, &names.output], partitions).await;
+    names
+}
+
+/// The pass-through's test configuration for `names`.
+pub fn passthrough_config(ep: &Endpoints, names: &Names) -> Config<PassthroughConfig> {
+    config(
+        ep,
+        &names.input,
+        &names.group,
+        PassthroughConfig {
+            output: names.output.clone(),
+        },
+    )
+}
+
+/// What a [`Hooked`] processor does before forwarding a record: wait, fail, take notes.
+pub trait Hook: Send + Sync + 'static {
+    /// Runs before `input` is forwarded; an error is the record's outcome instead.
+    fn before(
+        &self,
+        input: &eip_runtime::Envelope<OrderPlaced>,
+    ) -> impl Future<Output = Result<(), eip_runtime::ProcessError>> + Send;
+}
+
+/// A pass-through of `OrderPlaced` records with a [`Hook`]: the test processors' shared shape.
+pub struct Hooked<H> {
+    /// Metric label.
+    pub name: &'static str,
+    /// Where records go.
+    pub output: std::sync::Arc<str>,
+    /// What happens first.
+    pub hook: H,
+}
+
+impl<H: Hook> Processor for Hooked<H> {
+    type Input = OrderPlaced;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![self.output.to_string()]
+    }
+
+    async fn decode(
+        &self,
+        codec: &Codec,
+        record: &eip_runtime::Record,
+    ) -> Result<OrderPlaced, eip_runtime::ProcessError> {
+        eip_runtime::processor::decode_with(codec, record).await
+    }
+
+    async fn process(
+        &self,
+        input: eip_runtime::Envelope<OrderPlaced>,
+    ) -> Result<Vec<eip_runtime::Output>, eip_runtime::ProcessError> {
+        self.hook.before(&input).await?;
+        Ok(vec![eip_runtime::Output::record(
+            self.output.clone(),
+            input.key,
+            input.value,
+        )])
+    }
 }

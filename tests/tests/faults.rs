@@ -4,13 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use eip_passthrough::{Passthrough, PassthroughConfig};
-use eip_runtime::processor::decode_with;
-use eip_runtime::{Envelope, Output, ProcessError, Processor, Record, RuntimeError};
-use eip_schemas::Codec;
+use eip_passthrough::Passthrough;
+use eip_runtime::{Envelope, ProcessError, RuntimeError};
 use eip_schemas::types::OrderPlaced;
 use eip_tests::*;
 
@@ -46,9 +43,12 @@ async fn until_complete(
 async fn kill_9_mid_stream_then_restart_loses_nothing_and_keeps_key_order() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("kill"), unique("kill-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 4).await;
+    let Names {
+        input,
+        output,
+        group,
+        ..
+    } = fresh_topics(&ep, "kill", 4).await;
     // 100 keys, 300 records each: per-key order is checkable.
     produce(&ep, &input, 30_000, 0, 0, 100).await;
     let port = free_port();
@@ -91,22 +91,13 @@ async fn a_frozen_registry_means_retries_in_place_not_dead_letters() {
         brokers: shared.brokers.clone(),
         registry: registry.url(),
     };
-    register(&ep).await;
-    let (input, output, group) = (unique("reg"), unique("reg-out"), unique("g"));
-    let dlq_topic = format!("{input}.dlq");
-    create_topics(&ep, &[&input, &dlq_topic, &output], 2).await;
+    let names = fresh_topics(&ep, "reg", 2).await;
+    let (input, output, dlq_topic) = (names.input.clone(), names.output.clone(), names.dlq.clone());
     produce(&ep, &input, 2_000, 0, 0, 0).await;
 
     // The processor starts with an empty schema cache while the registry is frozen.
     registry.pause();
-    let mut cfg = config(
-        &ep,
-        &input,
-        &group,
-        PassthroughConfig {
-            output: output.clone(),
-        },
-    );
+    let mut cfg = passthrough_config(&ep, &names);
     cfg.registry.timeout = Duration::from_millis(300);
     cfg.pipeline.retry.initial_backoff = Duration::from_millis(50);
     cfg.pipeline.retry.max_backoff = Duration::from_millis(500);
@@ -158,19 +149,11 @@ async fn a_broker_restart_is_survived_without_loss() {
         brokers: broker.brokers(),
         registry: shared.registry.clone(),
     };
-    register(&ep).await;
-    let (input, output, group) = (unique("bounce"), unique("bounce-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 2).await;
+    let names = fresh_topics(&ep, "bounce", 2).await;
+    let (input, output) = (names.input.clone(), names.output.clone());
     produce(&ep, &input, 10_000, 0, 0, 0).await;
 
-    let cfg = config(
-        &ep,
-        &input,
-        &group,
-        PassthroughConfig {
-            output: output.clone(),
-        },
-    );
+    let cfg = passthrough_config(&ep, &names);
     let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
     wait_for(&ep, &output, 2_000, WAIT).await;
     broker.stop();
@@ -194,31 +177,17 @@ async fn a_broker_restart_is_survived_without_loss() {
     assert_in_order_per_key(&inputs, &outputs);
 }
 
-/// Fails fatally on one sequence number; passes everything else through.
-struct FatalOn {
-    output: Arc<str>,
-    seq: u64,
-}
+/// Fails fatally on one sequence number.
+struct FatalOn(u64);
 
-impl Processor for FatalOn {
-    type Input = OrderPlaced;
-    fn name(&self) -> &str {
-        "fatal-on"
-    }
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<OrderPlaced, ProcessError> {
-        decode_with(codec, record).await
-    }
-    async fn process(&self, input: Envelope<OrderPlaced>) -> Result<Vec<Output>, ProcessError> {
-        if seq_of(&input.value) == self.seq {
+impl Hook for FatalOn {
+    async fn before(&self, input: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
+        if seq_of(&input.value) == self.0 {
             return Err(ProcessError::Fatal(
                 "the store's schema is newer than this binary".into(),
             ));
         }
-        Ok(vec![Output::record(
-            self.output.clone(),
-            input.key,
-            input.value,
-        )])
+        Ok(())
     }
 }
 
@@ -226,26 +195,20 @@ impl Processor for FatalOn {
 async fn a_fatal_error_drains_exits_with_an_error_and_leaves_the_record_uncommitted() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("fatal"), unique("fatal-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 1).await;
-    produce(&ep, &input, 1_000, 0, 0, 0).await;
-    let cfg = config(
-        &ep,
-        &input,
-        &group,
-        PassthroughConfig {
-            output: output.clone(),
-        },
+    let names = fresh_topics(&ep, "fatal", 1).await;
+    let (input, output, group) = (
+        names.input.clone(),
+        names.output.clone(),
+        names.group.clone(),
     );
-    let p = InProcess::start(
-        cfg.clone(),
-        FatalOn {
-            output: output.as_str().into(),
-            seq: 500,
-        },
-    )
-    .await;
+    produce(&ep, &input, 1_000, 0, 0, 0).await;
+    let cfg = passthrough_config(&ep, &names);
+    let fatal = Hooked {
+        name: "fatal-on",
+        output: output.as_str().into(),
+        hook: FatalOn(500),
+    };
+    let p = InProcess::start(cfg, fatal).await;
     let ended = tokio::time::timeout(WAIT, p.join()).await.unwrap();
     match ended {
         Err(RuntimeError::Fatal(reason)) => assert!(reason.contains("schema is newer"), "{reason}"),

@@ -8,12 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eip_passthrough::PassthroughConfig;
 use eip_runtime::dlq;
-use eip_runtime::processor::decode_with;
 use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
-use eip_runtime::{Envelope, Output, ProcessError, Processor, Record};
-use eip_schemas::Codec;
+use eip_runtime::{Envelope, ProcessError};
 use eip_schemas::types::OrderPlaced;
 use eip_tests::*;
 
@@ -22,9 +19,12 @@ const WAIT: Duration = Duration::from_secs(240);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_moves_50000_records_with_none_lost_or_duplicated() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("pt50k"), unique("pt50k-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 4).await;
+    let Names {
+        input,
+        output,
+        group,
+        ..
+    } = fresh_topics(&ep, "pt50k", 4).await;
     produce(&ep, &input, 50_000, 0, 0, 0).await;
 
     let p = passthrough(&ep, &input, &output, &group).await;
@@ -73,10 +73,12 @@ async fn passthrough_moves_50000_records_with_none_lost_or_duplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_lands_in_the_dlq_with_its_reason_while_the_rest_flow() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("poison"), unique("poison-out"), unique("g"));
-    let dlq_topic = format!("{input}.dlq");
-    create_topics(&ep, &[&input, &dlq_topic, &output], 3).await;
+    let Names {
+        input,
+        dlq: dlq_topic,
+        output,
+        group,
+    } = fresh_topics(&ep, "poison", 3).await;
     produce(&ep, &input, 3_000, 0, 8, 0).await;
 
     let p = passthrough(&ep, &input, &output, &group).await;
@@ -132,9 +134,12 @@ async fn poison_lands_in_the_dlq_with_its_reason_while_the_rest_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_serves_metrics_health_and_readiness() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("tel"), unique("tel-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 2).await;
+    let Names {
+        input,
+        output,
+        group,
+        ..
+    } = fresh_topics(&ep, "tel", 2).await;
     produce(&ep, &input, 100, 0, 1, 0).await;
     let p = passthrough(&ep, &input, &output, &group).await;
     let addr = p.running.telemetry.to_string();
@@ -176,56 +181,40 @@ async fn telemetry_serves_metrics_health_and_readiness() {
     p.stop().await.unwrap();
 }
 
-/// A processor that takes `delay` per record: a slow downstream.
+/// Takes `delay` per record: a slow downstream.
 struct Slow {
-    output: Arc<str>,
     delay: Duration,
     seen: Arc<AtomicUsize>,
 }
 
-impl Processor for Slow {
-    type Input = OrderPlaced;
-    fn name(&self) -> &str {
-        "slow"
-    }
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<OrderPlaced, ProcessError> {
-        decode_with(codec, record).await
-    }
-    async fn process(&self, input: Envelope<OrderPlaced>) -> Result<Vec<Output>, ProcessError> {
+impl Hook for Slow {
+    async fn before(&self, _: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
         tokio::time::sleep(self.delay).await;
         self.seen.fetch_add(1, Ordering::Relaxed);
-        Ok(vec![Output::record(
-            self.output.clone(),
-            input.key,
-            input.value,
-        )])
+        Ok(())
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_processor_is_backpressure_not_memory_growth() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("slow"), unique("slow-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 2).await;
+    let names = fresh_topics(&ep, "slow", 2).await;
+    let (input, output) = (names.input.clone(), names.output.clone());
     produce(&ep, &input, 3_000, 0, 0, 0).await;
-    let mut cfg = config(
-        &ep,
-        &input,
-        &group,
-        PassthroughConfig {
-            output: output.clone(),
-        },
-    );
+    let mut cfg = passthrough_config(&ep, &names);
     cfg.pipeline.max_in_flight = 50;
     cfg.pipeline.max_batch = 20;
     let seen = Arc::new(AtomicUsize::new(0));
+    let slow = Slow {
+        delay: Duration::from_micros(500),
+        seen: seen.clone(),
+    };
     let p = InProcess::start(
         cfg,
-        Slow {
+        Hooked {
+            name: "slow",
             output: output.as_str().into(),
-            delay: Duration::from_micros(500),
-            seen: seen.clone(),
+            hook: slow,
         },
     )
     .await;
@@ -257,40 +246,27 @@ async fn a_slow_processor_is_backpressure_not_memory_growth() {
     assert_eq!(read_all(&ep, &output).await.len(), 3_000);
 }
 
-/// Holds every record of one partition until released; passes the others straight through.
+/// Holds every record of one partition until released.
 struct StuckPartition {
-    output: Arc<str>,
     stuck: i32,
     release: tokio::sync::watch::Receiver<bool>,
 }
 
-impl Processor for StuckPartition {
-    type Input = OrderPlaced;
-    fn name(&self) -> &str {
-        "stuck"
-    }
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<OrderPlaced, ProcessError> {
-        decode_with(codec, record).await
-    }
-    async fn process(&self, input: Envelope<OrderPlaced>) -> Result<Vec<Output>, ProcessError> {
+impl Hook for StuckPartition {
+    async fn before(&self, input: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
         if input.position.partition == self.stuck {
             let mut release = self.release.clone();
             let _ = release.wait_for(|go| *go).await;
         }
-        Ok(vec![Output::record(
-            self.output.clone(),
-            input.key,
-            input.value,
-        )])
+        Ok(())
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_partition_is_paused_and_the_others_keep_flowing() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("stuck"), unique("stuck-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 2).await;
+    let names = fresh_topics(&ep, "stuck", 2).await;
+    let (input, output) = (names.input.clone(), names.output.clone());
     produce(&ep, &input, 4_000, 0, 0, 0).await;
     let per_partition =
         |records: &[ReadRecord], p: i32| records.iter().filter(|r| r.partition == p).count();
@@ -301,24 +277,21 @@ async fn a_stuck_partition_is_paused_and_the_others_keep_flowing() {
         "both partitions have records: {n0}/{n1}"
     );
 
-    let mut cfg = config(
-        &ep,
-        &input,
-        &group,
-        PassthroughConfig {
-            output: output.clone(),
-        },
-    );
+    let mut cfg = passthrough_config(&ep, &names);
     cfg.pipeline.max_in_flight = 200;
     cfg.pipeline.max_batch = 50;
     cfg.pipeline.pause_after = Duration::from_millis(300);
     let (release, gate) = tokio::sync::watch::channel(false);
+    let stuck = StuckPartition {
+        stuck: 0,
+        release: gate,
+    };
     let p = InProcess::start(
         cfg,
-        StuckPartition {
+        Hooked {
+            name: "stuck",
             output: output.as_str().into(),
-            stuck: 0,
-            release: gate,
+            hook: stuck,
         },
     )
     .await;
@@ -356,9 +329,12 @@ async fn a_stuck_partition_is_paused_and_the_others_keep_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_hands_partitions_over_without_loss_or_duplicates() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("rebal"), unique("rebal-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 4).await;
+    let Names {
+        input,
+        output,
+        group,
+        ..
+    } = fresh_topics(&ep, "rebal", 4).await;
     produce(&ep, &input, 6_000, 0, 0, 50).await;
 
     let a = passthrough(&ep, &input, &output, &group).await;
@@ -392,16 +368,16 @@ async fn a_rebalance_hands_partitions_over_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_commits_and_exits_zero() {
     let ep = endpoints();
-    register(&ep).await;
-    let (input, output, group) = (unique("term"), unique("term-out"), unique("g"));
-    create_topics(&ep, &[&input, &format!("{input}.dlq"), &output], 4).await;
-    produce(&ep, &input, 20_000, 0, 0, 0).await;
+    let Names {
+        input,
+        dlq: dlq_topic,
+        output,
+        group,
+    } = fresh_topics(&ep, "term", 4).await;
+    produce(&ep, &input, 20_000, 0, 1, 0).await;
     let port = free_port();
-    let mut child = ChildProcess::spawn(
-        &bin("eip-passthrough"),
-        &[],
-        &passthrough_env(&ep, &input, &output, &group, port),
-    );
+    let env = passthrough_env(&ep, &input, &output, &group, port);
+    let mut child = ChildProcess::spawn(&bin("eip-passthrough"), &[], &env);
     wait_for(&ep, &output, 2_000, WAIT).await;
     child.signal("TERM");
     let status = child.wait(Duration::from_secs(60)).await;
@@ -410,14 +386,10 @@ async fn sigterm_drains_commits_and_exits_zero() {
         "exit {status:?}; log:\n{}",
         child.log_text()
     );
-    assert!(child.log_text().contains("stopped cleanly"));
     // A restart continues from the commits: nothing twice, nothing missing.
-    let mut again = ChildProcess::spawn(
-        &bin("eip-passthrough"),
-        &[],
-        &passthrough_env(&ep, &input, &output, &group, port),
-    );
+    let mut again = ChildProcess::spawn(&bin("eip-passthrough"), &[], &env);
     wait_for(&ep, &output, 20_000, WAIT).await;
+    wait_for(&ep, &dlq_topic, 1, WAIT).await;
     again.signal("TERM");
     assert!(again.wait(Duration::from_secs(60)).await.success());
     let outputs = decode_orders(&codec(&ep), &read_all(&ep, &output).await).await;
@@ -431,6 +403,28 @@ async fn sigterm_drains_commits_and_exits_zero() {
         20_000,
         "a graceful stop leaves no duplicates"
     );
+
+    // Logs are JSON lines; the dead-letter warning carries the record's trace and correlation.
+    let logs = format!("{}{}", child.log_text(), again.log_text());
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "stopped cleanly")
+            .count(),
+        2,
+        "both runs stopped cleanly"
+    );
+    let dead = lines
+        .iter()
+        .find(|l| l["message"] == "record dead-lettered")
+        .expect("the poison record was logged");
+    assert_eq!(dead["level"], "WARN");
+    assert_eq!(dead["span"]["trace_id"].as_str().map(str::len), Some(32));
+    assert!(dead["span"]["correlation_id"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,7 @@ where
 
     tokio::spawn(readiness(
         consumer.clone(),
+        config.pipeline.inputs[0].clone(),
         codec.registry().clone(),
         health.clone(),
         metrics.clone(),
@@ -173,6 +174,10 @@ where
             stop.request();
         }
         _ = stop.stopping.cancelled() => {}
+    }
+    if stop.fatal_reason().is_some() {
+        // Liveness turns false while draining: the orchestrator sees the failure at once.
+        health.set_fatal();
     }
     // The poll thread drains partitions within drain_timeout; past that, abandon the rest.
     let hard = stop.abandon.clone();
@@ -247,6 +252,7 @@ async fn check_topics<P: Processor, A: Section>(
 
 async fn readiness(
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    topic: String,
     registry: Arc<Registry>,
     health: Arc<Health>,
     metrics: Metrics,
@@ -255,8 +261,10 @@ async fn readiness(
 ) {
     loop {
         let c = consumer.clone();
+        let t = topic.clone();
+        // Metadata of one input topic: cheap even on a cluster with many topics.
         let broker = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(None, Duration::from_secs(3)).is_ok()
+            c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()
         })
         .await
         .unwrap_or(false);

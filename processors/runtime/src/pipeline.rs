@@ -792,6 +792,7 @@ async fn handle<P: Processor>(
                             first_failure,
                             cancel,
                         )
+                        .instrument(span)
                         .await;
                     }
                     Err(SendError::Fatal(reason)) => {
@@ -819,6 +820,7 @@ async fn handle<P: Processor>(
                 first_failure,
                 cancel,
             )
+            .instrument(span)
             .await;
         }
     }
@@ -943,6 +945,21 @@ async fn send_record<P: Processor>(
     }
 }
 
+fn count_dead_letter<P: Processor>(core: &Core<P>, source: &str, class: ErrorClass) {
+    core.metrics
+        .dlq
+        .with_label_values(&[core.name.as_str(), source, class.as_str()])
+        .inc();
+}
+
+/// A dead letter the broker refuses can't be kept anywhere: stop rather than lose it.
+fn refused_dead_letter<P: Processor>(core: &Core<P>, key: &PartitionKey, e: &KafkaError) {
+    core.stop.fatal(format!(
+        "dead letter from {}[{}] refused by the broker: {e}",
+        key.0, key.1
+    ));
+}
+
 /// How a delivery ended.
 enum Settled {
     /// Acknowledged by the broker.
@@ -1046,21 +1063,14 @@ async fn acker<P: Processor>(
                                 .with_label_values(&[core.name.as_str(), &topic])
                         })
                         .inc(),
-                    Delivery::DeadLetter(class) => core
-                        .metrics
-                        .dlq
-                        .with_label_values(&[core.name.as_str(), &key.0, class.as_str()])
-                        .inc(),
+                    Delivery::DeadLetter(class) => count_dead_letter(&core, &key.0, class),
                 },
                 Settled::Unproducible(e) => match what {
                     Delivery::Output(topic) => {
                         failed.get_or_insert((topic, e));
                     }
                     Delivery::DeadLetter(_) => {
-                        core.stop.fatal(format!(
-                            "dead letter from {}[{}] refused by the broker: {e}",
-                            key.0, key.1
-                        ));
+                        refused_dead_letter(&core, &key, &e);
                         break 'acks;
                     }
                 },
@@ -1085,20 +1095,9 @@ async fn acker<P: Processor>(
             };
             for (_, fut) in dl.deliveries {
                 match settle(&core, &key.0, fut, &cancel).await {
-                    Settled::Delivered => core
-                        .metrics
-                        .dlq
-                        .with_label_values(&[
-                            core.name.as_str(),
-                            &key.0,
-                            ErrorClass::Poison.as_str(),
-                        ])
-                        .inc(),
+                    Settled::Delivered => count_dead_letter(&core, &key.0, ErrorClass::Poison),
                     Settled::Unproducible(e) => {
-                        core.stop.fatal(format!(
-                            "dead letter from {}[{}] refused by the broker: {e}",
-                            key.0, key.1
-                        ));
+                        refused_dead_letter(&core, &key, &e);
                         break 'acks;
                     }
                     Settled::Stop => break 'acks,

@@ -298,7 +298,9 @@ impl<A: Section> Default for Config<A> {
     }
 }
 
-fn from_figment(e: figment::Error) -> ConfigError {
+/// A figment error as one line naming the key and where the value came from (the file, or the
+/// `EIP__*` variable). Shared with binaries that load their own configuration (the gateway).
+pub fn from_figment(e: figment::Error) -> ConfigError {
     let key = if e.path.is_empty() {
         "(top level)".to_string()
     } else {

@@ -36,6 +36,10 @@ pub const FIRST_FAILURE: &str = "eip.dlq.first-failure";
 /// Header: processor name.
 pub const PROCESSOR: &str = "eip.dlq.processor";
 
+/// Header set by processors that produce to targets (the router): the target that could not
+/// be reached. Not written by the runtime itself.
+pub const TARGET_TOPIC: &str = "eip.dlq.target-topic";
+
 /// Every DLQ header name, in the order they are written.
 pub const ALL: [&str; 8] = [
     ERROR_CLASS,

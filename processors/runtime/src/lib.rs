@@ -40,8 +40,8 @@ pub use config::{Config, ConfigError, NoSettings, Section};
 pub use health::Health;
 pub use metrics::Metrics;
 pub use processor::{
-    AnyRecord, Decode, Envelope, Headers, Output, Payload, Position, ProcessError, Processor, Raw,
-    Record,
+    AnyRecord, Decode, DeliveryFailure, Envelope, Headers, Output, Payload, Position, ProcessError,
+    Processor, Raw, Record, Redirect,
 };
 
 use pipeline::{ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
@@ -89,6 +89,22 @@ where
     P: Processor,
     A: Section,
 {
+    run_until_with(config, processor, axum::Router::new(), shutdown, on_start).await
+}
+
+/// [`run_until`], with `routes` served next to `/metrics`, `/healthz` and `/readyz` on the
+/// telemetry port (a processor's admin endpoints).
+pub async fn run_until_with<P, A>(
+    config: &Config<A>,
+    processor: P,
+    routes: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+    on_start: impl FnOnce(Running) + Send,
+) -> Result<(), RuntimeError>
+where
+    P: Processor,
+    A: Section,
+{
     config.validate()?;
     let name = processor.name().to_string();
     let metrics =
@@ -100,6 +116,7 @@ where
         config.telemetry.listen,
         metrics.clone(),
         health.clone(),
+        routes,
         telemetry_stop.clone(),
     )
     .await
@@ -227,7 +244,9 @@ async fn check_topics<P: Processor, A: Section>(
             .iter()
             .map(|t| kafka::TopicSpec {
                 name: t.clone(),
-                partitions: config.pipeline.topic_partitions,
+                partitions: processor
+                    .partitions_for(t)
+                    .unwrap_or(config.pipeline.topic_partitions),
             })
             .collect();
         kafka::ensure_topics(&kafka, &specs, Duration::from_secs(10))
@@ -320,6 +339,36 @@ where
     A: Section,
     P: Processor,
 {
+    main_with_extras(|config: &mut Config<A>| build(config).map(|p| (p, Extras::default())))
+}
+
+/// What a processor binary serves and starts besides its processor.
+#[derive(Default)]
+pub struct Extras {
+    /// Routes served on the telemetry port next to `/metrics` (admin endpoints).
+    pub routes: axum::Router,
+    /// Called inside the async runtime once the pipeline has started (spawn watchers here).
+    pub on_start: Option<Box<dyn FnOnce(Running) + Send>>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("on_start", &self.on_start.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`main_with`] for processors that adjust their configuration (add inputs, say), serve admin
+/// routes or start background tasks: `build` may change the loaded configuration, which is
+/// validated again afterwards.
+pub fn main_with_extras<A, P>(
+    build: impl FnOnce(&mut Config<A>) -> Result<(P, Extras), ConfigError>,
+) -> ExitCode
+where
+    A: Section,
+    P: Processor,
+{
     let mut config_path: Option<PathBuf> = None;
     let mut check_only = false;
     let mut args = std::env::args().skip(1);
@@ -339,14 +388,17 @@ where
             }
         }
     }
-    let config = match Config::<A>::load(config_path.as_deref()) {
+    let mut config = match Config::<A>::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let processor = match build(&config) {
+    let (processor, extras) = match build(&mut config).and_then(|built| {
+        config.validate()?;
+        Ok(built)
+    }) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -368,7 +420,19 @@ where
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    match runtime.block_on(run_until(&config, processor, shutdown_signal(), |_| {})) {
+    let Extras { routes, on_start } = extras;
+    let started = move |running: Running| {
+        if let Some(f) = on_start {
+            f(running);
+        }
+    };
+    match runtime.block_on(run_until_with(
+        &config,
+        processor,
+        routes,
+        shutdown_signal(),
+        started,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "processor stopped");

@@ -45,7 +45,8 @@ use crate::dlq;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::processor::{
-    Envelope, Headers, Output, Payload, Position, ProcessError, Processor, Record,
+    DeliveryFailure, Envelope, Headers, Output, Payload, Position, ProcessError, Processor, Record,
+    Redirect,
 };
 use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 
@@ -757,32 +758,26 @@ async fn handle<P: Processor>(
         Ok(encoded) => {
             let child = trace.child().to_header();
             for out in encoded {
-                let mut headers = out.headers;
-                if headers.get(TRACEPARENT).is_none() {
-                    headers.push(TRACEPARENT, child.clone());
+                let mut out = out;
+                if out.headers.get(TRACEPARENT).is_none() {
+                    out.headers.push(TRACEPARENT, child.clone());
                 }
-                if headers.get(CORRELATION_ID).is_none() {
-                    headers.push(
+                if out.headers.get(CORRELATION_ID).is_none() {
+                    out.headers.push(
                         CORRELATION_ID,
                         Bytes::copy_from_slice(correlation_id.as_bytes()),
                     );
                 }
-                match send(
-                    core,
-                    &out.topic,
-                    out.key.as_deref(),
-                    out.payload.as_deref(),
-                    &headers,
-                    cancel,
-                )
-                .await
-                {
-                    Ok(f) => deliveries.push((Delivery::Output(out.topic), f)),
-                    Err(SendError::Abandoned) => return None,
-                    Err(SendError::Permanent(reason)) => {
+                match send_output(core, &record, out, true, cancel).await {
+                    Ok((topic, f)) => deliveries.push((Delivery::Output(topic), f)),
+                    Err((topic, SendError::Abandoned)) => {
+                        let _ = topic;
+                        return None;
+                    }
+                    Err((topic, SendError::Permanent(reason))) => {
                         // The output can't ever be produced (too large, say): the input is poison.
                         deliveries.clear();
-                        let reason = format!("producing to {} failed: {reason}", out.topic);
+                        let reason = format!("producing to {topic} failed: {reason}");
                         return dead_letter(
                             core,
                             record,
@@ -795,9 +790,8 @@ async fn handle<P: Processor>(
                         .instrument(span)
                         .await;
                     }
-                    Err(SendError::Fatal(reason)) => {
-                        core.stop
-                            .fatal(format!("producing to {}: {reason}", out.topic));
+                    Err((topic, SendError::Fatal(reason) | SendError::Refused(reason))) => {
+                        core.stop.fatal(format!("producing to {topic}: {reason}"));
                         return None;
                     }
                 }
@@ -871,7 +865,7 @@ async fn dead_letter<P: Processor>(
             deliveries: vec![(Delivery::DeadLetter(class), f)],
         }),
         Err(SendError::Abandoned) => None,
-        Err(SendError::Permanent(r)) | Err(SendError::Fatal(r)) => {
+        Err(SendError::Permanent(r)) | Err(SendError::Fatal(r)) | Err(SendError::Refused(r)) => {
             core.stop.fatal(format!("dead-lettering to {topic}: {r}"));
             None
         }
@@ -881,7 +875,94 @@ async fn dead_letter<P: Processor>(
 enum SendError {
     Abandoned,
     Permanent(String),
+    /// The producer refused the record for now (its topic is not known to exist).
+    Refused(String),
     Fatal(String),
+}
+
+/// Hands one output to the producer. When the producer refuses it for now (its topic does not
+/// exist), the processor decides: try again after a backoff, or produce something else instead.
+async fn send_output<P: Processor>(
+    core: &Core<P>,
+    source: &Record,
+    out: Encoded,
+    redirectable: bool,
+    cancel: &CancellationToken,
+) -> Result<(Arc<str>, DeliveryFuture), (Arc<str>, SendError)> {
+    let mut out = out;
+    let mut attempts: u32 = 0;
+    loop {
+        let sent = send(
+            core,
+            &out.topic,
+            out.key.as_deref(),
+            out.payload.as_deref(),
+            &out.headers,
+            cancel,
+        )
+        .await;
+        let error = match sent {
+            Ok(f) => return Ok((out.topic, f)),
+            Err(SendError::Refused(e)) => e,
+            Err(other) => return Err((out.topic, other)),
+        };
+        attempts += 1;
+        core.metrics
+            .retried
+            .with_label_values(&[core.name.as_str(), &source.position.topic])
+            .inc();
+        let failure = DeliveryFailure {
+            source,
+            topic: &out.topic,
+            key: out.key.as_deref(),
+            payload: out.payload.as_deref(),
+            headers: out.headers.clone(),
+            error: error.clone(),
+            attempts,
+        };
+        let decision = if redirectable {
+            core.processor.on_delivery_failure(&failure)
+        } else {
+            Redirect::Again
+        };
+        match decision {
+            Redirect::Again => {
+                let delay = backoff(&core.pipeline.retry, attempts);
+                warn!(error = %error, topic = %out.topic, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "producer refused the record: sending again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Err((out.topic, SendError::Abandoned)),
+                    _ = core.stop.halt.cancelled() => return Err((out.topic, SendError::Abandoned)),
+                }
+            }
+            Redirect::To(redirect) => {
+                info!(error = %error, from = %out.topic, to = %redirect.topic, "producer refused the record: redirected");
+                out = encode_redirect(&core.codec, &out.topic, redirect).await?;
+                attempts = 0;
+            }
+        }
+    }
+}
+
+/// Encodes a redirect; a redirect that can't be encoded is a processor bug, so fatal.
+async fn encode_redirect(
+    codec: &Codec,
+    from: &Arc<str>,
+    redirect: Output,
+) -> Result<Encoded, (Arc<str>, SendError)> {
+    let to = redirect.topic.clone();
+    let mut encoded = encode_outputs(codec, vec![redirect]).await.map_err(|e| {
+        (
+            from.clone(),
+            SendError::Fatal(format!("redirect to {to} could not be encoded: {e}")),
+        )
+    })?;
+    encoded.pop().ok_or_else(|| {
+        (
+            from.clone(),
+            SendError::Fatal(format!("redirect to {to} produced nothing")),
+        )
+    })
 }
 
 /// Delivery errors that say "this record can never be produced", as opposed to the broker or
@@ -940,6 +1021,16 @@ async fn send_record<P: Processor>(
             Err((KafkaError::MessageProduction(code), _)) if record_is_unproducible(code) => {
                 return Err(SendError::Permanent(code.to_string()));
             }
+            Err((KafkaError::MessageProduction(code), _))
+                if matches!(
+                    code,
+                    RDKafkaErrorCode::UnknownTopic
+                        | RDKafkaErrorCode::UnknownPartition
+                        | RDKafkaErrorCode::UnknownTopicOrPartition
+                ) =>
+            {
+                return Err(SendError::Refused(code.to_string()));
+            }
             Err((e, _)) => return Err(SendError::Fatal(e.to_string())),
         }
     }
@@ -962,8 +1053,8 @@ fn refused_dead_letter<P: Processor>(core: &Core<P>, key: &PartitionKey, e: &Kaf
 
 /// How a delivery ended.
 enum Settled {
-    /// Acknowledged by the broker.
-    Delivered,
+    /// Acknowledged by the broker, by the topic named (a redirect's, if there was one).
+    Delivered(Arc<str>),
     /// Refused for good: this record can never be produced.
     Unproducible(KafkaError),
     /// The partition is abandoned or the process is stopping on a fatal error.
@@ -971,14 +1062,18 @@ enum Settled {
 }
 
 /// Awaits a delivery. A delivery that failed for a reason that may pass (the broker restarting,
-/// a leader moving) is sent again with backoff, in place, until it is acknowledged: transient
-/// errors never dead-letter good data. `source` labels the retry metric.
+/// a leader moving) is sent again with backoff, in place, until it is acknowledged, unless the
+/// processor redirects it (`redirectable`, for outputs; never for dead letters): transient
+/// errors never dead-letter good data.
 async fn settle<P: Processor>(
     core: &Core<P>,
-    source: &str,
+    source: &Record,
+    topic: Arc<str>,
     first: DeliveryFuture,
+    redirectable: bool,
     cancel: &CancellationToken,
 ) -> Settled {
+    let mut topic = topic;
     let mut fut = first;
     let mut attempt: u32 = 0;
     loop {
@@ -987,7 +1082,7 @@ async fn settle<P: Processor>(
             _ = cancel.cancelled() => return Settled::Stop,
         };
         let (e, msg) = match result {
-            Ok(Ok(_)) => return Settled::Delivered,
+            Ok(Ok(_)) => return Settled::Delivered(topic),
             Ok(Err(failure)) => failure,
             Err(_) => {
                 core.stop
@@ -1006,31 +1101,70 @@ async fn settle<P: Processor>(
         attempt += 1;
         core.metrics
             .retried
-            .with_label_values(&[core.name.as_str(), source])
+            .with_label_values(&[core.name.as_str(), &source.position.topic])
             .inc();
-        let delay = backoff(&core.pipeline.retry, attempt);
-        warn!(error = %e, topic = msg.topic(), attempt, retry_in_ms = delay.as_millis() as u64, "delivery failed: sending again");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = cancel.cancelled() => return Settled::Stop,
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(msg.topic()).partition(msg.partition());
-        if let Some(k) = msg.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = msg.payload() {
-            record = record.payload(p);
-        }
+        let mut headers = Headers::new();
         if let Some(h) = msg.headers() {
-            record = record.headers(h.clone());
+            for header in h.iter() {
+                match header.value {
+                    Some(v) => headers.push(header.key, Bytes::copy_from_slice(v)),
+                    None => headers.push_null(header.key),
+                }
+            }
         }
-        fut = match send_record(core, record, cancel).await {
-            Ok(f) => f,
-            Err(SendError::Abandoned) => return Settled::Stop,
-            Err(SendError::Permanent(reason)) | Err(SendError::Fatal(reason)) => {
-                core.stop
-                    .fatal(format!("sending to {} again: {reason}", msg.topic()));
+        let redirect = if redirectable {
+            core.processor.on_delivery_failure(&DeliveryFailure {
+                source,
+                topic: msg.topic(),
+                key: msg.key(),
+                payload: msg.payload(),
+                headers: headers.clone(),
+                error: e.to_string(),
+                attempts: attempt,
+            })
+        } else {
+            Redirect::Again
+        };
+        let next = match redirect {
+            Redirect::Again => {
+                let delay = backoff(&core.pipeline.retry, attempt);
+                warn!(error = %e, topic = msg.topic(), attempt, retry_in_ms = delay.as_millis() as u64, "delivery failed: sending again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Settled::Stop,
+                }
+                Encoded {
+                    // The failed message's own topic: a dead letter goes back to the DLQ.
+                    topic: msg.topic().into(),
+                    key: msg.key().map(Bytes::copy_from_slice),
+                    payload: msg.payload().map(Bytes::copy_from_slice),
+                    headers,
+                }
+            }
+            Redirect::To(redirect) => {
+                info!(error = %e, from = msg.topic(), to = %redirect.topic, "delivery failed: redirected");
+                attempt = 0;
+                let from: Arc<str> = msg.topic().into();
+                match encode_redirect(&core.codec, &from, redirect).await {
+                    Ok(encoded) => encoded,
+                    Err((_, SendError::Fatal(reason))) => {
+                        core.stop.fatal(reason);
+                        return Settled::Stop;
+                    }
+                    Err(_) => return Settled::Stop,
+                }
+            }
+        };
+        fut = match send_output(core, source, next, redirectable, cancel).await {
+            Ok((sent_to, f)) => {
+                topic = sent_to;
+                f
+            }
+            Err((_, SendError::Abandoned)) => return Settled::Stop,
+            Err((to, SendError::Permanent(reason)))
+            | Err((to, SendError::Fatal(reason)))
+            | Err((to, SendError::Refused(reason))) => {
+                core.stop.fatal(format!("sending to {to} again: {reason}"));
                 return Settled::Stop;
             }
         };
@@ -1053,14 +1187,18 @@ async fn acker<P: Processor>(
         let offset = ack.record.position.offset;
         let mut failed: Option<(Arc<str>, KafkaError)> = None;
         for (what, fut) in ack.deliveries {
-            match settle(&core, &key.0, fut, &cancel).await {
-                Settled::Delivered => match what {
-                    Delivery::Output(topic) => produced
-                        .entry(topic.clone())
+            let (topic, redirectable) = match &what {
+                Delivery::Output(topic) => (topic.clone(), true),
+                Delivery::DeadLetter(_) => (key.0.clone(), false),
+            };
+            match settle(&core, &ack.record, topic, fut, redirectable, &cancel).await {
+                Settled::Delivered(delivered_to) => match what {
+                    Delivery::Output(_) => produced
+                        .entry(delivered_to.clone())
                         .or_insert_with(|| {
                             core.metrics
                                 .produced
-                                .with_label_values(&[core.name.as_str(), &topic])
+                                .with_label_values(&[core.name.as_str(), &delivered_to])
                         })
                         .inc(),
                     Delivery::DeadLetter(class) => count_dead_letter(&core, &key.0, class),
@@ -1094,8 +1232,8 @@ async fn acker<P: Processor>(
                 break 'acks;
             };
             for (_, fut) in dl.deliveries {
-                match settle(&core, &key.0, fut, &cancel).await {
-                    Settled::Delivered => count_dead_letter(&core, &key.0, ErrorClass::Poison),
+                match settle(&core, &dl.record, key.0.clone(), fut, false, &cancel).await {
+                    Settled::Delivered(_) => count_dead_letter(&core, &key.0, ErrorClass::Poison),
                     Settled::Unproducible(e) => {
                         refused_dead_letter(&core, &key, &e);
                         break 'acks;

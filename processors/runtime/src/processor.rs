@@ -266,6 +266,36 @@ impl Decode for AnyRecord {
     }
 }
 
+/// A delivery of one of a processor's outputs that failed for a reason that may pass (a broker
+/// restarting, a topic that does not exist yet), handed to [`Processor::on_delivery_failure`].
+#[derive(Debug)]
+pub struct DeliveryFailure<'a> {
+    /// The consumed record whose output this is.
+    pub source: &'a Record,
+    /// The topic the output was for.
+    pub topic: &'a str,
+    /// The output's key.
+    pub key: Option<&'a [u8]>,
+    /// The output's encoded value.
+    pub payload: Option<&'a [u8]>,
+    /// The output's headers.
+    pub headers: Headers,
+    /// What the producer said.
+    pub error: String,
+    /// Failed attempts so far for this output (1 on the first failure).
+    pub attempts: u32,
+}
+
+/// What to do about a failed delivery.
+#[derive(Debug)]
+pub enum Redirect {
+    /// Send the same record again, in place, after a backoff (the default).
+    Again,
+    /// Produce this record instead (a retry topic, a dead-letter topic). Its own delivery
+    /// failures come back to [`Processor::on_delivery_failure`] in turn.
+    To(Output),
+}
+
 /// The domain logic of one processor.
 ///
 /// `process` is called once per record, in offset order per partition, concurrently across
@@ -285,6 +315,14 @@ pub trait Processor: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Partitions for `topic` when the runtime creates it (`pipeline.create_topics`); `None`
+    /// for `pipeline.topic_partitions`. A router keeps its rarely used retry topics small:
+    /// every assigned partition costs the broker a fetch.
+    fn partitions_for(&self, topic: &str) -> Option<i32> {
+        let _ = topic;
+        None
+    }
+
     /// Decodes a raw record into the input type. The default for typed inputs uses the codec.
     fn decode(
         &self,
@@ -297,6 +335,15 @@ pub trait Processor: Send + Sync + 'static {
         &self,
         input: Envelope<Self::Input>,
     ) -> impl Future<Output = Result<Vec<Output>, ProcessError>> + Send;
+
+    /// Decides what happens when an output could not be delivered for a reason that may pass.
+    /// The default sends it again in place with backoff, which keeps per-key order but holds
+    /// the partition; a router diverts it to a retry topic instead. The source record is
+    /// committed once the output, or what it was redirected to, is acknowledged.
+    fn on_delivery_failure(&self, failure: &DeliveryFailure<'_>) -> Redirect {
+        let _ = failure;
+        Redirect::Again
+    }
 }
 
 /// Decodes a record with the input type's [`Decode`] implementation; the usual body of

@@ -74,17 +74,19 @@ pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
         .with_state(AppState { metrics, health })
 }
 
-/// Binds `addr` and serves the telemetry routes until `stop` fires. Returns the bound address
+/// Binds `addr` and serves the telemetry routes, plus the processor's `extra` routes (an admin
+/// endpoint, say), until `stop` fires. Returns the bound address
 /// (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
+    extra: Router,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(metrics, health);
+    let app = router(metrics, health).merge(extra);
     let handle = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

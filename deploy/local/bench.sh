@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: the pass-through benchmark (raw rdkafka vs the runtime) and the codec
-# micro-benchmark, on a fresh local stack. Figures are printed; README.md records them.
+# `make bench`: the pass-through and router benchmarks (against raw rdkafka), the gateway
+# benchmark, and the codec and rule-evaluation micro-benchmarks, on a fresh local stack. Figures are printed; README.md records them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -18,4 +18,7 @@ bash deploy/local/stack.sh start
 export EIP_KAFKA_BROKERS=127.0.0.1:$EIP_KAFKA_PORT
 export EIP_REGISTRY_URL=http://127.0.0.1:$EIP_REGISTRY_PORT
 cargo bench -p eip-schemas --bench codec -- --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^[a-z].*OrderPlaced|time:"
+cargo bench -p eip-tests --bench rules -- --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^evaluate|time:"
 cargo bench -p eip-tests --bench passthrough -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-5}"
+cargo bench -p eip-tests --bench router -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
+cargo bench -p eip-tests --bench gateway

@@ -8,13 +8,15 @@
 //! - [`registry`]: the cached registry client and the bootstrap that registers every schema
 //!   under its record-name subject;
 //! - [`codec`]: typed and generic encode/decode;
-//! - [`compat`]: the BACKWARD-compatibility check between schema versions.
+//! - [`compat`]: the BACKWARD-compatibility check between schema versions;
+//! - [`convert`]: schema-driven JSON and XML to Avro values and back (the HTTP gateway's bodies).
 //!
 //! Every error is classified ([`ErrorClass`]) so the runtime can retry, dead-letter or stop.
 
 pub mod catalog;
 pub mod codec;
 pub mod compat;
+pub mod convert;
 pub mod error;
 pub mod frame;
 pub mod registry;

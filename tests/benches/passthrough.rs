@@ -22,15 +22,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use eip_passthrough::PassthroughConfig;
-use eip_runtime::kafka;
 use eip_runtime::{Envelope, ProcessError};
 use eip_schemas::types::OrderPlaced;
 use eip_schemas::types::samples::order_placed;
+use eip_tests::bench::*;
 use eip_tests::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 struct Args {
     records: usize,
@@ -41,20 +37,6 @@ struct Args {
     runtime_only: bool,
     /// Skip the runtime pass-through (profiling raw rdkafka alone).
     raw_only: bool,
-}
-
-/// Kafka settings for the benchmark's clients: the defaults, plus producer properties from
-/// `EIP_BENCH_PRODUCER` (`key=value,key=value`) for experiments.
-fn bench_kafka(ep: &Endpoints) -> eip_runtime::config::KafkaConfig {
-    let mut k = ep.kafka();
-    if let Ok(props) = std::env::var("EIP_BENCH_PRODUCER") {
-        for kv in props.split(',').filter(|s| !s.is_empty()) {
-            let (key, value) = kv.split_once('=').expect("key=value");
-            k.producer_properties
-                .insert(key.to_string(), value.to_string());
-        }
-    }
-    k
 }
 
 fn args() -> Args {
@@ -84,164 +66,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-/// CPU time (user + system) consumed so far by process `pid` ("self" for this one), from
-/// /proc; `None` when unavailable.
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the comm.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// The pid of the broker listening on `brokers`' port, found by its command line.
-fn broker_pid(brokers: &str) -> Option<String> {
-    let port = brokers.rsplit(':').next()?;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (cmdline.contains("tansu") && cmdline.contains(&format!("127.0.0.1:{port}")))
-            .then(|| e.file_name().to_string_lossy().to_string())
-    })
-}
-
-/// CPU spent by this process and by the broker while `f` runs, in µs per record.
-struct Cpu {
-    broker: Option<String>,
-}
-
-impl Cpu {
-    fn sample(&self) -> (Option<Duration>, Option<Duration>) {
-        (cpu_time("self"), self.broker.as_deref().and_then(cpu_time))
-    }
-
-    fn per_record(&self, before: (Option<Duration>, Option<Duration>), n: usize) -> String {
-        let after = self.sample();
-        let us = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-            (Some(a), Some(b)) => format!(
-                "{:.1}",
-                (a.saturating_sub(b)).as_secs_f64() * 1e6 / n as f64
-            ),
-            _ => "n/a".into(),
-        };
-        format!(
-            "CPU µs/record: client {}, broker {}",
-            us(after.0, before.0),
-            us(after.1, before.1)
-        )
-    }
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Sends with a `BaseProducer`, serving delivery reports while its queue is full.
-fn send_blocking(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
-    loop {
-        match producer.send(record) {
-            Ok(()) => break,
-            Err((_, r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(1));
-            }
-        }
-    }
-    producer.poll(Duration::ZERO);
-}
-
-/// Raw idempotent produce of `n` framed sample records; returns records/s.
-fn raw_produce(ep: &Endpoints, topic: &str, n: usize, payload: &[u8]) -> f64 {
-    let producer: BaseProducer = kafka::producer_config(&bench_kafka(ep)).create().unwrap();
-    let keys: Vec<String> = (0..n).map(|i| format!("order-{i:08}")).collect();
-    let started = Instant::now();
-    for key in &keys {
-        // The headers a real producer (eipctl, the gateway) sends: both pass-throughs then
-        // write the same two headers per record.
-        let trace = eip_runtime::trace::TraceContext::new_root().to_header();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "correlation-id",
-                value: Some(key.as_str()),
-            })
-            .insert(Header {
-                key: "traceparent",
-                value: Some(trace.as_str()),
-            });
-        let record = BaseRecord::to(topic)
-            .key(key.as_bytes())
-            .payload(payload)
-            .headers(headers);
-        send_blocking(&producer, record);
-    }
-    producer.flush(Duration::from_secs(300)).unwrap();
-    rate(n, started.elapsed())
-}
-
-/// Raw consume of `n` records from the beginning of every partition; returns records/s.
-fn raw_consume(ep: &Endpoints, topic: &str, partitions: i32, n: usize) -> f64 {
-    let mut c = kafka::base_config(&ep.kafka());
-    c.set("group.id", unique("bench-read"))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = c.create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut seen = 0;
-    let mut started = None;
-    while seen < n {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            m.unwrap();
-            started.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    rate(n, started.unwrap().elapsed())
-}
-
-/// Raw rdkafka consume -> produce with the same producer settings the runtime uses.
-fn raw_passthrough(ep: &Endpoints, input: &str, output: &str, n: usize) -> f64 {
-    let mut c = kafka::base_config(&ep.kafka());
-    c.set("group.id", unique("bench-raw"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true");
-    let consumer: BaseConsumer = c.create().unwrap();
-    consumer.subscribe(&[input]).unwrap();
-    let producer: BaseProducer = kafka::producer_config(&bench_kafka(ep)).create().unwrap();
-    let mut seen = 0;
-    let mut started = None;
-    while seen < n {
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        started.get_or_insert_with(Instant::now);
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
-        if let Some(k) = m.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
-        }
-        if let Some(h) = m.headers() {
-            record = record.headers(h.detach());
-        }
-        send_blocking(&producer, record);
-        seen += 1;
-    }
-    producer.flush(Duration::from_secs(300)).unwrap();
-    rate(n, started.unwrap().elapsed())
 }
 
 /// Notes when the runtime took its first record.

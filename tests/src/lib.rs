@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
 
+pub mod bench;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +63,24 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up), for servers a test stops
+/// and restarts on the same port. While such a server is down, its clients keep reconnecting;
+/// with a port in the ephemeral range, a reconnect can take the port as its own source port
+/// (a TCP self-connect), and the restarted server can no longer bind it.
+pub fn free_listen_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand_u16() % 12_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
@@ -460,7 +480,7 @@ impl PrivateBroker {
     pub fn start() -> PrivateBroker {
         let b = PrivateBroker {
             dir: tempfile::tempdir().unwrap(),
-            port: free_port(),
+            port: free_listen_port(),
         };
         b.stack("start-broker");
         b
@@ -484,7 +504,22 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        self.stack("stop-broker");
+        // A failing test keeps the broker's story: its log goes with the panic.
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("logs/tansu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "private broker log (last 40 lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        let _ = Command::new("bash")
+            .arg(repo_root().join("deploy/local/stack.sh"))
+            .arg("stop-broker")
+            .env("EIP_STATE_DIR", self.dir.path())
+            .env("EIP_KAFKA_PORT", self.port.to_string())
+            .output();
     }
 }
 

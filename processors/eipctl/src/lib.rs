@@ -2,6 +2,10 @@
 //!
 //! Operator operations behind the `eipctl` CLI, also used by the end-to-end tests and the
 //! benchmarks so that what they exercise is what operators run.
+//!
+//! Dead-letter tooling (list, show, redrive) lives in [`dlq`].
+
+pub mod dlq;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use eip_schemas::types::samples::order_placed;
 use eip_schemas::{AvroRecord, Catalog, Codec, Registered, Registry, RegistrySettings};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -46,6 +51,33 @@ pub enum OpsError {
     /// The topic does not exist.
     #[error("topic {0} does not exist")]
     NoSuchTopic(String),
+    /// No record at that position.
+    #[error("no record at {topic} partition {partition} offset {offset}")]
+    NoSuchRecord {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+    /// An operator's argument is unusable; says which and why.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// The argument, e.g. `--since`.
+        what: String,
+        /// Why, and what would be accepted.
+        reason: String,
+    },
+    /// A dead-letter record can't be redriven as asked; nothing was produced.
+    #[error("cannot redrive: {0}")]
+    Unroutable(String),
+    /// A redrive stopped part-way; the message says what was and wasn't done.
+    #[error("redrive incomplete: {0}")]
+    Incomplete(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
 }
 
 /// Where the broker and the registry are.
@@ -360,6 +392,27 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
+    /// Copies a consumed message.
+    pub fn from_message<M: Message>(m: &M) -> ReadRecord {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                (0..hs.count())
+                    .filter_map(|i| hs.try_get(i))
+                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ReadRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(Bytes::copy_from_slice),
+            payload: m.payload().map(Bytes::copy_from_slice),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
     /// The last value of header `name` as UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -405,33 +458,97 @@ pub fn read_all(
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let m = result?;
+        let m = match result {
+            Ok(m) => m,
+            // The broker restarting or a connection dropping: keep reading until the deadline.
+            Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+            )) => continue,
+            Err(e) => return Err(e.into()),
+        };
         last = Instant::now();
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
-                    .collect()
-            })
-            .unwrap_or_default();
         if behind
             .get(&m.partition())
             .is_some_and(|high| m.offset() + 1 >= *high)
         {
             behind.remove(&m.partition());
         }
-        out.push(ReadRecord {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(Bytes::copy_from_slice),
-            payload: m.payload().map(Bytes::copy_from_slice),
-            headers,
-            timestamp_ms: m.timestamp().to_millis(),
-        });
+        out.push(ReadRecord::from_message(&m));
     }
     out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
+}
+
+/// Reads the one record at `offset` of `partition` in `topic`, without reading the rest.
+///
+/// An offset below the low watermark, or a record that never arrives, is
+/// [`OpsError::NoSuchRecord`]. Past the reported high watermark the record is waited for only
+/// [`READ_IDLE`]: it may exist (Tansu under-reports the end, see [`read_all`]) but usually
+/// doesn't, and an operator asking for it should not wait for `timeout`.
+pub fn read_one(
+    ep: &Endpoints,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> Result<ReadRecord, OpsError> {
+    let missing = || OpsError::NoSuchRecord {
+        topic: topic.to_string(),
+        partition,
+        offset,
+    };
+    let marks = watermarks(ep, topic)?;
+    let Some(&(_, low, high)) = marks.iter().find(|(p, _, _)| *p == partition) else {
+        return Err(OpsError::Invalid {
+            what: "partition".into(),
+            reason: format!(
+                "{topic} has partitions 0..{}, not {partition}",
+                marks.len().saturating_sub(1)
+            ),
+        });
+    };
+    if offset < low.max(0) {
+        return Err(missing());
+    }
+    let consumer = reader(ep)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let wait = if offset >= high { READ_IDLE } else { timeout };
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = result?;
+        if m.partition() != partition || m.offset() < offset {
+            continue;
+        }
+        if m.offset() > offset {
+            // Compacted or deleted: the partition moved on past it.
+            return Err(missing());
+        }
+        return Ok(ReadRecord::from_message(&m));
+    }
+    if offset >= high {
+        Err(missing())
+    } else {
+        Err(OpsError::Timeout {
+            what: format!("reading {topic} partition {partition} offset {offset}"),
+            after: timeout,
+        })
+    }
+}
+
+/// Runs blocking client work (the `BaseConsumer` readers) off the async runtime.
+pub async fn blocking<T, F>(f: F) -> Result<T, OpsError>
+where
+    F: FnOnce() -> Result<T, OpsError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| OpsError::Task(e.to_string()))?
 }
 
 /// The full name this binary would decode a framed payload as, or why it can't.

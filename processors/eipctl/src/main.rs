@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use eip_schemas::ErrorClass;
+use eipctl::dlq::ListLine;
 use eipctl::{Endpoints, ProduceSpec};
 
 /// Operate an eip deployment: schemas, topics, sample data, dead letters.
@@ -106,15 +108,270 @@ enum TopicsCmd {
 
 #[derive(Debug, Subcommand)]
 enum DlqCmd {
-    /// List the records of a dead-letter topic with their reasons.
+    /// List the records of a dead-letter topic: position, source, class, attempts, first
+    /// failure, redrive count and reason, then counts by error class.
     List {
         /// The DLQ topic, e.g. orders.dlq.
         #[arg(long)]
         topic: String,
-        /// At most this many records.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print at most this many records (the summary counts every match).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Print JSON lines: one {"kind":"record"} per record, then {"kind":"summary"}.
+        #[arg(long)]
+        json: bool,
     },
+    /// Show one dead letter in full: every header, the key, and the payload (decoded
+    /// through the registry when it is Confluent-framed Avro).
+    Show {
+        /// The DLQ topic.
+        #[arg(long)]
+        topic: String,
+        /// Partition of the record in the DLQ.
+        #[arg(long)]
+        partition: i32,
+        /// Offset of the record in the DLQ.
+        #[arg(long)]
+        offset: i64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their source topic (or --to), without their eip.dlq.*
+    /// headers; records are recorded in the ledger <topic>.redriven and never redriven twice.
+    Redrive {
+        /// The DLQ topic.
+        #[arg(long)]
+        topic: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Send every selected record to this topic instead of its eip.dlq.source-topic.
+        #[arg(long)]
+        to: Option<String>,
+        /// Refuse records whose eip.redrive.count is already at least this (the loop guard).
+        #[arg(long, default_value_t = eipctl::dlq::DEFAULT_MAX_REDRIVES,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_redrives: u32,
+        /// Say what would move; produce nothing and create nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters: every given criterion must hold.
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Regular expression matched against eip.dlq.reason.
+    #[arg(long, value_parser = parse_regex)]
+    reason: Option<eipctl::dlq::Regex>,
+    /// Only records whose eip.dlq.source-topic is this.
+    #[arg(long)]
+    source_topic: Option<String>,
+    /// Only records of this error class.
+    #[arg(long, value_enum)]
+    class: Option<ClassArg>,
+    /// First failed at or after T: RFC 3339, or a duration ago such as 2h.
+    #[arg(long, value_name = "T", value_parser = parse_when)]
+    since: Option<time::OffsetDateTime>,
+    /// First failed at or before T: RFC 3339, or a duration ago such as 30m.
+    #[arg(long, value_name = "T", value_parser = parse_when)]
+    until: Option<time::OffsetDateTime>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> eipctl::dlq::Filter {
+        eipctl::dlq::Filter {
+            reason: self.reason,
+            source_topic: self.source_topic,
+            class: self.class.map(|c| match c {
+                ClassArg::Poison => ErrorClass::Poison,
+                ClassArg::Transient => ErrorClass::Transient,
+                ClassArg::Fatal => ErrorClass::Fatal,
+            }),
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+/// Error classes, as written in eip.dlq.error-class.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ClassArg {
+    Poison,
+    Transient,
+    Fatal,
+}
+
+fn parse_when(s: &str) -> Result<time::OffsetDateTime, String> {
+    eipctl::dlq::parse_time(s, time::OffsetDateTime::now_utc()).map_err(|e| match e {
+        eipctl::OpsError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+fn parse_regex(s: &str) -> Result<eipctl::dlq::Regex, String> {
+    eipctl::dlq::Regex::new(s).map_err(|e| {
+        // The regex crate explains syntax errors over several lines; keep the last one.
+        let msg = e.to_string();
+        let last = msg
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("invalid")
+            .trim_start_matches("error: ")
+            .to_string();
+        format!("not a valid regular expression: {last}")
+    })
+}
+
+async fn dlq(ep: Endpoints, cmd: DlqCmd) -> anyhow::Result<()> {
+    match cmd {
+        DlqCmd::List {
+            topic,
+            filter,
+            limit,
+            json,
+        } => {
+            let listing = eipctl::dlq::list(&ep, &topic, &filter.into_filter()).await?;
+            let shown = listing.entries.len().min(limit);
+            for e in listing.entries.iter().take(limit) {
+                if json {
+                    println!("{}", serde_json::to_string(&ListLine::Record(e))?);
+                } else {
+                    println!("{}", e.line());
+                }
+            }
+            if json {
+                let summary = ListLine::Summary {
+                    topic: &listing.topic,
+                    scanned: listing.scanned,
+                    matched: listing.entries.len(),
+                    shown,
+                    by_class: &listing.by_class,
+                };
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                let classes: Vec<String> = listing
+                    .by_class
+                    .iter()
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                println!(
+                    "{} of {} records in {topic} match{}; by class: {}",
+                    listing.entries.len(),
+                    listing.scanned,
+                    if shown < listing.entries.len() {
+                        format!(" (showing the first {shown}; raise --limit for more)")
+                    } else {
+                        String::new()
+                    },
+                    if classes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        classes.join(", ")
+                    }
+                );
+            }
+        }
+        DlqCmd::Show {
+            topic,
+            partition,
+            offset,
+            json,
+        } => {
+            let r = eipctl::dlq::show(&ep, &topic, partition, offset).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print_shown(&r)?;
+            }
+        }
+        DlqCmd::Redrive {
+            topic,
+            filter,
+            to,
+            max_redrives,
+            dry_run,
+            json,
+        } => {
+            let opts = eipctl::dlq::RedriveOptions {
+                to,
+                max_redrives,
+                dry_run,
+            };
+            let report = eipctl::dlq::redrive(&ep, &topic, &filter.into_filter(), &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for line in report.lines() {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_shown(r: &eipctl::dlq::ShownRecord) -> anyhow::Result<()> {
+    use eipctl::dlq::Shown;
+    println!(
+        "{} partition {} offset {} (timestamp {})",
+        r.topic,
+        r.partition,
+        r.offset,
+        r.timestamp.as_deref().unwrap_or("none")
+    );
+    println!("headers:");
+    for h in &r.headers {
+        let v = match (&h.value, h.hex) {
+            (None, _) => "(null)".to_string(),
+            (Some(v), true) => format!("0x{v}"),
+            (Some(v), false) => v.clone(),
+        };
+        println!("  {}: {v}", h.name);
+    }
+    let describe = |label: &str, s: &Option<Shown>| -> anyhow::Result<()> {
+        match s {
+            None => println!("{label}: (null)"),
+            Some(Shown::Avro {
+                schema_id,
+                schema,
+                value,
+            }) => {
+                println!("{label}: Avro {schema} (schema id {schema_id})");
+                println!("{}", serde_json::to_string_pretty(value)?);
+            }
+            Some(Shown::Text { text, note }) => {
+                if let Some(n) = note {
+                    println!("{label} note: {n}");
+                }
+                println!("{label}: text ({} bytes)", text.len());
+                println!("{text}");
+            }
+            Some(Shown::Hex {
+                length,
+                preview,
+                truncated,
+                note,
+            }) => {
+                if let Some(n) = note {
+                    println!("{label} note: {n}");
+                }
+                println!(
+                    "{label}: binary ({length} bytes), hex{}: {preview}",
+                    if *truncated { " (first bytes)" } else { "" }
+                );
+            }
+        }
+        Ok(())
+    };
+    describe("key", &r.key)?;
+    describe("payload", &r.payload)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -181,36 +438,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let n = eipctl::wait_for_count(&ep, &topic, count, timeout).await?;
             println!("{topic} holds {n} records");
         }
-        Command::Dlq(DlqCmd::List { topic, limit }) => {
-            let t = topic.clone();
-            let ep2 = ep.clone();
-            let records = tokio::task::spawn_blocking(move || {
-                eipctl::read_all(&ep2, &t, Duration::from_secs(30))
-            })
-            .await??;
-            println!("{} records in {topic}", records.len());
-            for r in records.iter().take(limit) {
-                println!(
-                    "  {}[{}]@{} <- {}[{}]@{} class={} attempts={} first-failure={}\n    reason: {}",
-                    topic,
-                    r.partition,
-                    r.offset,
-                    r.header(eip_runtime::dlq::SOURCE_TOPIC).unwrap_or("?"),
-                    r.header(eip_runtime::dlq::SOURCE_PARTITION).unwrap_or("?"),
-                    r.header(eip_runtime::dlq::SOURCE_OFFSET).unwrap_or("?"),
-                    r.header(eip_runtime::dlq::ERROR_CLASS).unwrap_or("?"),
-                    r.header(eip_runtime::dlq::ATTEMPTS).unwrap_or("?"),
-                    r.header(eip_runtime::dlq::FIRST_FAILURE).unwrap_or("?"),
-                    r.header(eip_runtime::dlq::REASON).unwrap_or("?"),
-                );
-            }
-        }
+        Command::Dlq(cmd) => dlq(ep, cmd).await?,
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `eipctl` or `eipctl dlq` alone: the help is the useful answer.
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("eipctl: {}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -228,4 +478,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A clap error on one line: its message without the usage block and the `--help` hint.
+fn one_line(rendered: &str) -> String {
+    let text: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = text.join(" ");
+    format!(
+        "{} (see --help)",
+        joined.strip_prefix("error: ").unwrap_or(&joined)
+    )
 }

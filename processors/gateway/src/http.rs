@@ -1,0 +1,906 @@
+//! The HTTP routes: `POST /v1/records/{type}`, the probes, `/metrics` and `/openapi.json`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
+use eip_schemas::convert::{self, ConvertError};
+use eip_schemas::{Catalog, CodecError, CompiledSchema, Registry, frame};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::GatewayConfig;
+use crate::metrics::{GatewayMetrics, UNROUTED};
+
+/// The Kafka header naming the media type the record arrived in.
+pub const CONTENT_TYPE_HEADER: &str = "eip.gateway.content-type";
+/// The request and response header carrying the correlation id.
+pub const X_CORRELATION_ID: &str = "x-correlation-id";
+/// The media types `/v1/records/{type}` accepts.
+pub const ACCEPTED: [&str; 5] = [
+    "application/json",
+    "application/xml",
+    "text/xml",
+    "application/vnd.apache.avro",
+    "avro/binary",
+];
+
+/// One routed record type, with its schema and prebuilt Avro reader and writer.
+pub(crate) struct Route {
+    topic: String,
+    compiled: &'static CompiledSchema,
+    reader: GenericDatumReader<'static>,
+    writer: GenericDatumWriter<'static>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct ReadyState {
+    checked: bool,
+    broker: bool,
+    registry: bool,
+    missing_topics: Vec<String>,
+}
+
+/// Everything the handlers share.
+pub(crate) struct Shared {
+    routes: HashMap<String, Route>,
+    registry: Arc<Registry>,
+    producer: FutureProducer,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_body: usize,
+    retry_after: HeaderValue,
+    tokens: Vec<Vec<u8>>,
+    metrics: GatewayMetrics,
+    ready: RwLock<ReadyState>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: &GatewayConfig,
+        registry: Arc<Registry>,
+        producer: FutureProducer,
+        metrics: GatewayMetrics,
+    ) -> Result<Shared, String> {
+        let catalog = Catalog::global().map_err(|e| e.to_string())?;
+        let mut routes = HashMap::new();
+        for (type_name, topic) in &config.gateway.routes {
+            let compiled = catalog.get(type_name).map_err(|e| e.to_string())?;
+            let reader = GenericDatumReader::builder(&compiled.schema)
+                .build()
+                .map_err(|e| format!("{type_name}: {e}"))?;
+            let writer = GenericDatumWriter::builder(&compiled.schema)
+                .build()
+                .map_err(|e| format!("{type_name}: {e}"))?;
+            routes.insert(
+                type_name.clone(),
+                Route {
+                    topic: topic.clone(),
+                    compiled,
+                    reader,
+                    writer,
+                },
+            );
+        }
+        Ok(Shared {
+            routes,
+            registry,
+            producer,
+            permits: Arc::new(Semaphore::new(config.gateway.max_in_flight)),
+            max_in_flight: config.gateway.max_in_flight,
+            max_body: config.gateway.max_body_bytes,
+            retry_after: HeaderValue::from(config.retry_after_secs()),
+            tokens: config
+                .gateway
+                .auth_tokens
+                .iter()
+                .map(|t| t.as_bytes().to_vec())
+                .collect(),
+            metrics,
+            ready: RwLock::new(ReadyState::default()),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on readiness is false: a load balancer stops sending before the server stops.
+    pub(crate) fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.metrics.ready.set(0);
+    }
+}
+
+/// The router with every endpoint.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/records/{type}", post(post_record))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers
+
+/// A request the gateway refuses, with everything its answer needs.
+#[derive(Debug)]
+struct Reject {
+    status: StatusCode,
+    error: String,
+    /// Field-level reasons (400 only; empty for problems that are not about a field).
+    fields: Option<Vec<ConvertError>>,
+    retry_after: bool,
+    www_authenticate: Option<&'static str>,
+}
+
+impl Reject {
+    fn new(status: StatusCode, error: impl Into<String>) -> Reject {
+        Reject {
+            status,
+            error: error.into(),
+            fields: None,
+            retry_after: false,
+            www_authenticate: None,
+        }
+    }
+
+    fn bad_request(error: impl Into<String>, fields: Vec<ConvertError>) -> Reject {
+        Reject {
+            fields: Some(fields),
+            ..Reject::new(StatusCode::BAD_REQUEST, error)
+        }
+    }
+
+    fn later(status: StatusCode, error: impl Into<String>) -> Reject {
+        Reject {
+            retry_after: true,
+            ..Reject::new(status, error)
+        }
+    }
+
+    fn invalid(type_name: &str, fields: Vec<ConvertError>) -> Reject {
+        let error = match fields.as_slice() {
+            [only] if only.field.is_empty() => only.reason.clone(),
+            [only] => format!("the body does not match {type_name}: {only}"),
+            [first, ..] => format!(
+                "the body does not match {type_name}: {} problems, the first: {first}",
+                fields.len()
+            ),
+            [] => format!("the body does not match {type_name}"),
+        };
+        Reject::bad_request(error, fields)
+    }
+
+    fn registry(e: CodecError) -> Reject {
+        match e {
+            CodecError::RegistryUnavailable { .. } => {
+                Reject::later(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            other => Reject::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the gateway cannot get the schema id: {other}"),
+            ),
+        }
+    }
+}
+
+struct Accepted {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /v1/records/{type}
+
+/// Optional query parameters of a record request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordQuery {
+    /// The Kafka key; defaults to the record's `metadata.aggregate_id`.
+    key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Json,
+    Xml,
+    Avro,
+}
+
+fn media_type(headers: &HeaderMap) -> Result<(Media, &'static str), Reject> {
+    let accepted = ACCEPTED.join(", ");
+    let Some(raw) = headers.get(header::CONTENT_TYPE) else {
+        return Err(Reject::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("no Content-Type; send one of {accepted}"),
+        ));
+    };
+    let text = raw.to_str().unwrap_or("").to_ascii_lowercase();
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    let Some(canonical) = ACCEPTED.iter().find(|m| **m == essence) else {
+        return Err(Reject::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type `{essence}` is not accepted; send one of {accepted}"),
+        ));
+    };
+    for param in parts {
+        if let Some((name, value)) = param.split_once('=')
+            && name.trim() == "charset"
+        {
+            let charset = value.trim().trim_matches('"');
+            if charset != "utf-8" && charset != "utf8" {
+                return Err(Reject::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("charset `{charset}` is not accepted; send UTF-8"),
+                ));
+            }
+        }
+    }
+    let media = match *canonical {
+        "application/json" => Media::Json,
+        "application/xml" | "text/xml" => Media::Xml,
+        _ => Media::Avro,
+    };
+    Ok((media, canonical))
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a token
+/// matched. (Lengths can still differ in time; the token's length is not the secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn authorize(tokens: &[Vec<u8>], headers: &HeaderMap) -> Result<(), Reject> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let unauthorized = |error: &str, challenge: &'static str| Reject {
+        www_authenticate: Some(challenge),
+        ..Reject::new(StatusCode::UNAUTHORIZED, error)
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "authentication required: send Authorization: Bearer <token>",
+            "Bearer realm=\"eip-gateway\"",
+        ));
+    };
+    let value = value.as_bytes();
+    let presented = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
+        _ => {
+            return Err(unauthorized(
+                "the Authorization header is not a Bearer token",
+                "Bearer realm=\"eip-gateway\", error=\"invalid_request\"",
+            ));
+        }
+    };
+    // Every token is compared, whichever matches.
+    let matched = tokens
+        .iter()
+        .fold(false, |ok, t| ok | constant_time_eq(t, presented));
+    if matched {
+        Ok(())
+    } else {
+        Err(unauthorized(
+            "the bearer token is not valid",
+            "Bearer realm=\"eip-gateway\", error=\"invalid_token\"",
+        ))
+    }
+}
+
+/// The correlation id a request carries, or a new one.
+fn correlation_id(headers: &HeaderMap) -> Result<String, Reject> {
+    match headers.get(X_CORRELATION_ID) {
+        None => Ok(uuid::Uuid::new_v4().to_string()),
+        Some(v) => {
+            let bytes = v.as_bytes();
+            if bytes.is_empty() || bytes.len() > 256 || !bytes.iter().all(u8::is_ascii_graphic) {
+                Err(Reject::bad_request(
+                    "X-Correlation-Id must be 1 to 256 visible ASCII characters",
+                    Vec::new(),
+                ))
+            } else {
+                Ok(String::from_utf8_lossy(bytes).into_owned())
+            }
+        }
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, Reject> {
+    let too_large = || {
+        Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than gateway.max_body_bytes ({max} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Reject::bad_request(
+            format!("could not read the request body: {e}"),
+            Vec::new(),
+        )),
+    }
+}
+
+/// `metadata.aggregate_id`, when the record has one: the key that keeps one aggregate's
+/// history in order in one partition.
+fn aggregate_id(value: &Value) -> Option<&str> {
+    fn unwrap(v: &Value) -> &Value {
+        match v {
+            Value::Union(_, inner) => unwrap(inner),
+            other => other,
+        }
+    }
+    fn get<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
+        match unwrap(v) {
+            Value::Record(fields) => fields.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    match unwrap(get(get(value, "metadata")?, "aggregate_id")?) {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Holds one unit of the in-flight budget and keeps the gauge in step.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+struct RequestIds {
+    correlation_id: String,
+    trace: TraceContext,
+}
+
+async fn post_record(
+    State(s): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RecordQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let type_name = match &path {
+        Ok(Path(t)) => t.as_str(),
+        Err(_) => "",
+    };
+    let label = if s.routes.contains_key(type_name) {
+        type_name
+    } else {
+        UNROUTED
+    };
+    let trace = headers
+        .get(TRACEPARENT)
+        .and_then(|v| TraceContext::parse(v.as_bytes()))
+        .map_or_else(TraceContext::new_root, |parent| parent.child());
+    // Authentication comes first: an unauthenticated client gets a 401 whatever else it sent.
+    let (correlation, result) =
+        match authorize(&s.tokens, &headers).and_then(|()| correlation_id(&headers)) {
+            Ok(correlation_id) => {
+                let ids = RequestIds {
+                    correlation_id,
+                    trace,
+                };
+                let outcome = handle(&s, label, &path, query, &headers, body, &ids).await;
+                (Some(ids.correlation_id), outcome)
+            }
+            Err(reject) => (None, Err(reject)),
+        };
+    let mut response = match result {
+        Ok(accepted) => json_response(
+            StatusCode::ACCEPTED,
+            json!({
+                "correlation_id": correlation,
+                "topic": accepted.topic,
+                "partition": accepted.partition,
+                "offset": accepted.offset,
+            }),
+        ),
+        Err(reject) => {
+            debug!(status = reject.status.as_u16(), error = %reject.error, r#type = label, "record refused");
+            let mut body = json!({ "error": reject.error });
+            if let Some(fields) = &reject.fields {
+                body["fields"] = fields
+                    .iter()
+                    .map(|f| json!({"field": f.field, "reason": f.reason}))
+                    .collect();
+            }
+            if let Some(c) = &correlation {
+                body["correlation_id"] = json!(c);
+            }
+            let mut response = json_response(reject.status, body);
+            if reject.retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, s.retry_after.clone());
+            }
+            if let Some(challenge) = reject.www_authenticate {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            response
+        }
+    };
+    if let Some(c) = correlation.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(X_CORRELATION_ID), c);
+    }
+    if let Ok(tp) = HeaderValue::from_str(&trace.to_header()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(TRACEPARENT), tp);
+    }
+    let status = response.status();
+    s.metrics
+        .requests
+        .with_label_values(&[label, status.as_str()])
+        .inc();
+    s.metrics
+        .latency
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(
+    s: &Shared,
+    label: &str,
+    path: &Result<Path<String>, PathRejection>,
+    query: Result<Query<RecordQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    body: Body,
+    ids: &RequestIds,
+) -> Result<Accepted, Reject> {
+    let type_name = match path {
+        Ok(Path(t)) => t,
+        Err(e) => {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                format!("bad record type in the path: {e}"),
+            ));
+        }
+    };
+    let Some(route) = s.routes.get(type_name) else {
+        let known = Catalog::global().is_ok_and(|c| c.get(type_name).is_ok());
+        let mut routed: Vec<&str> = s.routes.keys().map(String::as_str).collect();
+        routed.sort_unstable();
+        let error = if known {
+            format!(
+                "record type `{type_name}` is not routed to a topic by this gateway (gateway.routes); routed: {}",
+                routed.join(", ")
+            )
+        } else {
+            format!(
+                "`{type_name}` is not a record type of the schema catalog; routed: {}",
+                routed.join(", ")
+            )
+        };
+        return Err(Reject::new(StatusCode::NOT_FOUND, error));
+    };
+    let Query(query) = query.map_err(|e| {
+        Reject::bad_request(
+            format!(
+                "bad query string: {} (only `key` is accepted)",
+                e.body_text()
+            ),
+            Vec::new(),
+        )
+    })?;
+    let (media, media_name) = media_type(headers)?;
+    let permit = s.permits.clone().try_acquire_owned().map_err(|_| {
+        Reject::later(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the gateway is at its in-flight budget of {} records (gateway.max_in_flight); retry later",
+                s.max_in_flight
+            ),
+        )
+    })?;
+    s.metrics.in_flight.inc();
+    let _in_flight = InFlight {
+        _permit: permit,
+        gauge: s.metrics.in_flight.clone(),
+    };
+    let bytes = read_body(body, headers, s.max_body).await?;
+    s.metrics
+        .bytes
+        .with_label_values(&[label])
+        .inc_by(bytes.len() as u64);
+
+    let schema = &route.compiled.schema;
+    let value = match media {
+        Media::Json => convert::from_json_bytes_all(schema, &bytes)
+            .map_err(|errors| Reject::invalid(type_name, errors))?,
+        Media::Xml => convert::from_xml_all(schema, &bytes)
+            .map_err(|errors| Reject::invalid(type_name, errors))?,
+        Media::Avro => {
+            let mut rest: &[u8] = &bytes;
+            match route.reader.read_value(&mut rest) {
+                Ok(v) if rest.is_empty() => v,
+                Ok(_) => {
+                    return Err(Reject::invalid(
+                        type_name,
+                        vec![ConvertError::new(
+                            "",
+                            format!(
+                                "the Avro body has {} bytes left over after a {type_name} record",
+                                rest.len()
+                            ),
+                        )],
+                    ));
+                }
+                Err(e) => {
+                    return Err(Reject::invalid(
+                        type_name,
+                        vec![ConvertError::new(
+                            "",
+                            format!("the Avro body does not decode as {type_name}: {e}"),
+                        )],
+                    ));
+                }
+            }
+        }
+    };
+    let key: Option<String> = query
+        .key
+        .or_else(|| aggregate_id(&value).map(str::to_string));
+    let id = s
+        .registry
+        .id_for(route.compiled)
+        .await
+        .map_err(Reject::registry)?;
+    let payload = match media {
+        Media::Avro => frame::frame(id, &bytes),
+        Media::Json | Media::Xml => {
+            let mut out = frame::start(id, bytes.len());
+            route
+                .writer
+                .write_value_ref(&mut out, &value)
+                .map_err(|e| {
+                    Reject::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("encoding the validated {type_name} failed: {e}"),
+                    )
+                })?;
+            out
+        }
+    };
+    let traceparent = ids.trace.to_header();
+    let kafka_headers = OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: CORRELATION_ID,
+            value: Some(ids.correlation_id.as_bytes()),
+        })
+        .insert(Header {
+            key: TRACEPARENT,
+            value: Some(traceparent.as_bytes()),
+        })
+        .insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(media_name.as_bytes()),
+        });
+    let mut record = FutureRecord::to(&route.topic)
+        .payload(&payload)
+        .headers(kafka_headers);
+    if let Some(k) = &key {
+        record = record.key(k.as_bytes());
+    }
+    let delivery = s.producer.send_result(record).map_err(|(e, _)| match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Reject::later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the producer's local queue is full; retry later",
+        ),
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the encoded record ({} bytes) is larger than the producer's message.max.bytes",
+                payload.len()
+            ),
+        ),
+        other => Reject::later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the record could not be handed to the producer: {other}"),
+        ),
+    })?;
+    match delivery.await {
+        Ok(Ok(d)) => Ok(Accepted {
+            topic: route.topic.clone(),
+            partition: d.partition,
+            offset: d.offset,
+        }),
+        Ok(Err((e, _))) => {
+            debug!(topic = %route.topic, error = %e, "delivery failed");
+            Err(Reject::later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the broker did not acknowledge the record: {e}"),
+            ))
+        }
+        Err(_) => Err(Reject::later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the producer shut down before the record was acknowledged",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes, metrics, the OpenAPI document, fallbacks
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    match s.producer.client().fatal_error() {
+        None => json_response(StatusCode::OK, json!({"status": "ok"})),
+        Some((code, reason)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "status": "failed",
+                "error": format!("the Kafka producer hit a fatal error ({code}): {reason}; restart the gateway"),
+            }),
+        ),
+    }
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let state = s.ready.read().map(|r| r.clone()).unwrap_or_default();
+    let stopping = s.stopping.load(Ordering::Acquire);
+    let mut problems = Vec::new();
+    if !state.checked {
+        problems.push("the first readiness check has not finished".to_string());
+    } else {
+        if !state.broker {
+            problems.push("the broker does not answer metadata requests".to_string());
+        }
+        if !state.registry {
+            problems.push("the schema registry does not answer".to_string());
+        }
+        if !state.missing_topics.is_empty() {
+            problems.push(format!(
+                "routed topics missing: {}",
+                state.missing_topics.join(", ")
+            ));
+        }
+    }
+    if stopping {
+        problems.push("shutting down".to_string());
+    }
+    let ready = problems.is_empty();
+    let mut body = json!({
+        "ready": ready,
+        "broker": state.broker,
+        "registry": state.registry,
+        "missing_topics": state.missing_topics,
+    });
+    if ready {
+        json_response(StatusCode::OK, body)
+    } else {
+        body["error"] = json!(format!("not ready: {}", problems.join("; ")));
+        json_response(StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+async fn not_found(request: Request) -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": format!("no such endpoint: {} {} (see /openapi.json)", request.method(), request.uri().path())}),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": format!("{} is not allowed on {} (see /openapi.json)", request.method(), request.uri().path())}),
+    )
+}
+
+/// Re-checks the broker (metadata of every routed topic) and the registry every `interval`
+/// until `stop`.
+pub(crate) async fn readiness_loop(s: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    let mut topics: Vec<String> = s.routes.values().map(|r| r.topic.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(3));
+    loop {
+        let producer = s.producer.clone();
+        let wanted = topics.clone();
+        let broker = tokio::task::spawn_blocking(move || {
+            let mut missing = Vec::new();
+            for topic in &wanted {
+                let metadata = producer
+                    .client()
+                    .fetch_metadata(Some(topic), timeout)
+                    .ok()?;
+                let present = metadata.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !present {
+                    missing.push(topic.clone());
+                }
+            }
+            Some(missing)
+        })
+        .await
+        .ok()
+        .flatten();
+        let registry = s.registry.subjects().await.is_ok();
+        let state = ReadyState {
+            checked: true,
+            broker: broker.is_some(),
+            registry,
+            missing_topics: broker.unwrap_or_default(),
+        };
+        let ready = state.broker && state.registry && state.missing_topics.is_empty();
+        if !ready {
+            warn!(
+                broker = state.broker,
+                registry = state.registry,
+                missing_topics = ?state.missing_topics,
+                "not ready"
+            );
+        }
+        if let Ok(mut r) = s.ready.write() {
+            *r = state;
+        }
+        if !s.stopping.load(Ordering::Acquire) {
+            s.metrics.ready.set(i64::from(ready));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn given_accepted_media_types_then_each_maps_to_its_decoder() {
+        let cases = [
+            ("application/json", Media::Json),
+            ("application/json; charset=UTF-8", Media::Json),
+            ("Application/XML", Media::Xml),
+            ("text/xml;charset=\"utf-8\"", Media::Xml),
+            ("application/vnd.apache.avro", Media::Avro),
+            ("avro/binary", Media::Avro),
+        ];
+        for (ct, media) in cases {
+            let (got, _) = media_type(&headers(&[("content-type", ct)])).unwrap();
+            assert_eq!(got, media, "{ct}");
+        }
+    }
+
+    #[test]
+    fn given_other_media_types_then_415_lists_the_accepted_ones() {
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("application/json; charset=latin1"),
+        ] {
+            let h = ct.map_or_else(HeaderMap::new, |ct| headers(&[("content-type", ct)]));
+            let reject = media_type(&h).unwrap_err();
+            assert_eq!(reject.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            if ct != Some("application/json; charset=latin1") {
+                assert!(reject.error.contains("avro/binary"), "{}", reject.error);
+            }
+        }
+    }
+
+    #[test]
+    fn given_tokens_then_only_a_matching_bearer_passes() {
+        let tokens = vec![b"alpha".to_vec(), b"beta-2".to_vec()];
+        assert!(authorize(&[], &HeaderMap::new()).is_ok());
+        assert!(authorize(&tokens, &headers(&[("authorization", "Bearer beta-2")])).is_ok());
+        assert!(authorize(&tokens, &headers(&[("authorization", "bearer alpha")])).is_ok());
+        for bad in [
+            None,
+            Some("Bearer alph"),
+            Some("Bearer alphaa"),
+            Some("Basic YWxwaGE="),
+        ] {
+            let h = bad.map_or_else(HeaderMap::new, |v| headers(&[("authorization", v)]));
+            let reject = authorize(&tokens, &h).unwrap_err();
+            assert_eq!(reject.status, StatusCode::UNAUTHORIZED, "{bad:?}");
+            assert!(reject.www_authenticate.unwrap().starts_with("Bearer"));
+        }
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn given_a_correlation_header_then_it_is_kept_or_refused_when_unusable() {
+        assert_eq!(
+            correlation_id(&headers(&[("x-correlation-id", "abc-1")])).unwrap(),
+            "abc-1"
+        );
+        assert_eq!(correlation_id(&HeaderMap::new()).unwrap().len(), 36);
+        let long = "x".repeat(257);
+        assert!(correlation_id(&headers(&[("x-correlation-id", &long)])).is_err());
+        assert!(correlation_id(&headers(&[("x-correlation-id", "a b")])).is_err());
+    }
+
+    #[test]
+    fn given_a_record_with_metadata_then_the_key_is_its_aggregate_id() {
+        let value = Value::Record(vec![(
+            "metadata".into(),
+            Value::Record(vec![(
+                "aggregate_id".into(),
+                Value::String("order-7".into()),
+            )]),
+        )]);
+        assert_eq!(aggregate_id(&value), Some("order-7"));
+        assert_eq!(aggregate_id(&Value::Record(vec![])), None);
+        assert_eq!(aggregate_id(&Value::Null), None);
+    }
+}

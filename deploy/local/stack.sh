@@ -152,10 +152,11 @@ start_prometheus() {
 }
 
 stop_one() {
-    local name=$1
+    # stop_one <name> [TERM|KILL]: TERM, then KILL after 10 s; or KILL at once.
+    local name=$1 signal=${2:-TERM}
     alive "$name" || { rm -f "$STATE/$name.pid"; return 0; }
     local pid; pid=$(cat "$STATE/$name.pid")
-    kill -TERM "$pid" 2>/dev/null || true
+    kill "-$signal" "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + 10))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -175,8 +176,12 @@ case "$cmd" in
     install) install ;;
     start) install; start_broker; start_registry; start_prometheus
            log "ready: kafka 127.0.0.1:$KAFKA_PORT, registry http://127.0.0.1:$REGISTRY_PORT" ;;
-    stop) stop_one prometheus; stop_one registry; stop_one tansu ;;
-    stop-broker) stop_one tansu ;;
+    # Tansu is killed, not terminated: on SIGTERM, Tansu 0.6 stops its storage first and answers
+    # in-flight produces with UNKNOWN_SERVER_ERROR; an idempotent producer then bumps its epoch,
+    # and the next Tansu panics on that epoch and serves nothing (docs/local-stack.md). Its
+    # sqlite storage is a WAL database, which a killed process leaves consistent.
+    stop) stop_one prometheus; stop_one registry; stop_one tansu KILL ;;
+    stop-broker) stop_one tansu KILL ;;
     start-broker) start_broker ;;
     status) status_one tansu "127.0.0.1:$KAFKA_PORT ($STORAGE)"
             status_one registry "http://127.0.0.1:$REGISTRY_PORT"

@@ -491,7 +491,7 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Stops it (SIGTERM, then SIGKILL after 10 s).
+    /// Stops it (SIGKILL, as `stack.sh stop-broker` does: see docs/local-stack.md).
     pub fn stop(&self) {
         self.stack("stop-broker");
     }
@@ -508,9 +508,13 @@ impl Drop for PrivateBroker {
         if std::thread::panicking() {
             let log =
                 std::fs::read_to_string(self.dir.path().join("logs/tansu.log")).unwrap_or_default();
+            // The whole log outlives the temp dir, for the first error rather than the last.
+            let kept = std::env::temp_dir().join(format!("eip-private-broker-{}.log", self.port));
+            let _ = std::fs::write(&kept, &log);
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!(
-                "private broker log (last 40 lines):\n{}",
+                "private broker log (last 40 lines; all of it in {}):\n{}",
+                kept.display(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use eip_runtime::config::{Config, ConfigError};
 use eip_runtime::{Extras, Running};
 use eip_schemas::RegistrySettings;
-use tokio_util::sync::CancellationToken;
 
 use processor::{Router, RouterConfig, retry_topic};
 use reload::Rules;
@@ -65,7 +64,8 @@ pub fn build(config: &mut Config<RouterConfig>) -> Result<(Router, Extras), Conf
         {
             tracing::error!(error = %e, "router metrics not registered");
         }
-        let stop = CancellationToken::new();
+        // The watchers end when the pipeline starts to stop.
+        let stop = running.stopping.clone();
         if !watch.is_zero() {
             tokio::spawn(rules.clone().watch(watch, stop.clone()));
         }

@@ -75,6 +75,9 @@ pub struct Running {
     pub metrics: Metrics,
     /// The processor's health flags.
     pub health: Arc<Health>,
+    /// Cancelled when the pipeline starts to stop (drain or fatal): background tasks that a
+    /// processor spawns in `on_start` end with it.
+    pub stopping: CancellationToken,
 }
 
 /// Runs `processor` until `shutdown` completes (graceful drain) or a fatal error occurs.
@@ -183,6 +186,7 @@ where
         telemetry: telemetry_addr,
         metrics: metrics.clone(),
         health: health.clone(),
+        stopping: stop.stopping.clone(),
     });
 
     tokio::select! {

@@ -854,8 +854,16 @@ async fn configured_tokens_are_required_and_compared() {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_budget_is_429_and_a_silent_broker_is_503_both_with_retry_after() {
+/// A gateway whose broker never answers (`Retry-After: 2`, deliveries time out after 3 s),
+/// configured further by `tune`, with one request posted in the background and already
+/// counted in flight. Returns the gateway, that request, and a body to post again.
+async fn silent_broker_with_one_request_in_flight(
+    tune: impl FnOnce(&mut GatewayConfig),
+) -> (
+    std::sync::Arc<Gw>,
+    tokio::task::JoinHandle<Observed>,
+    String,
+) {
     let ep = endpoints();
     register(&ep).await;
     let dead = Endpoints {
@@ -863,25 +871,31 @@ async fn a_full_budget_is_429_and_a_silent_broker_is_503_both_with_retry_after()
         registry: ep.registry.clone(),
     };
     let mut cfg = gw_config(&dead, &[(PLACE_ORDER, "gw-nowhere")]);
-    cfg.gateway.max_in_flight = 1;
     cfg.gateway.delivery_timeout = Duration::from_secs(3);
     cfg.gateway.retry_after = Duration::from_secs(2);
+    tune(&mut cfg);
     let gw = std::sync::Arc::new(Gw::start(cfg).await);
     let body = place_order_json(3).to_string();
-
-    // The first request holds the only unit of the budget while librdkafka waits for a broker.
     let first = {
         let gw = gw.clone();
         let body = body.clone();
         tokio::spawn(async move { gw.post(PLACE_ORDER, "application/json", body).await })
     };
     eventually(
-        "the first request to hold the budget",
+        "the first request to be in flight",
         Duration::from_secs(10),
         || async { (gw.metric("eip_gateway_in_flight").await == 1.0).then_some(()) },
     )
     .await;
-    let obs = gw.post(PLACE_ORDER, "application/json", body.clone()).await;
+    (gw, first, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_is_429_and_a_silent_broker_is_503_both_with_retry_after() {
+    // The first request holds the only unit of the budget while librdkafka waits for a broker.
+    let (gw, first, body) =
+        silent_broker_with_one_request_in_flight(|c| c.gateway.max_in_flight = 1).await;
+    let obs = gw.post(PLACE_ORDER, "application/json", body).await;
     assert_eq!(obs.status, 429, "{}", obs.body);
     assert_eq!(obs.header("retry-after"), Some("2"));
     assert!(
@@ -904,6 +918,34 @@ async fn a_full_budget_is_429_and_a_silent_broker_is_503_both_with_retry_after()
     assert_eq!(ready.status, 503);
     assert!(ready.error().starts_with("not ready"), "{}", ready.error());
     assert_eq!(ready.json()["broker"], json!(false));
+    std::sync::Arc::into_inner(gw).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_is_429_with_retry_after() {
+    // Room in the budget, but librdkafka's local queue holds one record, and a queued record
+    // stays queued: there is no broker to send it to.
+    let (gw, first, body) = silent_broker_with_one_request_in_flight(|c| {
+        c.gateway.max_in_flight = 8;
+        c.kafka
+            .producer_properties
+            .insert("queue.buffering.max.messages".into(), "1".into());
+    })
+    .await;
+    let second = gw.post(PLACE_ORDER, "application/json", body).await;
+    // Whichever of the two reached the queue first holds it until its delivery times out (503:
+    // nothing is accepted that the broker did not take); the other finds it full.
+    let mut both = [first.await.unwrap(), second];
+    both.sort_by_key(|o| o.status);
+    let [full, timed_out] = both;
+    assert_eq!(full.status, 429, "{}", full.body);
+    assert_eq!(full.header("retry-after"), Some("2"));
+    assert!(
+        full.error().contains("local queue is full"),
+        "{}",
+        full.error()
+    );
+    assert_eq!(timed_out.status, 503, "{}", timed_out.body);
     std::sync::Arc::into_inner(gw).unwrap().stop().await;
 }
 

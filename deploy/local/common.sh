@@ -2,6 +2,7 @@
 # the Debian packages the build needs. Sourced, not run.
 
 log() { printf '[%s] %s\n' "${EIP_SCRIPT:-eip}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
 
 ensure_toolchain() {
     export PATH="$HOME/.cargo/bin:$PATH"

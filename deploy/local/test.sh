@@ -41,5 +41,13 @@ export EIP_KAFKA_BROKERS=127.0.0.1:$EIP_KAFKA_PORT
 export EIP_REGISTRY_URL=http://127.0.0.1:$EIP_REGISTRY_PORT
 
 log "cargo test (unit, integration, fault injection)"
-cargo test --workspace -- --test-threads "${EIP_TEST_THREADS:-2}"
+# A hung test (a client blocked on a broker that stopped answering, say) must fail the run, not
+# hold CI until its own limit: past EIP_TEST_TIMEOUT the tests are stopped and the run fails.
+limit=${EIP_TEST_TIMEOUT:-45m}
+status=0
+timeout --kill-after=30s "$limit" cargo test --workspace -- --test-threads "${EIP_TEST_THREADS:-2}" || status=$?
+if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    die "cargo test did not finish within $limit (EIP_TEST_TIMEOUT); a hung test is named by the last 'has been running for over 60 seconds' line above"
+fi
+[ "$status" = 0 ] || exit "$status"
 log "all tests passed"

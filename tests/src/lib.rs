@@ -500,6 +500,26 @@ impl PrivateBroker {
     pub fn restart(&self) {
         self.stack("start-broker");
     }
+
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Unfreezes it.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("tansu.pid")).unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.trim())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
 }
 
 impl Drop for PrivateBroker {

@@ -177,6 +177,45 @@ async fn a_broker_restart_is_survived_without_loss() {
     assert_in_order_per_key(&inputs, &outputs);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_while_the_broker_is_frozen_ends_within_its_bounds() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let broker = PrivateBroker::start();
+    let shared = endpoints();
+    let ep = Endpoints {
+        brokers: broker.brokers(),
+        registry: shared.registry.clone(),
+    };
+    let names = fresh_topics(&ep, "frozen", 2).await;
+    produce(&ep, &names.input, 2_000, 0, 0, 0).await;
+    let mut cfg = passthrough_config(&ep, &names);
+    cfg.pipeline.drain_timeout = Duration::from_secs(2);
+    cfg.pipeline.close_timeout = Duration::from_secs(3);
+    let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
+    wait_for(&ep, &names.output, 2_000, WAIT).await;
+
+    // The broker stops answering (a hung host, a partition of the network): nothing it owes
+    // the consumer's close (the commit, leaving the group) ever comes.
+    broker.freeze();
+    let asked = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(60), p.stop())
+        .await
+        .expect("the shutdown is bounded by drain_timeout + 5 s + close_timeout");
+    let took = asked.elapsed();
+    broker.thaw();
+    match ended {
+        Err(RuntimeError::Fatal(reason)) => assert!(
+            reason.contains("did not close within pipeline.close_timeout (3s)"),
+            "{reason}"
+        ),
+        other => panic!("expected the unfinished close to be an error, got {other:?}"),
+    }
+    // drain (2 s) + abandon grace (5 s) + close (3 s) + producer flush (at most 10 s), and
+    // slack for a loaded machine; an unbounded close would hit the 60 s timeout above.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    eprintln!("shutdown with a frozen broker took {took:?}");
+}
+
 /// Fails fatally on one sequence number.
 struct FatalOn(u64);
 

@@ -214,6 +214,12 @@ pub struct PipelineConfig {
     /// its in-flight records before they are abandoned (uncommitted, so redelivered).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// On shutdown, how long closing the consumer (leaving the group, finishing its commits)
+    /// may take after the drain. A broker that stopped answering would hold the close
+    /// forever; past this the process exits with an error, and whatever was not committed
+    /// is redelivered.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
     /// Backoff for transient errors.
     pub retry: RetryConfig,
 }
@@ -229,6 +235,7 @@ impl Default for PipelineConfig {
             create_topics: false,
             topic_partitions: 4,
             drain_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(15),
             retry: RetryConfig::default(),
         }
     }

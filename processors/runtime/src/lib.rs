@@ -28,7 +28,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eip_schemas::{Codec, Registry, RegistrySettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -177,9 +177,22 @@ where
 
     let runtime = tokio::runtime::Handle::current();
     let poll_core = core.clone();
-    let poll = std::thread::Builder::new()
+    // The poll thread says when it is done, consumer closed; a panic drops the sender unsent.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
         .name("eip-poll".into())
-        .spawn(move || pipeline::poll_loop(consumer, state, poll_core, runtime))
+        .spawn(move || {
+            pipeline::poll_loop(consumer.clone(), state, poll_core, runtime);
+            // Close here, where a slow close is bounded (below), not in a task that happens to
+            // drop the last handle: partition workers and the readiness probe let go of theirs
+            // as they stop.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&consumer) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(consumer);
+            let _ = closed_tx.send(());
+        })
         .map_err(|e| RuntimeError::Startup(format!("poll thread: {e}")))?;
     info!(processor = %name, telemetry = %telemetry_addr, inputs = ?config.pipeline.inputs, "started");
     on_start(Running {
@@ -207,10 +220,19 @@ where
         tokio::time::sleep(drain).await;
         hard.cancel();
     });
-    let joined = tokio::task::spawn_blocking(move || poll.join()).await;
+    // Closing the consumer (the last handle drops as the poll thread ends) waits for the
+    // broker, without a limit of librdkafka's: bound it, and leave a stuck thread behind.
+    let close = config.pipeline.close_timeout;
+    let closed = tokio::time::timeout(drain + close, closed_rx).await;
     watchdog.abort();
-    if !matches!(joined, Ok(Ok(()))) {
-        stop.fatal("poll thread panicked".into());
+    match closed {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => stop.fatal("poll thread panicked".into()),
+        Err(_) => stop.fatal(format!(
+            "the consumer did not close within pipeline.close_timeout ({close:?}) after the \
+             drain: the broker is not answering; records whose commit did not complete will \
+             be redelivered"
+        )),
     }
     let flush_core = core.clone();
     let _ = tokio::task::spawn_blocking(move || flush_core.producer.flush(Duration::from_secs(10)))

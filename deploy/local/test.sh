@@ -43,11 +43,26 @@ export EIP_REGISTRY_URL=http://127.0.0.1:$EIP_REGISTRY_PORT
 log "cargo test (unit, integration, fault injection)"
 # A hung test (a client blocked on a broker that stopped answering, say) must fail the run, not
 # hold CI until its own limit: past EIP_TEST_TIMEOUT the tests are stopped and the run fails.
+# `timeout` runs them in a process group of their own, so an interrupt is passed on to it.
 limit=${EIP_TEST_TIMEOUT:-45m}
+timeout --kill-after=30s "$limit" cargo test --workspace -- --test-threads "${EIP_TEST_THREADS:-2}" &
+tests=$!
+trap 'kill -TERM -- "-$tests" 2>/dev/null; exit 130' INT TERM
 status=0
-timeout --kill-after=30s "$limit" cargo test --workspace -- --test-threads "${EIP_TEST_THREADS:-2}" || status=$?
-if [ "$status" = 124 ] || [ "$status" = 137 ]; then
-    die "cargo test did not finish within $limit (EIP_TEST_TIMEOUT); a hung test is named by the last 'has been running for over 60 seconds' line above"
+wait "$tests" || status=$?
+trap - INT TERM
+if [ "$status" != 0 ]; then
+    # Tests killed mid-way leave their private brokers (started with setsid) behind.
+    for pid in $(pgrep -x tansu || true); do
+        case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
+            "${TMPDIR:-/tmp}"/.tmp*) kill -KILL "$pid" 2>/dev/null || true ;;
+        esac
+    done
 fi
-[ "$status" = 0 ] || exit "$status"
+case "$status" in
+    0) ;;
+    124) die "cargo test did not finish within $limit (EIP_TEST_TIMEOUT); a hung test is named by the last 'has been running for over 60 seconds' line above" ;;
+    137) die "cargo test was killed: it ignored the stop at $limit (EIP_TEST_TIMEOUT), or the machine ran out of memory" ;;
+    *) exit "$status" ;;
+esac
 log "all tests passed"

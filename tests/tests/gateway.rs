@@ -927,6 +927,8 @@ async fn a_full_producer_queue_is_429_with_retry_after() {
     // stays queued: there is no broker to send it to.
     let (gw, first, body) = silent_broker_with_one_request_in_flight(|c| {
         c.gateway.max_in_flight = 8;
+        // The queued record must still be queued when the second request arrives.
+        c.gateway.delivery_timeout = Duration::from_secs(10);
         c.kafka
             .producer_properties
             .insert("queue.buffering.max.messages".into(), "1".into());

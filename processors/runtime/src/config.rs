@@ -439,6 +439,17 @@ impl<A: Section> Config<A> {
                 "must be more than 0",
             ));
         }
+        for (key, value) in [
+            ("pipeline.drain_timeout", p.drain_timeout),
+            ("pipeline.close_timeout", p.close_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(3600) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be more than 0 and at most 1h",
+                ));
+            }
+        }
         if p.max_batch == 0 {
             return Err(ConfigError::invalid(
                 "pipeline.max_batch",
@@ -643,6 +654,14 @@ mod tests {
             (
                 "[pipeline]\ninputs = [\"a\"]\n[pipeline.retry]\nmultiplier = 0.5\n",
                 "pipeline.retry.multiplier",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\nclose_timeout = \"0s\"\n",
+                "pipeline.close_timeout",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\ndrain_timeout = \"100years\"\n",
+                "pipeline.drain_timeout",
             ),
         ];
         for (toml, key) in cases {

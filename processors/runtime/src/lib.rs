@@ -28,7 +28,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eip_schemas::{Codec, Registry, RegistrySettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -166,7 +166,7 @@ where
     });
 
     tokio::spawn(readiness(
-        consumer.clone(),
+        Arc::downgrade(&consumer),
         config.pipeline.inputs[0].clone(),
         codec.registry().clone(),
         health.clone(),
@@ -177,21 +177,12 @@ where
 
     let runtime = tokio::runtime::Handle::current();
     let poll_core = core.clone();
-    // The poll thread says when it is done, consumer closed; a panic drops the sender unsent.
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    // The poll thread says when it is done and the consumer closed, and whether it panicked.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<bool>();
     std::thread::Builder::new()
         .name("eip-poll".into())
         .spawn(move || {
-            pipeline::poll_loop(consumer.clone(), state, poll_core, runtime);
-            // Close here, where a slow close is bounded (below), not in a task that happens to
-            // drop the last handle: partition workers and the readiness probe let go of theirs
-            // as they stop.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Arc::strong_count(&consumer) > 1 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            drop(consumer);
-            let _ = closed_tx.send(());
+            let _ = closed_tx.send(pipeline::poll_thread(consumer, state, poll_core, runtime));
         })
         .map_err(|e| RuntimeError::Startup(format!("poll thread: {e}")))?;
     info!(processor = %name, telemetry = %telemetry_addr, inputs = ?config.pipeline.inputs, "started");
@@ -199,7 +190,7 @@ where
         telemetry: telemetry_addr,
         metrics: metrics.clone(),
         health: health.clone(),
-        stopping: stop.stopping.clone(),
+        stopping: stop.stopping.child_token(),
     });
 
     tokio::select! {
@@ -226,13 +217,18 @@ where
     let closed = tokio::time::timeout(drain + close, closed_rx).await;
     watchdog.abort();
     match closed {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => stop.fatal("poll thread panicked".into()),
-        Err(_) => stop.fatal(format!(
-            "the consumer did not close within pipeline.close_timeout ({close:?}) after the \
-             drain: the broker is not answering; records whose commit did not complete will \
-             be redelivered"
-        )),
+        Ok(Ok(true)) => {}
+        Ok(Ok(false) | Err(_)) => stop.fatal("poll thread panicked".into()),
+        Err(_) => {
+            let reason = format!(
+                "the consumer did not close within pipeline.close_timeout ({close:?}) after the \
+                 drain: the broker is not answering; records whose commit did not complete \
+                 will be redelivered"
+            );
+            // Logged even when an earlier fatal error is the one reported.
+            error!(%reason, "consumer close timed out");
+            stop.fatal(reason);
+        }
     }
     let flush_core = core.clone();
     let _ = tokio::task::spawn_blocking(move || flush_core.producer.flush(Duration::from_secs(10)))
@@ -295,8 +291,10 @@ async fn check_topics<P: Processor, A: Section>(
     }
 }
 
+/// Probes the broker and the registry every `interval` until `stop`. It holds the consumer
+/// only while probing, so the poll thread closes it (see `pipeline::poll_thread`).
 async fn readiness(
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    consumer: std::sync::Weak<BaseConsumer<ConsumerCtx>>,
     topic: String,
     registry: Arc<Registry>,
     health: Arc<Health>,
@@ -305,7 +303,12 @@ async fn readiness(
     stop: CancellationToken,
 ) {
     loop {
-        let c = consumer.clone();
+        if stop.is_cancelled() {
+            return;
+        }
+        let Some(c) = consumer.upgrade() else {
+            return;
+        };
         let t = topic.clone();
         // Metadata of one input topic: cheap even on a cluster with many topics.
         let broker = tokio::task::spawn_blocking(move || {

@@ -373,6 +373,31 @@ fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) ->
 
 /// The poll loop. Runs on its own OS thread until `stop.stopping` fires, then drains every
 /// partition and commits.
+/// The poll thread's whole life: [`poll_loop`], then closing the consumer here, where
+/// `run_until` bounds how long a close may take, rather than in whichever task happens to drop
+/// the last handle. Returns false if the loop panicked (its partitions are then abandoned:
+/// uncommitted, so redelivered).
+pub(crate) fn poll_thread<P: Processor>(
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    state: Arc<PollState>,
+    core: Arc<Core<P>>,
+    runtime: tokio::runtime::Handle,
+) -> bool {
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_loop(consumer.clone(), state.clone(), core.clone(), runtime)
+    }));
+    if polled.is_err() {
+        core.stop.fatal("poll thread panicked".into());
+        state.release(&consumer, |_| true, true);
+    }
+    // Partition workers, ackers and the readiness probe let go of their handles as they stop.
+    while Arc::strong_count(&consumer) > 1 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(consumer);
+    polled.is_ok()
+}
+
 pub(crate) fn poll_loop<P: Processor>(
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
     state: Arc<PollState>,

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use eip_passthrough::PassthroughConfig;
 use eip_runtime::{Envelope, ProcessError};
 use eip_schemas::types::OrderPlaced;
-use eip_schemas::types::samples::order_placed;
 use eip_tests::bench::*;
 use eip_tests::*;
 
@@ -134,12 +133,7 @@ async fn runtime_passthrough(
 async fn main() {
     let a = args();
     let ep = endpoints();
-    register(&ep).await;
-    let input = unique("bench-in");
-    create_topics(&ep, &[&input, &format!("{input}.dlq")], a.partitions).await;
-    let codec = codec(&ep);
-    let id = codec.id_of::<OrderPlaced>().await.unwrap();
-    let payload = eip_schemas::codec::encode_with_id(id, &order_placed(42)).unwrap();
+    let (input, payload) = bench_input(&ep, "bench-in", a.partitions).await;
 
     println!(
         "pass-through benchmark: {} records of {} bytes, {} partitions, {} rounds, broker {}",

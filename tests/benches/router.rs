@@ -20,8 +20,6 @@
 use std::time::{Duration, Instant};
 
 use eip_router::processor::{RULES_VERSION, RouterConfig};
-use eip_schemas::types::OrderPlaced;
-use eip_schemas::types::samples::order_placed;
 use eip_tests::bench::*;
 use eip_tests::*;
 
@@ -110,12 +108,7 @@ async fn router_run(ep: &Endpoints, input: &str, partitions: i32, n: usize, rule
 async fn main() {
     let a = args();
     let ep = endpoints();
-    register(&ep).await;
-    let input = unique("bench-rin");
-    create_topics(&ep, &[&input, &format!("{input}.dlq")], a.partitions).await;
-    let codec = codec(&ep);
-    let id = codec.id_of::<OrderPlaced>().await.unwrap();
-    let payload = eip_schemas::codec::encode_with_id(id, &order_placed(42)).unwrap();
+    let (input, payload) = bench_input(&ep, "bench-rin", a.partitions).await;
     println!(
         "router benchmark: {} records of {} bytes, {} partitions, {} rounds, broker {}",
         a.records,

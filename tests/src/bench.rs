@@ -9,7 +9,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::{Endpoints, unique};
+use crate::{Endpoints, codec, create_topics, register, unique};
 
 /// Kafka settings for the benchmark's clients: the defaults, plus producer properties from
 /// `EIP_BENCH_PRODUCER` (`key=value,key=value`) for experiments.
@@ -234,4 +234,20 @@ pub fn router_rules(n: usize, out: &str) -> String {
         "[[rules]]\nname = \"last\"\nthen.to = [\"{out}\"]\n"
     ));
     text
+}
+
+/// Registers the schemas, creates a fresh input topic named after `prefix` (with its DLQ) of
+/// `partitions` partitions, and returns it with the framed `OrderPlaced` every benchmark sends.
+pub async fn bench_input(ep: &Endpoints, prefix: &str, partitions: i32) -> (String, Vec<u8>) {
+    register(ep).await;
+    let input = unique(prefix);
+    create_topics(ep, &[&input, &format!("{input}.dlq")], partitions).await;
+    let id = codec(ep)
+        .id_of::<eip_schemas::types::OrderPlaced>()
+        .await
+        .unwrap();
+    let payload =
+        eip_schemas::codec::encode_with_id(id, &eip_schemas::types::samples::order_placed(42))
+            .unwrap();
+    (input, payload)
 }

@@ -491,6 +491,14 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// This broker with the shared registry of [`endpoints`].
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            brokers: self.brokers(),
+            registry: endpoints().registry,
+        }
+    }
+
     /// Stops it (SIGKILL, as `stack.sh stop-broker` does: see docs/local-stack.md).
     pub fn stop(&self) {
         self.stack("stop-broker");

@@ -144,11 +144,7 @@ async fn a_frozen_registry_means_retries_in_place_not_dead_letters() {
 async fn a_broker_restart_is_survived_without_loss() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let broker = PrivateBroker::start();
-    let shared = endpoints();
-    let ep = Endpoints {
-        brokers: broker.brokers(),
-        registry: shared.registry.clone(),
-    };
+    let ep = broker.endpoints();
     let names = fresh_topics(&ep, "bounce", 2).await;
     let (input, output) = (names.input.clone(), names.output.clone());
     produce(&ep, &input, 10_000, 0, 0, 0).await;
@@ -181,11 +177,7 @@ async fn a_broker_restart_is_survived_without_loss() {
 async fn a_shutdown_while_the_broker_is_frozen_ends_within_its_bounds() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let broker = PrivateBroker::start();
-    let shared = endpoints();
-    let ep = Endpoints {
-        brokers: broker.brokers(),
-        registry: shared.registry.clone(),
-    };
+    let ep = broker.endpoints();
     let names = fresh_topics(&ep, "frozen", 2).await;
     produce(&ep, &names.input, 2_000, 0, 0, 0).await;
     let mut cfg = passthrough_config(&ep, &names);

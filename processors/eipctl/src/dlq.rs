@@ -23,12 +23,12 @@ use eip_runtime::dlq as headers;
 use eip_runtime::kafka;
 use eip_schemas::{Codec, ErrorClass};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Endpoints, OpsError, ReadRecord};
+use crate::{Endpoints, OpsError, ReadRecord, send};
 
 pub use regex::Regex;
 
@@ -899,37 +899,6 @@ fn owned_headers(hs: &[(String, Option<Bytes>)]) -> OwnedHeaders {
                 value: v.as_deref(),
             })
         })
-}
-
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-    headers: OwnedHeaders,
-) -> Result<DeliveryFuture, OpsError> {
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    if let Some(p) = payload {
-        record = record.payload(p);
-    }
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
 }
 
 async fn delivered(f: DeliveryFuture) -> Result<(), String> {

@@ -22,7 +22,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// Errors of operator operations.
@@ -249,28 +249,16 @@ pub async fn produce_orders(ep: &Endpoints, spec: &ProduceSpec) -> Result<Produc
             valid += 1;
             (key, bytes, headers)
         };
-        let mut record = FutureRecord::to(&spec.topic)
-            .key(key.as_bytes())
-            .payload(&payload)
-            .headers(headers);
-        loop {
-            match producer.send_result(record) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        pending.push(
+            send(
+                &producer,
+                &spec.topic,
+                Some(key.as_bytes()),
+                Some(&payload),
+                headers,
+            )
+            .await?,
+        );
         if pending.len() >= 10_000 {
             for f in pending.drain(..) {
                 await_delivery(f).await?;
@@ -562,4 +550,36 @@ pub async fn describe_payload(codec: &Codec, payload: Option<&[u8]>) -> String {
 /// The subject and full name of the sample record type, for messages.
 pub fn sample_type() -> &'static str {
     OrderPlaced::FULL_NAME
+}
+
+/// Hands one record to `producer`, waiting while its local queue is full.
+pub(crate) async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: OwnedHeaders,
+) -> Result<DeliveryFuture, OpsError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
 }

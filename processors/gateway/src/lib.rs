@@ -25,7 +25,6 @@ pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +42,8 @@ pub use metrics::GatewayMetrics;
 /// The OpenAPI 3.0 document of the gateway (`docs/openapi.json`), served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
-/// Exit code for a configuration error.
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code for a startup or server error.
-pub const EXIT_FATAL: u8 = 1;
+/// The exit codes every eip binary uses: 2 for configuration, 1 for startup or server errors.
+pub use eip_runtime::{EXIT_CONFIG, EXIT_FATAL};
 
 /// Why the gateway could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -167,52 +164,25 @@ pub async fn serve(
 /// the configuration (a bad one prints one line naming the key and exits 2 before any
 /// network call), set up JSON logs, serve until SIGTERM or SIGINT, drain, exit 0.
 pub fn main_entry() -> ExitCode {
-    let mut config_path: Option<PathBuf> = None;
-    let mut check_only = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(p) => config_path = Some(PathBuf::from(p)),
-                None => {
-                    eprintln!("invalid arguments: --config needs a file");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            },
-            "--check-config" => check_only = true,
-            "--help" | "-h" => {
-                println!(
-                    "usage: gateway [--config FILE] [--check-config]\nSettings layer as defaults, then FILE, then EIP__SECTION__KEY environment variables. See docs/gateway.md."
-                );
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("invalid arguments: unknown argument `{other}` (try --help)");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        }
-    }
-    let config = match GatewayConfig::load(config_path.as_deref()) {
+    let args = match eip_runtime::cli::args("gateway", "docs/gateway.md") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let config = match GatewayConfig::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if check_only {
+    if args.check_only {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
     eip_runtime::telemetry::init_logging(&config.telemetry.logging());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match eip_runtime::cli::runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("startup: tokio runtime: {e}");
-            return ExitCode::from(EXIT_FATAL);
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
         let (_, task) = serve(config, eip_runtime::shutdown_signal()).await?;

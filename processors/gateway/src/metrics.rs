@@ -3,9 +3,8 @@
 //! Labels are bounded: `type` is a routed record type or `unrouted` (never whatever a client
 //! put in the URL), `status` is an HTTP status code.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use eip_runtime::metrics::counter;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Registry};
 
 /// Requests to `/v1/records/{type}`, by type and answered status.
 pub const REQUESTS: &str = "eip_gateway_requests_total";
@@ -47,8 +46,10 @@ impl GatewayMetrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<GatewayMetrics> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(REQUESTS, "Record requests by type and HTTP status."),
+        let requests = counter(
+            &registry,
+            REQUESTS,
+            "Record requests by type and HTTP status.",
             &["type", "status"],
         )?;
         let latency = HistogramVec::new(
@@ -62,15 +63,15 @@ impl GatewayMetrics {
             ]),
             &["type"],
         )?;
-        let bytes = IntCounterVec::new(
-            Opts::new(REQUEST_BYTES, "Request body bytes read, by type."),
+        let bytes = counter(
+            &registry,
+            REQUEST_BYTES,
+            "Request body bytes read, by type.",
             &["type"],
         )?;
         let in_flight = IntGauge::new(IN_FLIGHT, "Record requests being handled.")?;
         let ready = IntGauge::new(READY, "1 when the last readiness check passed.")?;
-        registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         Ok(GatewayMetrics {
@@ -85,11 +86,7 @@ impl GatewayMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            return format!("# encoding metrics failed: {e}\n");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        eip_runtime::metrics::render(&self.registry)
     }
 }
 

@@ -14,6 +14,7 @@
 //! - Prometheus metrics ([`metrics`]), `/healthz`, `/readyz` ([`health`], [`telemetry`]),
 //!   JSON logs and W3C trace context in headers ([`trace`]).
 
+pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod health;
@@ -25,7 +26,6 @@ pub mod telemetry;
 pub mod trace;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -398,26 +398,11 @@ where
     A: Section,
     P: Processor,
 {
-    let mut config_path: Option<PathBuf> = None;
-    let mut check_only = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => config_path = args.next().map(PathBuf::from),
-            "--check-config" => check_only = true,
-            "--help" | "-h" => {
-                println!(
-                    "usage: [--config FILE] [--check-config]\nSettings layer as defaults, then FILE, then EIP__SECTION__KEY environment variables."
-                );
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("invalid arguments: unknown argument `{other}` (try --help)");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        }
-    }
-    let mut config = match Config::<A>::load(config_path.as_deref()) {
+    let args = match cli::args(&program_name(), "the docs/ folder") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let mut config = match Config::<A>::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -434,20 +419,14 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if check_only {
+    if args.check_only {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
     telemetry::init_logging(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli::runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("startup: tokio runtime: {e}");
-            return ExitCode::from(EXIT_FATAL);
-        }
+        Err(code) => return code,
     };
     let Extras { routes, on_start } = extras;
     let started = move |running: Running| {
@@ -469,4 +448,15 @@ where
             ExitCode::from(EXIT_FATAL)
         }
     }
+}
+
+/// This binary's file name, for its usage line.
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "eip".into())
 }

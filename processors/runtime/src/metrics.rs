@@ -65,7 +65,8 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(
+/// Creates a counter vector and registers it in `registry`.
+pub fn counter(
     registry: &Registry,
     name: &str,
     help: &str,
@@ -170,13 +171,17 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
-            return format!("# encoding metrics failed: {e}\n");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        render(&self.registry)
     }
+}
+
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        return format!("# encoding metrics failed: {e}\n");
+    }
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ ensure_toolchain
 export EIP_STATE_DIR=${EIP_BENCH_STATE_DIR:-$ROOT/.eip-local/bench}
 export EIP_KAFKA_PORT=${EIP_BENCH_KAFKA_PORT:-19292}
 export EIP_REGISTRY_PORT=${EIP_BENCH_REGISTRY_PORT:-18281}
-export EIP_STORAGE=sqlite
+export EIP_KAFKA_CONTROLLER_PORT=${EIP_BENCH_KAFKA_CONTROLLER_PORT:-19293}
 bash deploy/local/stack.sh stop >/dev/null 2>&1 || true
 rm -rf "$EIP_STATE_DIR/data"
 trap 'bash deploy/local/stack.sh stop' EXIT

@@ -175,7 +175,10 @@ fn main() {
         );
         let _ = Catalog::global().unwrap();
 
-        // 1. Through the gateway.
+        let cpu = eip_tests::bench::Cpu {
+            broker: eip_tests::bench::broker_pid(&ep.brokers),
+        };
+        // 1. Through the gateway (server and HTTP clients share this process).
         let client = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(concurrency)
@@ -207,11 +210,13 @@ fn main() {
             let post = post.clone();
             closed_loop(warmup, concurrency, move |i| post(i)).await;
         }
+        let before = cpu.sample();
         let (latencies, elapsed) = {
             let post = post.clone();
             closed_loop(requests, concurrency, move |i| post(warmup + i)).await
         };
         let gateway = figures(latencies, elapsed);
+        let gateway_cpu = cpu.per_record(before, requests);
 
         // 2. Baseline: the same records straight to Kafka, each ack awaited.
         let producer: FutureProducer = eip_runtime::kafka::producer_config(&ep.kafka())
@@ -235,21 +240,23 @@ fn main() {
             let produce = produce.clone();
             closed_loop(warmup, concurrency, move |i| produce(i)).await;
         }
+        let before = cpu.sample();
         let (latencies, elapsed) = {
             let produce = produce.clone();
             closed_loop(requests, concurrency, move |i| produce(warmup + i)).await
         };
         let baseline = figures(latencies, elapsed);
+        let baseline_cpu = cpu.per_record(before, requests);
 
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "  gateway  (HTTP JSON -> Avro -> Kafka, 202 after ack): {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+            "  gateway  (HTTP JSON -> Avro -> Kafka, 202 after ack): {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms; {gateway_cpu} (HTTP clients included)",
             gateway.rate,
             ms(gateway.p50),
             ms(gateway.p99)
         );
         println!(
-            "  baseline (rdkafka produce, ack awaited):             {:>8.0} rec/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+            "  baseline (rdkafka produce, ack awaited):             {:>8.0} rec/s   p50 {:>6.2} ms   p99 {:>6.2} ms; {baseline_cpu}",
             baseline.rate,
             ms(baseline.p50),
             ms(baseline.p99)

@@ -117,38 +117,57 @@ async fn main() {
         a.rounds,
         ep.brokers
     );
+    let cpu = Cpu {
+        broker: broker_pid(&ep.brokers),
+    };
     let (ep2, t2, p2) = (ep.clone(), input.clone(), payload.clone());
+    let before = cpu.sample();
     let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, a.records, &p2))
         .await
         .unwrap();
-    println!("broker ceiling: raw produce {produce:>9.0} records/s");
+    println!(
+        "broker ceiling: raw produce {produce:>9.0} records/s; {}",
+        cpu.per_record(before, a.records)
+    );
 
     let (mut raw, mut raw_h, mut r10, mut r100) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=a.rounds {
         let out = unique("bench-raw-out");
         create_topics(&ep, &[&out], a.partitions).await;
         let (ep2, i2, o2) = (ep.clone(), input.clone(), out.clone());
+        let before = cpu.sample();
         let r = tokio::task::spawn_blocking(move || raw_passthrough(&ep2, &i2, &o2, a.records))
             .await
             .unwrap();
-        println!("round {round}: raw rdkafka pass-through {r:>9.0} records/s");
+        println!(
+            "round {round}: raw rdkafka pass-through {r:>9.0} records/s; {}",
+            cpu.per_record(before, a.records)
+        );
         let out = unique("bench-raw-out");
         create_topics(&ep, &[&out], a.partitions).await;
         let (ep2, i2, o2) = (ep.clone(), input.clone(), out.clone());
+        let before = cpu.sample();
         let rh = tokio::task::spawn_blocking(move || {
             raw_passthrough_with(&ep2, &i2, &o2, a.records, &[(RULES_VERSION, "bench")])
         })
         .await
         .unwrap();
-        println!("round {round}: raw + version header    {rh:>9.0} records/s");
+        println!(
+            "round {round}: raw + version header    {rh:>9.0} records/s; {}",
+            cpu.per_record(before, a.records)
+        );
+        let before = cpu.sample();
         let t10 = router_run(&ep, &input, a.partitions, a.records, 10).await;
         println!(
-            "round {round}: router, 10 rules        {t10:>9.0} records/s ({:.2}x raw)",
+            "round {round}: router, 10 rules        {t10:>9.0} records/s; {} ({:.2}x raw)",
+            cpu.per_record(before, a.records),
             t10 / r
         );
+        let before = cpu.sample();
         let t100 = router_run(&ep, &input, a.partitions, a.records, 100).await;
         println!(
-            "round {round}: router, 100 rules       {t100:>9.0} records/s ({:.2}x raw)",
+            "round {round}: router, 100 rules       {t100:>9.0} records/s; {} ({:.2}x raw)",
+            cpu.per_record(before, a.records),
             t100 / r
         );
         raw.push(r);

@@ -42,7 +42,9 @@ pub fn broker_pid(brokers: &str) -> Option<String> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (cmdline.contains("tansu") && cmdline.contains(&format!("127.0.0.1:{port}")))
+        // stack.sh marks the broker's JVM with -Deip.listener=127.0.0.1:PORT.
+        let marked = cmdline.contains(&format!("-Deip.listener=127.0.0.1:{port} "));
+        (marked && cmdline.contains("kafka.Kafka"))
             .then(|| e.file_name().to_string_lossy().to_string())
     })
 }

@@ -451,24 +451,19 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, resp.text().await.ok()?))
 }
 
-/// A broker of this test's own (sqlite storage, so it survives restarts), started and
-/// stopped through the same `deploy/local/stack.sh` users run.
+/// A Kafka broker of this test's own (one KRaft node with its own data directory), started,
+/// stopped and restarted through the same `deploy/local/stack.sh` users run.
 pub struct PrivateBroker {
     dir: tempfile::TempDir,
-    /// Its port on 127.0.0.1.
+    /// Its client port on 127.0.0.1.
     pub port: u16,
+    /// Its KRaft controller port on 127.0.0.1.
+    pub controller_port: u16,
 }
 
 impl PrivateBroker {
     fn stack(&self, cmd: &str) {
-        let out = Command::new("bash")
-            .arg(repo_root().join("deploy/local/stack.sh"))
-            .arg(cmd)
-            .env("EIP_STATE_DIR", self.dir.path())
-            .env("EIP_KAFKA_PORT", self.port.to_string())
-            .env("EIP_STORAGE", "sqlite")
-            .output()
-            .unwrap();
+        let out = self.stack_command(cmd).output().unwrap();
         assert!(
             out.status.success(),
             "stack.sh {cmd} failed: {}",
@@ -476,11 +471,34 @@ impl PrivateBroker {
         );
     }
 
-    /// Starts a new broker on a free port.
+    fn stack_command(&self, cmd: &str) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(repo_root().join("deploy/local/stack.sh"))
+            .arg(cmd)
+            .env("EIP_STATE_DIR", self.dir.path())
+            .env("EIP_KAFKA_PORT", self.port.to_string())
+            .env(
+                "EIP_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            // Several private brokers may run at once beside the shared one.
+            .env("EIP_KAFKA_HEAP", "512m");
+        c
+    }
+
+    /// Starts a new broker on free ports (outside the ephemeral range: it may be restarted).
     pub fn start() -> PrivateBroker {
+        let port = free_listen_port();
+        let controller_port = loop {
+            let p = free_listen_port();
+            if p != port {
+                break p;
+            }
+        };
         let b = PrivateBroker {
             dir: tempfile::tempdir().unwrap(),
-            port: free_listen_port(),
+            port,
+            controller_port,
         };
         b.stack("start-broker");
         b
@@ -499,12 +517,12 @@ impl PrivateBroker {
         }
     }
 
-    /// Stops it (SIGKILL, as `stack.sh stop-broker` does: see docs/local-stack.md).
+    /// Stops it the way an operator does: SIGTERM, and a controlled shutdown.
     pub fn stop(&self) {
         self.stack("stop-broker");
     }
 
-    /// Starts it again on the same port and data.
+    /// Starts it again on the same ports and data.
     pub fn restart(&self) {
         self.stack("start-broker");
     }
@@ -520,7 +538,7 @@ impl PrivateBroker {
     }
 
     fn signal(&self, name: &str) {
-        let pid = std::fs::read_to_string(self.dir.path().join("tansu.pid")).unwrap();
+        let pid = std::fs::read_to_string(self.dir.path().join("kafka.pid")).unwrap();
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(pid.trim())
@@ -535,7 +553,7 @@ impl Drop for PrivateBroker {
         // A failing test keeps the broker's story: its log goes with the panic.
         if std::thread::panicking() {
             let log =
-                std::fs::read_to_string(self.dir.path().join("logs/tansu.log")).unwrap_or_default();
+                std::fs::read_to_string(self.dir.path().join("logs/kafka.log")).unwrap_or_default();
             // The whole log outlives the temp dir, for the first error rather than the last.
             let kept = std::env::temp_dir().join(format!("eip-private-broker-{}.log", self.port));
             let _ = std::fs::write(&kept, &log);
@@ -546,12 +564,16 @@ impl Drop for PrivateBroker {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        let _ = Command::new("bash")
-            .arg(repo_root().join("deploy/local/stack.sh"))
-            .arg("stop-broker")
-            .env("EIP_STATE_DIR", self.dir.path())
-            .env("EIP_KAFKA_PORT", self.port.to_string())
+        // A frozen broker would sit out the stop's grace period: wake it first.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(
+                std::fs::read_to_string(self.dir.path().join("kafka.pid"))
+                    .unwrap_or_default()
+                    .trim(),
+            )
             .output();
+        let _ = self.stack_command("stop-broker").output();
     }
 }
 

@@ -1,8 +1,8 @@
 //! What the pipeline relies on from the broker, checked against the one the tests run on.
 //!
-//! Tansu 0.6's `memory://` storage fails the first check (a fetch from an offset inside a
-//! batch skips to the next batch), which loses records whenever a consumer resumes mid-batch:
-//! after a restart, a rebalance or a pause. That is why the local stack runs `sqlite://`.
+//! A consumer resumes inside a producer batch after every restart, rebalance or pause, so a
+//! broker that answered such a fetch from the next batch would lose records. Tansu 0.6's
+//! `memory://` storage did (docs/local-stack.md); Apache Kafka, the local broker now, passes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 

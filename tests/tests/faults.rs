@@ -54,7 +54,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_keeps_key_order() {
     let port = free_port();
     let mut env = passthrough_env(&ep, &input, &output, &group, port);
     // Static membership, as the Kubernetes StatefulSet sets it: the restarted replica takes its
-    // partitions back at once (see docs/consumer-groups.md for why Tansu needs it).
+    // partitions back at once, without waiting out the dead member's session (docs/consumer-groups.md).
     env.push(("EIP__KAFKA__GROUP_INSTANCE_ID".into(), format!("{group}-0")));
 
     let mut first = ChildProcess::spawn(&bin("eip-passthrough"), &[], &env);

@@ -30,7 +30,7 @@ async fn failed_produce_requests_are_sent_again_not_dead_lettered() {
     produce(&ep, input, 2_000, 0, 0, 0).await;
 
     // The next produce requests fail with UNKNOWN_SERVER_ERROR, which librdkafka does not retry
-    // by itself (Tansu answers it to produce requests in flight while it shuts down).
+    // by itself (a broker can answer it for a request it failed internally).
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 3],

@@ -284,13 +284,20 @@ async fn await_delivery(f: rdkafka::producer::DeliveryFuture) -> Result<(), OpsE
 }
 
 fn reader(ep: &Endpoints) -> Result<BaseConsumer, OpsError> {
+    reader_with(ep, false)
+}
+
+/// A reader that commits nothing and, where `eof` is set, reports reaching the end of each
+/// partition. A position that retention removed while reading restarts at the earliest record.
+fn reader_with(ep: &Endpoints, eof: bool) -> Result<BaseConsumer, OpsError> {
     let mut c: ClientConfig = kafka::base_config(&ep.kafka());
     c.set(
         "group.id",
         format!("eipctl-reader-{}", uuid::Uuid::new_v4()),
     )
     .set("enable.auto.commit", "false")
-    .set("enable.partition.eof", "false");
+    .set("auto.offset.reset", "earliest")
+    .set("enable.partition.eof", if eof { "true" } else { "false" });
     Ok(c.create()?)
 }
 
@@ -412,21 +419,19 @@ impl ReadRecord {
     }
 }
 
-/// How long [`read_all`] waits for more records once it has read up to the watermarks.
-pub const READ_IDLE: Duration = Duration::from_millis(1500);
-
 /// Reads every record currently in `topic`, in offset order per partition.
 ///
-/// The end is where no more records arrive for [`READ_IDLE`] after every partition reached
-/// its reported high watermark. Watermarks alone are not enough: Tansu 0.6 reports the base
-/// offset of a partition's last batch as its high watermark, short of the real end.
+/// The end is each partition's high watermark, taken when the read starts: records that
+/// arrive later are left for the next read. A partition also ends where the reader reaches its
+/// end before that offset (the last offsets held transaction markers, say), so a read never
+/// waits for a record that can't come.
 pub fn read_all(
     ep: &Endpoints,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, OpsError> {
     let marks = watermarks(ep, topic)?;
-    let consumer = reader(ep)?;
+    let consumer = reader_with(ep, true)?;
     consumer.assign(&beginning(ep, topic)?)?;
     let mut behind: HashMap<i32, i64> = marks
         .iter()
@@ -435,8 +440,7 @@ pub fn read_all(
         .collect();
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
-    let mut last = Instant::now();
-    while !behind.is_empty() || last.elapsed() < READ_IDLE {
+    while !behind.is_empty() {
         if Instant::now() >= deadline {
             return Err(OpsError::Timeout {
                 what: format!("reading {topic}: {} records so far", out.len()),
@@ -452,13 +456,19 @@ pub fn read_all(
             Err(KafkaError::MessageConsumption(
                 RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
             )) => continue,
+            Err(KafkaError::PartitionEOF(partition)) => {
+                behind.remove(&partition);
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
-        last = Instant::now();
-        if behind
-            .get(&m.partition())
-            .is_some_and(|high| m.offset() + 1 >= *high)
-        {
+        let Some(&high) = behind.get(&m.partition()) else {
+            continue;
+        };
+        if m.offset() >= high {
+            continue;
+        }
+        if m.offset() + 1 >= high {
             behind.remove(&m.partition());
         }
         out.push(ReadRecord::from_message(&m));
@@ -469,10 +479,10 @@ pub fn read_all(
 
 /// Reads the one record at `offset` of `partition` in `topic`, without reading the rest.
 ///
-/// An offset below the low watermark, or a record that never arrives, is
-/// [`OpsError::NoSuchRecord`]. Past the reported high watermark the record is waited for only
-/// [`READ_IDLE`]: it may exist (Tansu under-reports the end, see [`read_all`]) but usually
-/// doesn't, and an operator asking for it should not wait for `timeout`.
+/// An offset below the low watermark, one at or past the high watermark (it does not exist
+/// yet), and one the partition skips (compacted, or a transaction marker) are
+/// [`OpsError::NoSuchRecord`]. A record that doesn't arrive within `timeout` is
+/// [`OpsError::Timeout`].
 pub fn read_one(
     ep: &Endpoints,
     topic: &str,
@@ -495,15 +505,14 @@ pub fn read_one(
             ),
         });
     };
-    if offset < low.max(0) {
+    if offset < low.max(0) || offset >= high {
         return Err(missing());
     }
     let consumer = reader(ep)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&tpl)?;
-    let wait = if offset >= high { READ_IDLE } else { timeout };
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -518,14 +527,10 @@ pub fn read_one(
         }
         return Ok(ReadRecord::from_message(&m));
     }
-    if offset >= high {
-        Err(missing())
-    } else {
-        Err(OpsError::Timeout {
-            what: format!("reading {topic} partition {partition} offset {offset}"),
-            after: timeout,
-        })
-    }
+    Err(OpsError::Timeout {
+        what: format!("reading {topic} partition {partition} offset {offset}"),
+        after: timeout,
+    })
 }
 
 /// Runs blocking client work (the `BaseConsumer` readers) off the async runtime.

@@ -1,0 +1,292 @@
+//! What eip's ScyllaDB view store relies on from the CQL server, checked against the one the
+//! tests run on: the local Apache Cassandra node that `make test` starts, or the ScyllaDB
+//! cluster `SCYLLA_NODES` names (`EIP_CQL_NODES` carries either to the tests).
+//!
+//! Each test makes a keyspace of its own and drops it at the end. Cassandra is not ScyllaDB:
+//! what these checks can't show here (shard-aware routing, tablets) is listed in
+//! docs/local-stack.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use eip_tests::unique;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::response::PagingState;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::unprepared::Statement;
+use scylla::value::{CqlValue, Row};
+
+/// The CQL contact points: `EIP_CQL_NODES` (comma-separated `host:port`), as `make test` sets it.
+fn nodes() -> Vec<String> {
+    std::env::var("EIP_CQL_NODES")
+        .unwrap_or_else(|_| "127.0.0.1:19042".into())
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A session with a fresh keyspace of this test's own, created the way a migration does it.
+async fn keyspace(prefix: &str) -> (Session, String) {
+    let session = SessionBuilder::new()
+        .known_nodes(nodes())
+        .connection_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("no CQL server at {:?}: {e}", nodes()));
+    let ks = unique(prefix).replace(['-', '.'], "_");
+    let create = format!(
+        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
+         {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+    );
+    session.query_unpaged(create.as_str(), ()).await.unwrap();
+    // A migration runs again on every start: IF NOT EXISTS makes the second run a no-op.
+    session.query_unpaged(create.as_str(), ()).await.unwrap();
+    session.use_keyspace(&ks, false).await.unwrap();
+    (session, ks)
+}
+
+async fn drop_keyspace(session: &Session, ks: &str) {
+    session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+        .await
+        .unwrap();
+}
+
+/// The one row a prepared query returns, as `T`.
+async fn one_row<T>(s: &Session, statement: &PreparedStatement, values: impl SerializeRow) -> T
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    s.execute_unpaged(statement, values)
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap()
+}
+
+async fn ddl(session: &Session, cql: &str) {
+    session.query_unpaged(cql, ()).await.unwrap();
+    session.query_unpaged(cql, ()).await.unwrap();
+    session.await_schema_agreement().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_write_with_an_older_timestamp_never_overwrites_a_newer_one() {
+    let (s, ks) = keyspace("cql_ts").await;
+    ddl(
+        &s,
+        "CREATE TABLE IF NOT EXISTS summary (order_id text PRIMARY KEY, status text, version bigint)",
+    )
+    .await;
+    // The view store writes each row with USING TIMESTAMP = the event's aggregate version, so
+    // a replayed or reordered older event loses to the newer one already written.
+    let write = s
+        .prepare(
+            "INSERT INTO summary (order_id, status, version) VALUES (?, ?, ?) USING TIMESTAMP ?",
+        )
+        .await
+        .unwrap();
+    assert!(
+        write.is_token_aware(),
+        "the partition key is known, so writes are routed to its replica"
+    );
+    s.execute_unpaged(&write, ("o-1", "confirmed", 3_i64, 3_i64))
+        .await
+        .unwrap();
+    s.execute_unpaged(&write, ("o-1", "placed", 1_i64, 1_i64))
+        .await
+        .unwrap();
+    let read = s
+        .prepare("SELECT status, version FROM summary WHERE order_id = ?")
+        .await
+        .unwrap();
+    let row: (String, i64) = one_row(&s, &read, ("o-1",)).await;
+    assert_eq!(row, ("confirmed".to_string(), 3));
+
+    // A newer one does win.
+    s.execute_unpaged(&write, ("o-1", "shipped", 4_i64, 4_i64))
+        .await
+        .unwrap();
+    let row: (String, i64) = one_row(&s, &read, ("o-1",)).await;
+    assert_eq!(row, ("shipped".to_string(), 4));
+    drop_keyspace(&s, &ks).await;
+}
+
+/// The outcome of a lightweight transaction: whether it applied, and the current row's columns
+/// by name. Read by name because the servers differ: Cassandra returns only `[applied]` when a
+/// write applied, ScyllaDB returns the previous row with it too.
+struct Lwt {
+    applied: bool,
+    columns: std::collections::HashMap<String, CqlValue>,
+}
+
+async fn lwt(s: &Session, statement: &PreparedStatement, values: impl SerializeRow) -> Lwt {
+    let result = s
+        .execute_unpaged(statement, values)
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let names: Vec<String> = result
+        .column_specs()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let row: Row = result.single_row().unwrap();
+    let mut columns: std::collections::HashMap<String, CqlValue> = names
+        .into_iter()
+        .zip(row.columns)
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
+    let applied = columns
+        .remove("[applied]")
+        .and_then(|v| v.as_boolean())
+        .expect("an [applied] column");
+    Lwt { applied, columns }
+}
+
+#[tokio::test]
+async fn lightweight_transactions_apply_once_and_refuse_a_stale_epoch() {
+    let (s, ks) = keyspace("cql_lwt").await;
+    ddl(
+        &s,
+        "CREATE TABLE IF NOT EXISTS owners (partition int PRIMARY KEY, epoch bigint, owner text)",
+    )
+    .await;
+    let claim = s
+        .prepare("INSERT INTO owners (partition, epoch, owner) VALUES (?, ?, ?) IF NOT EXISTS")
+        .await
+        .unwrap();
+    assert!(
+        lwt(&s, &claim, (0_i32, 1_i64, "a")).await.applied,
+        "the first claim is applied"
+    );
+    let second = lwt(&s, &claim, (0_i32, 1_i64, "b")).await;
+    assert!(
+        !second.applied,
+        "the second claim of the same row is refused"
+    );
+    assert_eq!(
+        (
+            second.columns.get("epoch").and_then(CqlValue::as_bigint),
+            second
+                .columns
+                .get("owner")
+                .and_then(|v| v.as_text().cloned()),
+        ),
+        (Some(1), Some("a".to_string())),
+        "and shows the row that won"
+    );
+
+    // Fencing: a write conditioned on the epoch it was assigned with is refused once a newer
+    // owner has moved the epoch on.
+    let hand_over = s
+        .prepare("UPDATE owners SET epoch = ?, owner = ? WHERE partition = ? IF epoch = ?")
+        .await
+        .unwrap();
+    assert!(
+        lwt(&s, &hand_over, (2_i64, "b", 0_i32, 1_i64))
+            .await
+            .applied,
+        "the new owner moves the epoch from 1 to 2"
+    );
+    let stale = lwt(&s, &hand_over, (2_i64, "a", 0_i32, 1_i64)).await;
+    assert!(
+        !stale.applied,
+        "the former owner, still at epoch 1, is refused"
+    );
+    assert_eq!(
+        stale.columns.get("epoch").and_then(CqlValue::as_bigint),
+        Some(2)
+    );
+    let read = s
+        .prepare("SELECT epoch, owner FROM owners WHERE partition = ?")
+        .await
+        .unwrap();
+    let row: (i64, String) = one_row(&s, &read, (0_i32,)).await;
+    assert_eq!(
+        row,
+        (2, "b".to_string()),
+        "the refused write changed nothing"
+    );
+    drop_keyspace(&s, &ks).await;
+}
+
+#[tokio::test]
+async fn clustering_order_and_paging_give_newest_first_pages() {
+    let (s, ks) = keyspace("cql_page").await;
+    ddl(
+        &s,
+        "CREATE TABLE IF NOT EXISTS orders_by_customer (customer_id text, placed_at bigint, \
+         order_id text, total bigint, PRIMARY KEY (customer_id, placed_at, order_id)) \
+         WITH CLUSTERING ORDER BY (placed_at DESC, order_id ASC)",
+    )
+    .await;
+    let insert = s
+        .prepare(
+            "INSERT INTO orders_by_customer (customer_id, placed_at, order_id, total) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .await
+        .unwrap();
+    // Written in a scrambled order; a second customer's rows must never show up.
+    let n = 250_i64;
+    for i in 0..n {
+        let at = (i * 97) % n;
+        s.execute_unpaged(&insert, ("c-1", at, format!("o-{at}"), at * 10))
+            .await
+            .unwrap();
+        s.execute_unpaged(&insert, ("c-2", at, format!("x-{at}"), 0_i64))
+            .await
+            .unwrap();
+    }
+    let select = s
+        .prepare(
+            Statement::new(
+                "SELECT placed_at, order_id FROM orders_by_customer WHERE customer_id = ?",
+            )
+            .with_page_size(100),
+        )
+        .await
+        .unwrap();
+
+    // Page by page, as the query API serves them, resuming from each paging state.
+    let mut pages = Vec::new();
+    let mut state = PagingState::start();
+    loop {
+        let (result, next) = s
+            .execute_single_page(&select, ("c-1",), state)
+            .await
+            .unwrap();
+        let page: Vec<(i64, String)> = result
+            .into_rows_result()
+            .unwrap()
+            .rows::<(i64, String)>()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        pages.push(page);
+        match next.into_paging_control_flow() {
+            ControlFlow::Break(()) => break,
+            ControlFlow::Continue(s) => state = s,
+        }
+    }
+    // A server may end a page early (ScyllaDB does under load), never make one larger.
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert!(
+        sizes.len() >= 3 && sizes.iter().all(|n| *n <= 100),
+        "pages of at most 100 rows: {sizes:?}"
+    );
+    let all: Vec<(i64, String)> = pages.into_iter().flatten().collect();
+    let expected: Vec<(i64, String)> = (0..n).rev().map(|at| (at, format!("o-{at}"))).collect();
+    assert_eq!(all, expected, "newest first, every row once");
+    drop_keyspace(&s, &ks).await;
+}

@@ -31,7 +31,7 @@ use tracing::debug;
 
 use crate::reload::Rules;
 use crate::rules::{Action, Decision, Format, RuleSet, Subject};
-use crate::transform::{Names, conform};
+use crate::transform::conform;
 
 /// Header: the rules version that routed the record.
 pub const RULES_VERSION: &str = "eip.router.rules-version";
@@ -172,7 +172,6 @@ impl RouterMetrics {
 /// A schema outputs are written with: its registry id and its named types.
 struct Target {
     writer: Arc<WriterSchema>,
-    names: Names,
 }
 
 /// What the router hands from decode to process.
@@ -280,7 +279,6 @@ impl Router {
             return t.clone();
         }
         let t = Arc::new(Target {
-            names: Names::of(&writer.schema),
             writer: writer.clone(),
         });
         self.lock_targets().insert(key, t.clone());
@@ -300,7 +298,6 @@ impl Router {
                 full_name: compiled.full_name.clone(),
                 fingerprint: compiled.fingerprint,
             }),
-            names: Names::of(&compiled.schema),
         });
         self.lock_targets().insert(key, t.clone());
         Ok(t)
@@ -347,7 +344,7 @@ impl Router {
         } else {
             "transform"
         };
-        let v = conform(v, &target.writer.schema, &target.names).map_err(|e| {
+        let v = conform(v, &target.writer.schema).map_err(|e| {
             ProcessError::Poison(format!(
                 "{what} to {} (rules {}): {e}",
                 target.writer.full_name, rules.version

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::transform::{Step, check_step};
-use crate::value::{Literal, Number, Path, Segment, number, text};
+use crate::value::{Literal, Number, Path, check_path, number, text};
 
 /// A rules file that can't be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -607,77 +607,6 @@ fn compile_pred(p: &RawPred, at: &str, schemas: &[&Schema]) -> Result<Pred, Stri
         tests.push(Test::Exists(b));
     }
     Ok(Pred::Field(path, tests))
-}
-
-/// Checks that `path` names a field in at least one of `schemas` (when any are known).
-pub(crate) fn check_path(path: &Path, schemas: &[&Schema]) -> Result<(), String> {
-    if schemas.is_empty() {
-        return Ok(());
-    }
-    let mut errors = Vec::new();
-    for schema in schemas {
-        match walk_schema(schema, path.segments()) {
-            Ok(()) => return Ok(()),
-            Err(e) => errors.push(e),
-        }
-    }
-    Err(errors.join("; "))
-}
-
-fn walk_schema(schema: &Schema, segments: &[Segment]) -> Result<(), String> {
-    let Some((first, rest)) = segments.split_first() else {
-        return Ok(());
-    };
-    match (first, schema) {
-        (_, Schema::Union(u)) => {
-            let mut last = String::new();
-            for variant in u.variants() {
-                if matches!(variant, Schema::Null) {
-                    continue;
-                }
-                match walk_schema(variant, segments) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        }
-        (Segment::Field(name), Schema::Record(r)) => match r.lookup.get(name) {
-            Some(i) => walk_schema(&r.fields[*i].schema, rest),
-            None => Err(format!(
-                "no field `{name}` in {} (fields: {})",
-                r.name.fullname(None),
-                r.fields
-                    .iter()
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        },
-        (Segment::Field(_), Schema::Map(m)) => walk_schema(&m.types, rest),
-        (Segment::Index(_) | Segment::Every, Schema::Array(a)) => walk_schema(&a.items, rest),
-        (Segment::Field(name), other) => Err(format!(
-            "`{name}` is looked up in a {} value, which has no fields",
-            schema_kind(other)
-        )),
-        (_, other) => Err(format!("indexing a {} value", schema_kind(other))),
-    }
-}
-
-fn schema_kind(s: &Schema) -> &'static str {
-    match s {
-        Schema::Record(_) => "record",
-        Schema::Array(_) => "array",
-        Schema::Map(_) => "map",
-        Schema::String => "string",
-        Schema::Long => "long",
-        Schema::Int => "int",
-        Schema::Boolean => "boolean",
-        Schema::Double => "double",
-        Schema::Float => "float",
-        Schema::Enum(_) => "enum",
-        _ => "scalar",
-    }
 }
 
 fn compile_action(

@@ -4,29 +4,13 @@
 use std::collections::HashMap;
 
 use apache_avro::Schema;
-use apache_avro::schema::{Name, RecordSchema};
+use apache_avro::schema::RecordSchema;
 use apache_avro::types::Value;
 use serde::Deserialize;
 
-use crate::rules::check_path;
-use crate::value::{Literal, Number, Path, Segment, number, text, unwrap};
+use eip_schemas::convert::{ConvertError, Names};
 
-/// A transform or conversion that failed on a record: which field, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field `{field}`: {reason}")]
-pub struct FieldError {
-    /// Dotted path of the field.
-    pub field: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-fn field_error(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
+use crate::value::{Literal, Number, Path, Segment, check_path, number, text, unwrap};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -242,11 +226,11 @@ impl Step {
     }
 
     /// Applies the step to `value` (a record).
-    pub fn apply(&self, value: &mut Value) -> Result<(), FieldError> {
+    pub fn apply(&self, value: &mut Value) -> Result<(), ConvertError> {
         match self {
             Step::Rename { from, to } => {
                 let v = take(value, from)
-                    .ok_or_else(|| field_error(from.to_string(), "rename: no such field"))?;
+                    .ok_or_else(|| ConvertError::new(from.to_string(), "rename: no such field"))?;
                 put(value, to, v)
             }
             Step::Drop(p) => {
@@ -258,7 +242,7 @@ impl Step {
                 let v = from
                     .first(value)
                     .cloned()
-                    .ok_or_else(|| field_error(from.to_string(), "copy: no such field"))?;
+                    .ok_or_else(|| ConvertError::new(from.to_string(), "copy: no such field"))?;
                 put(value, to, v)
             }
             Step::Compute {
@@ -285,16 +269,16 @@ pub(crate) fn check_step(step: &Step, schemas: &[&Schema]) -> Result<(), String>
     }
 }
 
-fn compute(value: &Value, func: Func, from: &[Path], sep: &str) -> Result<Value, FieldError> {
+fn compute(value: &Value, func: Func, from: &[Path], sep: &str) -> Result<Value, ConvertError> {
     let one = |p: &Path| {
         p.first(value)
-            .ok_or_else(|| field_error(p.to_string(), "no such field"))
+            .ok_or_else(|| ConvertError::new(p.to_string(), "no such field"))
     };
-    let string_of = |p: &Path| -> Result<String, FieldError> {
+    let string_of = |p: &Path| -> Result<String, ConvertError> {
         let v = one(p)?;
         text(v)
             .map(str::to_string)
-            .ok_or_else(|| field_error(p.to_string(), "expected a string"))
+            .ok_or_else(|| ConvertError::new(p.to_string(), "expected a string"))
     };
     Ok(match func {
         Func::Upper => Value::String(string_of(&from[0])?.to_uppercase()),
@@ -304,7 +288,7 @@ fn compute(value: &Value, func: Func, from: &[Path], sep: &str) -> Result<Value,
             Value::String(s) => Value::Long(s.chars().count() as i64),
             Value::Array(a) => Value::Long(a.len() as i64),
             _ => {
-                return Err(field_error(
+                return Err(ConvertError::new(
                     from[0].to_string(),
                     "len needs a string or array",
                 ));
@@ -319,7 +303,7 @@ fn compute(value: &Value, func: Func, from: &[Path], sep: &str) -> Result<Value,
                     (None, Some(Number::Int(i))) => i.to_string(),
                     (None, Some(Number::Float(x))) => x.to_string(),
                     _ => {
-                        return Err(field_error(
+                        return Err(ConvertError::new(
                             p.to_string(),
                             "concat needs strings or numbers",
                         ));
@@ -354,7 +338,7 @@ fn compute(value: &Value, func: Func, from: &[Path], sep: &str) -> Result<Value,
                     bad.is_some()
                 });
                 if let Some(field) = bad {
-                    return Err(field_error(field, "expected a number"));
+                    return Err(ConvertError::new(field, "expected a number"));
                 }
             }
             match ints {
@@ -409,9 +393,9 @@ fn take(value: &mut Value, path: &Path) -> Option<Value> {
     Some(fields.remove(i).1)
 }
 
-fn put(value: &mut Value, path: &Path, v: Value) -> Result<(), FieldError> {
+fn put(value: &mut Value, path: &Path, v: Value) -> Result<(), ConvertError> {
     let (fields, name) = parent_mut(value, path)
-        .ok_or_else(|| field_error(path.to_string(), "its parent is not a record"))?;
+        .ok_or_else(|| ConvertError::new(path.to_string(), "its parent is not a record"))?;
     match fields.iter_mut().find(|(k, _)| *k == name) {
         Some(slot) => slot.1 = v,
         None => fields.push((name, v)),
@@ -419,41 +403,11 @@ fn put(value: &mut Value, path: &Path, v: Value) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Named types of a schema, to resolve references while conforming.
-pub struct Names(HashMap<Name, Schema>);
-
-impl Names {
-    /// Collects the named types defined in `schema`.
-    pub fn of(schema: &Schema) -> Names {
-        let mut map = HashMap::new();
-        collect(schema, &mut map);
-        Names(map)
-    }
-}
-
-fn collect(schema: &Schema, map: &mut HashMap<Name, Schema>) {
-    match schema {
-        Schema::Record(r) => {
-            map.insert(r.name.clone(), schema.clone());
-            for f in &r.fields {
-                collect(&f.schema, map);
-            }
-        }
-        Schema::Enum(e) => {
-            map.insert(e.name.clone(), schema.clone());
-        }
-        Schema::Array(a) => collect(&a.items, map),
-        Schema::Map(m) => collect(&m.types, map),
-        Schema::Union(u) => u.variants().iter().for_each(|v| collect(v, map)),
-        _ => {}
-    }
-}
-
 /// Rebuilds `value` to fit `schema`: fields in schema order, absent fields from their
 /// defaults, numbers narrowed or widened, union branches chosen, enum symbols checked. Fields
 /// the schema does not have are an error: a transform must produce exactly the target type.
-pub fn conform(value: Value, schema: &Schema, names: &Names) -> Result<Value, FieldError> {
-    conform_at(value, schema, names, "")
+pub fn conform(value: Value, schema: &Schema) -> Result<Value, ConvertError> {
+    conform_at(value, schema, &Names::of(schema), "")
 }
 
 fn join(at: &str, name: &str) -> String {
@@ -483,14 +437,14 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn conform_record(
+fn conform_record<'s>(
     value: Value,
-    r: &RecordSchema,
-    names: &Names,
+    r: &'s RecordSchema,
+    names: &Names<'s>,
     at: &str,
-) -> Result<Value, FieldError> {
+) -> Result<Value, ConvertError> {
     let Value::Record(fields) = value else {
-        return Err(field_error(
+        return Err(ConvertError::new(
             at,
             format!(
                 "expected a {} record, found {}",
@@ -508,7 +462,7 @@ fn conform_record(
             None => match &f.default {
                 Some(d) => default_value(d, &f.schema, names, &path)?,
                 None => {
-                    return Err(field_error(
+                    return Err(ConvertError::new(
                         path,
                         format!(
                             "missing, and {} has no default for it",
@@ -521,7 +475,7 @@ fn conform_record(
         out.push((f.name.clone(), v));
     }
     if let Some(extra) = by_name.keys().min() {
-        return Err(field_error(
+        return Err(ConvertError::new(
             join(at, extra),
             format!("not a field of {}", r.name.fullname(None)),
         ));
@@ -529,12 +483,12 @@ fn conform_record(
     Ok(Value::Record(out))
 }
 
-fn default_value(
+fn default_value<'s>(
     d: &serde_json::Value,
-    schema: &Schema,
-    names: &Names,
+    schema: &'s Schema,
+    names: &Names<'s>,
     at: &str,
-) -> Result<Value, FieldError> {
+) -> Result<Value, ConvertError> {
     let v: Value = match d {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Boolean(*b),
@@ -545,7 +499,7 @@ fn default_value(
         },
         serde_json::Value::Array(items) if items.is_empty() => Value::Array(Vec::new()),
         serde_json::Value::Object(m) if m.is_empty() => Value::Map(HashMap::new()),
-        _ => return Err(field_error(at, "complex defaults are not supported")),
+        _ => return Err(ConvertError::new(at, "complex defaults are not supported")),
     };
     // A union's default is for its first branch.
     if let Schema::Union(u) = schema
@@ -557,15 +511,20 @@ fn default_value(
     conform_at(v, schema, names, at)
 }
 
-fn conform_at(value: Value, schema: &Schema, names: &Names, at: &str) -> Result<Value, FieldError> {
-    let mismatch =
-        |want: &str, v: &Value| field_error(at, format!("expected {want}, found {}", kind_of(v)));
+fn conform_at<'s>(
+    value: Value,
+    schema: &'s Schema,
+    names: &Names<'s>,
+    at: &str,
+) -> Result<Value, ConvertError> {
+    let mismatch = |want: &str, v: &Value| {
+        ConvertError::new(at, format!("expected {want}, found {}", kind_of(v)))
+    };
     match schema {
         Schema::Ref { name } => {
-            let resolved = names
-                .0
-                .get(name)
-                .ok_or_else(|| field_error(at, format!("unknown type {}", name.fullname(None))))?;
+            let resolved = names.resolve(schema, None).map_err(|e| {
+                ConvertError::new(at, format!("unknown type {}: {e}", name.fullname(None)))
+            })?;
             conform_at(value, resolved, names, at)
         }
         Schema::Union(u) => {
@@ -576,7 +535,7 @@ fn conform_at(value: Value, schema: &Schema, names: &Names, at: &str) -> Result<
             if inner == Value::Null {
                 return match u.variants().iter().position(|s| *s == Schema::Null) {
                     Some(i) => Ok(Value::Union(i as u32, Box::new(Value::Null))),
-                    None => Err(field_error(at, "null is not allowed here")),
+                    None => Err(ConvertError::new(at, "null is not allowed here")),
                 };
             }
             let mut last = None;
@@ -589,7 +548,7 @@ fn conform_at(value: Value, schema: &Schema, names: &Names, at: &str) -> Result<
                     Err(e) => last = Some(e),
                 }
             }
-            Err(last.unwrap_or_else(|| field_error(at, "no union branch fits")))
+            Err(last.unwrap_or_else(|| ConvertError::new(at, "no union branch fits")))
         }
         Schema::Record(r) => conform_record(value, r, names, at),
         Schema::Null => match value {
@@ -604,7 +563,7 @@ fn conform_at(value: Value, schema: &Schema, names: &Names, at: &str) -> Result<
             Value::Int(i) => Ok(Value::Int(i)),
             Value::Long(i) => i32::try_from(i)
                 .map(Value::Int)
-                .map_err(|_| field_error(at, format!("{i} does not fit an int"))),
+                .map_err(|_| ConvertError::new(at, format!("{i} does not fit an int"))),
             v => Err(mismatch("int", &v)),
         },
         Schema::Long => match value {
@@ -643,7 +602,7 @@ fn conform_at(value: Value, schema: &Schema, names: &Names, at: &str) -> Result<
             };
             match e.symbols.iter().position(|s| *s == symbol) {
                 Some(i) => Ok(Value::Enum(i as u32, symbol)),
-                None => Err(field_error(
+                None => Err(ConvertError::new(
                     at,
                     format!("`{symbol}` is not one of {}", e.symbols.join(", ")),
                 )),
@@ -669,7 +628,7 @@ fn conform_at(value: Value, schema: &Schema, names: &Names, at: &str) -> Result<
                 .map(Value::Map),
             v => Err(mismatch("map", &v)),
         },
-        other => Err(field_error(
+        other => Err(ConvertError::new(
             at,
             format!("unsupported schema type {other:?}"),
         )),
@@ -721,7 +680,7 @@ mod tests {
             .apply(&mut v)
             .unwrap();
         step("drop = \"legacy\"").unwrap().apply(&mut v).unwrap();
-        let out = conform(v, &s, &Names::of(&s)).unwrap();
+        let out = conform(v, &s).unwrap();
         assert!(out.validate(&s), "{out:?}");
         let Value::Record(fields) = &out else {
             panic!("not a record")
@@ -738,7 +697,7 @@ mod tests {
     #[test]
     fn given_an_extra_or_missing_field_when_conformed_then_the_error_names_it() {
         let s = schema();
-        let err = conform(value(), &s, &Names::of(&s)).unwrap_err();
+        let err = conform(value(), &s).unwrap_err();
         assert_eq!(err.field, "id");
         assert!(err.reason.contains("missing"), "{err}");
         let mut v = value();
@@ -746,7 +705,7 @@ mod tests {
             .unwrap()
             .apply(&mut v)
             .unwrap();
-        let err = conform(v, &s, &Names::of(&s)).unwrap_err();
+        let err = conform(v, &s).unwrap_err();
         assert_eq!(err.field, "legacy");
         assert!(err.reason.contains("not a field"), "{err}");
     }
@@ -839,17 +798,12 @@ mod tests {
             ("i".into(), Value::Long(i64::from(i32::MAX) + 1)),
             ("k".into(), Value::String("X".into())),
         ]);
-        assert!(
-            conform(v, &s, &Names::of(&s))
-                .unwrap_err()
-                .reason
-                .contains("int")
-        );
+        assert!(conform(v, &s).unwrap_err().reason.contains("int"));
         let v = Value::Record(vec![
             ("i".into(), Value::Long(1)),
             ("k".into(), Value::String("Y".into())),
         ]);
-        let e = conform(v, &s, &Names::of(&s)).unwrap_err();
+        let e = conform(v, &s).unwrap_err();
         assert_eq!(e.field, "k");
     }
 }

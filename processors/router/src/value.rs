@@ -2,12 +2,15 @@
 //!
 //! A path is dotted field names with optional indexes: `shipping_address.country`,
 //! `lines[0].sku`, or `lines[*].sku` for "any element". Unions are looked through, so a
-//! nullable field holding a string is addressed like a plain string field.
+//! nullable field holding a string is addressed like a plain string field. A path is checked
+//! against the schemas it will read ([`check_path`]) when a rules file is loaded.
 
 use std::cmp::Ordering;
 use std::fmt;
 
+use apache_avro::Schema;
 use apache_avro::types::Value;
+use eip_schemas::convert::type_name;
 
 /// One step of a [`Path`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +267,61 @@ pub fn text(v: &Value) -> Option<&str> {
         Value::String(s) => Some(s),
         Value::Enum(_, s) => Some(s),
         _ => None,
+    }
+}
+
+/// Checks that `path` names a field in at least one of `schemas` (when any are known).
+pub(crate) fn check_path(path: &Path, schemas: &[&Schema]) -> Result<(), String> {
+    if schemas.is_empty() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    for schema in schemas {
+        match walk_schema(schema, path.segments()) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+fn walk_schema(schema: &Schema, segments: &[Segment]) -> Result<(), String> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Ok(());
+    };
+    match (first, schema) {
+        (_, Schema::Union(u)) => {
+            let mut last = String::new();
+            for variant in u.variants() {
+                if matches!(variant, Schema::Null) {
+                    continue;
+                }
+                match walk_schema(variant, segments) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+        (Segment::Field(name), Schema::Record(r)) => match r.lookup.get(name) {
+            Some(i) => walk_schema(&r.fields[*i].schema, rest),
+            None => Err(format!(
+                "no field `{name}` in {} (fields: {})",
+                r.name.fullname(None),
+                r.fields
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+        (Segment::Field(_), Schema::Map(m)) => walk_schema(&m.types, rest),
+        (Segment::Index(_) | Segment::Every, Schema::Array(a)) => walk_schema(&a.items, rest),
+        (Segment::Field(name), other) => Err(format!(
+            "`{name}` is looked up in a {} value, which has no fields",
+            type_name(other)
+        )),
+        (_, other) => Err(format!("indexing a {} value", type_name(other))),
     }
 }
 

@@ -36,6 +36,26 @@ impl fmt::Display for ErrorClass {
     }
 }
 
+/// An error kept as the cause (`#[source]`) of a classified one; shared, so the classified
+/// error stays `Clone`.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `error` and each of its causes, joined with `: `, for a log line or a dead letter's reason
+/// header. A cause whose text the message already carries is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Implemented by every error enum that crosses a crate boundary, so the runtime can route it.
 pub trait Classify {
     /// The class of this error.

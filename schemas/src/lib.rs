@@ -24,6 +24,6 @@ pub mod types;
 
 pub use catalog::{Catalog, CompiledSchema, SchemaKind};
 pub use codec::{Codec, Decoded};
-pub use error::{Classify, CodecError, ErrorClass, FrameError, SchemaError};
+pub use error::{Cause, Classify, CodecError, ErrorClass, FrameError, SchemaError, chain};
 pub use registry::{Registered, Registry, RegistrySettings, WriterSchema};
 pub use types::AvroRecord;

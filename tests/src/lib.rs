@@ -19,7 +19,7 @@ use eip_passthrough::{Passthrough, PassthroughConfig};
 use eip_runtime::config::{Config, LogFormat};
 use eip_runtime::{Processor, Running, Section};
 use eip_schemas::types::OrderPlaced;
-use eip_schemas::{Codec, Registry, RegistrySettings};
+use eip_schemas::{Codec, Registry};
 pub use eipctl::{Endpoints, ProduceSpec, ReadRecord};
 
 /// The repository root.
@@ -150,12 +150,14 @@ pub async fn wait_for(ep: &Endpoints, topic: &str, n: u64, timeout: Duration) {
 /// A codec over the registry of `ep`.
 pub fn codec(ep: &Endpoints) -> Codec {
     Codec::new(std::sync::Arc::new(
-        Registry::new(RegistrySettings {
-            url: ep.registry.clone(),
-            timeout: Duration::from_secs(5),
-            auto_register: false,
-            bearer_token: None,
-        })
+        Registry::new(
+            eip_runtime::config::RegistryConfig {
+                url: ep.registry.clone(),
+                auto_register: false,
+                ..Default::default()
+            }
+            .settings(),
+        )
         .unwrap(),
     ))
 }

@@ -154,7 +154,7 @@ async fn a_broker_restart_is_survived_without_loss() {
     wait_for(&ep, &output, 2_000, WAIT).await;
     broker.stop();
     eventually("broker seen as down", WAIT, || async {
-        Some(()).filter(|_| !p.running.health.readiness().broker)
+        Some(()).filter(|_| !p.running.health.readiness().check("broker"))
     })
     .await;
     broker.restart();
@@ -214,8 +214,8 @@ struct FatalOn(u64);
 impl Hook for FatalOn {
     async fn before(&self, input: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
         if seq_of(&input.value) == self.0 {
-            return Err(ProcessError::Fatal(
-                "the store's schema is newer than this binary".into(),
+            return Err(ProcessError::fatal(
+                "the store's schema is newer than this binary",
             ));
         }
         Ok(())

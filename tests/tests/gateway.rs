@@ -917,7 +917,7 @@ async fn a_full_budget_is_429_and_a_silent_broker_is_503_both_with_retry_after()
     let ready = gw.get("/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(ready.error().starts_with("not ready"), "{}", ready.error());
-    assert_eq!(ready.json()["broker"], json!(false));
+    assert_eq!(ready.json()["checks"]["broker"], json!(false));
     std::sync::Arc::into_inner(gw).unwrap().stop().await;
 }
 
@@ -1119,7 +1119,7 @@ async fn the_openapi_document_matches_the_running_server() {
         Duration::from_secs(10),
         || async {
             let r = gw.get("/readyz").await;
-            (r.status == 503 && r.json()["broker"] == json!(false)).then_some(r)
+            (r.status == 503 && r.json()["checks"]["broker"] == json!(false)).then_some(r)
         },
     )
     .await;

@@ -17,7 +17,7 @@ use eip_runtime::kafka::{self, TopicSpec};
 use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 use eip_schemas::types::OrderPlaced;
 use eip_schemas::types::samples::order_placed;
-use eip_schemas::{AvroRecord, Catalog, Codec, Registered, Registry, RegistrySettings};
+use eip_schemas::{AvroRecord, Catalog, Codec, Registered, Registry};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -102,12 +102,12 @@ impl Endpoints {
 
     /// A registry client (auto-registering: tools run the bootstrap).
     pub fn registry(&self) -> Result<Arc<Registry>, OpsError> {
-        Ok(Arc::new(Registry::new(RegistrySettings {
+        let config = eip_runtime::config::RegistryConfig {
             url: self.registry.clone(),
-            timeout: Duration::from_secs(5),
             auto_register: true,
-            bearer_token: None,
-        })?))
+            ..Default::default()
+        };
+        Ok(Arc::new(Registry::new(config.settings())?))
     }
 }
 

@@ -13,11 +13,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use eip_runtime::config::{
-    ConfigError, ENV_PREFIX, KafkaConfig, LogFormat, RegistryConfig, from_figment,
+    ConfigError, KafkaConfig, LogFormat, RegistryConfig, environment, load_layered,
+    validate_logs_and_readiness,
 };
 use eip_schemas::{Catalog, SchemaKind};
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 
 /// `[telemetry]`: logs and readiness (probes and `/metrics` are on `gateway.listen`).
@@ -148,19 +148,12 @@ impl GatewayConfig {
     /// Loads defaults, then `file` (if given; it must exist), then `EIP__*` variables from the
     /// process environment, and validates the result. No network call is made.
     pub fn load(file: Option<&Path>) -> Result<GatewayConfig, ConfigError> {
-        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_from(file, environment())
     }
 
     /// Like [`GatewayConfig::load`] with an explicit environment provider (tests pass their own).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<GatewayConfig, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(GatewayConfig::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::MissingFile(path.display().to_string()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let config: GatewayConfig = figment.merge(env).extract().map_err(from_figment)?;
+        let config: GatewayConfig = load_layered(file, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -168,37 +161,12 @@ impl GatewayConfig {
     /// Checks ranges and cross-field rules. Runs before any network call.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
-        if k.brokers.split(',').any(|b| {
-            let b = b.trim();
-            b.is_empty() || !b.contains(':')
-        }) {
-            return Err(invalid(
-                "kafka.brokers",
-                format!("`{}` is not a comma-separated list of host:port", k.brokers),
-            ));
-        }
-        if k.client_id.trim().is_empty() {
-            return Err(invalid("kafka.client_id", "must not be empty"));
-        }
-        let r = &self.registry;
-        if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-            return Err(invalid(
-                "registry.url",
-                format!("`{}` is not an http:// or https:// URL", r.url),
-            ));
-        }
-        if r.timeout.is_zero() {
-            return Err(invalid("registry.timeout", "must be more than 0"));
-        }
-        let t = &self.telemetry;
-        tracing_subscriber::EnvFilter::try_new(&t.log_filter)
-            .map_err(|e| invalid("telemetry.log_filter", e.to_string().replace('\n', " ")))?;
-        if t.readiness_interval.is_zero() {
-            return Err(invalid(
-                "telemetry.readiness_interval",
-                "must be more than 0",
-            ));
-        }
+        k.validate_client()?;
+        self.registry.validate()?;
+        validate_logs_and_readiness(
+            &self.telemetry.log_filter,
+            self.telemetry.readiness_interval,
+        )?;
         let g = &self.gateway;
         if g.routes.is_empty() {
             return Err(invalid(

@@ -1,8 +1,7 @@
 //! The HTTP routes: `POST /v1/records/{type}`, the probes, `/metrics` and `/openapi.json`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -15,6 +14,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use eip_runtime::health::Health;
 use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 use eip_schemas::convert::{self, ConvertError};
 use eip_schemas::{Catalog, CodecError, CompiledSchema, Registry, frame};
@@ -22,12 +22,13 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::GatewayError;
 use crate::config::GatewayConfig;
 use crate::metrics::{GatewayMetrics, UNROUTED};
 
@@ -52,14 +53,6 @@ pub(crate) struct Route {
     writer: GenericDatumWriter<'static>,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
-struct ReadyState {
-    checked: bool,
-    broker: bool,
-    registry: bool,
-    missing_topics: Vec<String>,
-}
-
 /// Everything the handlers share.
 pub(crate) struct Shared {
     routes: HashMap<String, Route>,
@@ -71,9 +64,13 @@ pub(crate) struct Shared {
     retry_after: HeaderValue,
     tokens: Vec<Vec<u8>>,
     metrics: GatewayMetrics,
-    ready: RwLock<ReadyState>,
-    stopping: AtomicBool,
+    /// Liveness and readiness, in the runtime's shape: the checks are [`GATEWAY_CHECKS`].
+    pub(crate) health: Arc<Health>,
 }
+
+/// The gateway's readiness checks: the broker answers metadata for the routed topics, the
+/// registry answers, every routed topic exists, and the gateway is not shutting down.
+pub(crate) const GATEWAY_CHECKS: &[&str] = &["broker", "registry", "topics", "serving"];
 
 impl Shared {
     pub(crate) fn new(
@@ -81,17 +78,20 @@ impl Shared {
         registry: Arc<Registry>,
         producer: FutureProducer,
         metrics: GatewayMetrics,
-    ) -> Result<Shared, String> {
-        let catalog = Catalog::global().map_err(|e| e.to_string())?;
+    ) -> Result<Shared, GatewayError> {
+        let catalog =
+            Catalog::global().map_err(|e| GatewayError::startup("the schema catalog", e))?;
         let mut routes = HashMap::new();
         for (type_name, topic) in &config.gateway.routes {
-            let compiled = catalog.get(type_name).map_err(|e| e.to_string())?;
+            let compiled = catalog
+                .get(type_name)
+                .map_err(|e| GatewayError::startup(format!("route for {type_name}"), e))?;
             let reader = GenericDatumReader::builder(&compiled.schema)
                 .build()
-                .map_err(|e| format!("{type_name}: {e}"))?;
+                .map_err(|e| GatewayError::startup(format!("reader for {type_name}"), e))?;
             let writer = GenericDatumWriter::builder(&compiled.schema)
                 .build()
-                .map_err(|e| format!("{type_name}: {e}"))?;
+                .map_err(|e| GatewayError::startup(format!("writer for {type_name}"), e))?;
             routes.insert(
                 type_name.clone(),
                 Route {
@@ -117,14 +117,17 @@ impl Shared {
                 .map(|t| t.as_bytes().to_vec())
                 .collect(),
             metrics,
-            ready: RwLock::new(ReadyState::default()),
-            stopping: AtomicBool::new(false),
+            health: {
+                let health = Health::new(GATEWAY_CHECKS);
+                health.pass("serving");
+                Arc::new(health)
+            },
         })
     }
 
     /// From now on readiness is false: a load balancer stops sending before the server stops.
     pub(crate) fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.health.fail("serving", "shutting down");
         self.metrics.ready.set(0);
     }
 }
@@ -133,13 +136,12 @@ impl Shared {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/records/{type}", post(post_record))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(eip_runtime::telemetry::probes(shared.health.clone()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -677,57 +679,6 @@ async fn handle(
 // ---------------------------------------------------------------------------------------------
 // Probes, metrics, the OpenAPI document, fallbacks
 
-async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    match s.producer.client().fatal_error() {
-        None => json_response(StatusCode::OK, json!({"status": "ok"})),
-        Some((code, reason)) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({
-                "status": "failed",
-                "error": format!("the Kafka producer hit a fatal error ({code}): {reason}; restart the gateway"),
-            }),
-        ),
-    }
-}
-
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let state = s.ready.read().map(|r| r.clone()).unwrap_or_default();
-    let stopping = s.stopping.load(Ordering::Acquire);
-    let mut problems = Vec::new();
-    if !state.checked {
-        problems.push("the first readiness check has not finished".to_string());
-    } else {
-        if !state.broker {
-            problems.push("the broker does not answer metadata requests".to_string());
-        }
-        if !state.registry {
-            problems.push("the schema registry does not answer".to_string());
-        }
-        if !state.missing_topics.is_empty() {
-            problems.push(format!(
-                "routed topics missing: {}",
-                state.missing_topics.join(", ")
-            ));
-        }
-    }
-    if stopping {
-        problems.push("shutting down".to_string());
-    }
-    let ready = problems.is_empty();
-    let mut body = json!({
-        "ready": ready,
-        "broker": state.broker,
-        "registry": state.registry,
-        "missing_topics": state.missing_topics,
-    });
-    if ready {
-        json_response(StatusCode::OK, body)
-    } else {
-        body["error"] = json!(format!("not ready: {}", problems.join("; ")));
-        json_response(StatusCode::SERVICE_UNAVAILABLE, body)
-    }
-}
-
 async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -784,27 +735,34 @@ pub(crate) async fn readiness_loop(s: Arc<Shared>, interval: Duration, stop: Can
         .ok()
         .flatten();
         let registry = s.registry.subjects().await.is_ok();
-        let state = ReadyState {
-            checked: true,
-            broker: broker.is_some(),
-            registry,
-            missing_topics: broker.unwrap_or_default(),
-        };
-        let ready = state.broker && state.registry && state.missing_topics.is_empty();
-        if !ready {
-            warn!(
-                broker = state.broker,
-                registry = state.registry,
-                missing_topics = ?state.missing_topics,
-                "not ready"
-            );
+        s.health.report(
+            "broker",
+            broker.is_some(),
+            "does not answer metadata requests",
+        );
+        s.health.report("registry", registry, "does not answer");
+        match broker.as_deref() {
+            Some([]) => s.health.pass("topics"),
+            Some(missing) => s.health.fail(
+                "topics",
+                format!("routed topics missing: {}", missing.join(", ")),
+            ),
+            None => s
+                .health
+                .fail("topics", "unknown while the broker does not answer"),
         }
-        if let Ok(mut r) = s.ready.write() {
-            *r = state;
+        // A producer with a fatal error never recovers: liveness turns false, and the
+        // orchestrator restarts the gateway.
+        if let Some((code, reason)) = s.producer.client().fatal_error() {
+            s.health.set_fatal(format!(
+                "the Kafka producer hit a fatal error ({code}): {reason}; restart the gateway"
+            ));
         }
-        if !s.stopping.load(Ordering::Acquire) {
-            s.metrics.ready.set(i64::from(ready));
+        let r = s.health.readiness();
+        if !r.ready {
+            warn!(error = r.error.as_deref().unwrap_or_default(), "not ready");
         }
+        s.metrics.ready.set(i64::from(r.ready));
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = stop.cancelled() => return,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eip_runtime::config::ConfigError;
-use eip_schemas::{Registry, RegistrySettings};
+use eip_schemas::Registry;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,11 +52,45 @@ pub enum GatewayError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Startup failed: the listen address is taken, or a client could not be created.
-    #[error("startup: {0}")]
-    Startup(String),
+    #[error("startup: {what}")]
+    Startup {
+        /// What could not be set up.
+        what: String,
+        /// The error that stopped it, if any.
+        #[source]
+        source: Option<eip_schemas::Cause>,
+    },
     /// The HTTP server failed while running.
-    #[error("server: {0}")]
-    Server(String),
+    #[error("server: {what}")]
+    Server {
+        /// What failed.
+        what: String,
+        /// The error behind it.
+        #[source]
+        source: eip_schemas::Cause,
+    },
+}
+
+impl GatewayError {
+    fn startup(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        GatewayError::Startup {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    fn server(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        GatewayError::Server {
+            what: what.into(),
+            source: Arc::new(source),
+        }
+    }
 }
 
 /// A running gateway, as returned by [`serve`].
@@ -75,15 +109,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Serving, GatewayError> {
     config.validate()?;
-    let metrics =
-        GatewayMetrics::new().map_err(|e| GatewayError::Startup(format!("metrics: {e}")))?;
-    let registry = Registry::new(RegistrySettings {
-        url: config.registry.url.clone(),
-        timeout: config.registry.timeout,
-        auto_register: config.registry.auto_register,
-        bearer_token: config.registry.bearer_token.clone(),
-    })
-    .map_err(|e| GatewayError::Startup(format!("registry: {e}")))?;
+    let metrics = GatewayMetrics::new().map_err(|e| GatewayError::startup("metrics", e))?;
+    let registry = Registry::new(config.registry.settings())
+        .map_err(|e| GatewayError::startup("registry", e))?;
     let mut producer_config = eip_runtime::kafka::producer_config(&config.kafka);
     if !config
         .kafka
@@ -99,18 +127,20 @@ pub async fn serve(
     }
     let producer: FutureProducer = producer_config
         .create()
-        .map_err(|e| GatewayError::Startup(format!("kafka producer: {e}")))?;
-    let shared = Arc::new(
-        http::Shared::new(&config, Arc::new(registry), producer.clone(), metrics)
-            .map_err(GatewayError::Startup)?,
-    );
+        .map_err(|e| GatewayError::startup("kafka producer", e))?;
+    let shared = Arc::new(http::Shared::new(
+        &config,
+        Arc::new(registry),
+        producer.clone(),
+        metrics,
+    )?);
     let listen = config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| GatewayError::Startup(format!("gateway.listen {listen}: {e}")))?;
+        .map_err(|e| GatewayError::startup(format!("gateway.listen {listen}"), e))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| GatewayError::Startup(format!("gateway.listen {listen}: {e}")))?;
+        .map_err(|e| GatewayError::startup(format!("gateway.listen {listen}"), e))?;
 
     let stop = CancellationToken::new();
     tokio::spawn(http::readiness_loop(
@@ -136,7 +166,7 @@ pub async fn serve(
             tokio::time::sleep(drain_timeout).await;
         };
         let outcome = tokio::select! {
-            served = &mut server => served.map_err(|e| GatewayError::Server(e.to_string())),
+            served = &mut server => served.map_err(|e| GatewayError::server("serving HTTP", e)),
             () = drained => {
                 warn!(timeout = ?drain_timeout, "drain timeout: stopping with requests in flight");
                 Ok(())
@@ -187,7 +217,7 @@ pub fn main_entry() -> ExitCode {
     let outcome = runtime.block_on(async {
         let (_, task) = serve(config, eip_runtime::shutdown_signal()).await?;
         task.await
-            .map_err(|e| GatewayError::Server(format!("server task: {e}")))?
+            .map_err(|e| GatewayError::server("server task", e))?
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +226,7 @@ pub fn main_entry() -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {
+            let e = eip_schemas::chain(&e);
             error!(error = %e, "gateway failed");
             eprintln!("{e}");
             ExitCode::from(EXIT_FATAL)

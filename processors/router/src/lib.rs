@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use eip_runtime::config::{Config, ConfigError};
 use eip_runtime::{Extras, Running};
-use eip_schemas::RegistrySettings;
 
 use processor::{Router, RouterConfig, retry_topic};
 use reload::Rules;
@@ -46,12 +45,7 @@ pub fn build(config: &mut Config<RouterConfig>) -> Result<(Router, Extras), Conf
         settings,
         sources,
         &config.pipeline.dlq_suffix,
-        RegistrySettings {
-            url: config.registry.url.clone(),
-            timeout: config.registry.timeout,
-            auto_register: config.registry.auto_register,
-            bearer_token: config.registry.bearer_token.clone(),
-        },
+        config.registry.settings(),
     )?;
     let metrics = router.metrics().clone();
     let watch = settings.watch_interval;

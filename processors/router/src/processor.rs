@@ -327,7 +327,7 @@ impl Router {
         let mut v = value.clone();
         for step in &action.transform {
             step.apply(&mut v)
-                .map_err(|e| ProcessError::Poison(format!("transform: {e}")))?;
+                .map_err(|e| ProcessError::poison_from("transform", e))?;
         }
         let target = match (action.map_to, writer) {
             (Some(compiled), _) => self.target_for(compiled).await?,
@@ -335,7 +335,7 @@ impl Router {
             (None, None) => {
                 let compiled = eip_schemas::Catalog::global()
                     .and_then(|c| c.get(type_name))
-                    .map_err(|e| ProcessError::Fatal(e.to_string()))?;
+                    .map_err(|e| ProcessError::fatal_from("the schema catalog", e))?;
                 self.target_for(compiled).await?
             }
         };
@@ -345,10 +345,13 @@ impl Router {
             "transform"
         };
         let v = conform(v, &target.writer.schema).map_err(|e| {
-            ProcessError::Poison(format!(
-                "{what} to {} (rules {}): {e}",
-                target.writer.full_name, rules.version
-            ))
+            ProcessError::poison_from(
+                format!(
+                    "{what} to {} (rules {})",
+                    target.writer.full_name, rules.version
+                ),
+                e,
+            )
         })?;
         Ok(match action.format {
             Format::Avro => (
@@ -361,7 +364,7 @@ impl Router {
             Format::Json => (
                 Payload::Bytes(Bytes::from(
                     serde_json::to_vec(&eip_schemas::convert::to_json(&v))
-                        .map_err(|e| ProcessError::Poison(format!("to json: {e}")))?,
+                        .map_err(|e| ProcessError::poison_from("to json", e))?,
                 )),
                 Some("application/json"),
             ),
@@ -387,16 +390,7 @@ impl Router {
             Some((s, l)) => (s, l),
             None => (src.position.topic.to_string(), 0),
         };
-        let mut headers = Headers::new();
-        for (k, v) in failure.headers.iter() {
-            if k.starts_with("eip.retry.") {
-                continue;
-            }
-            match v {
-                Some(v) => headers.push(k, Bytes::copy_from_slice(v)),
-                None => headers.push_null(k),
-            }
-        }
+        let mut headers = failure.headers.without(|k| k.starts_with("eip.retry."));
         let now = time::OffsetDateTime::now_utc();
         let first_failure = src
             .headers
@@ -492,10 +486,6 @@ fn payload_of(p: Option<&[u8]>) -> Payload {
     }
 }
 
-fn poison(e: impl std::fmt::Display) -> ProcessError {
-    ProcessError::Poison(e.to_string())
-}
-
 impl Processor for Router {
     type Input = RouterInput;
 
@@ -526,20 +516,18 @@ impl Processor for Router {
         if let Some(src) = rules.source(&record.position.topic)
             && src.format != Format::Avro
         {
-            let bytes = record
-                .payload
-                .as_deref()
-                .ok_or_else(|| poison(format!("{} record without a value", src.format.as_str())))?;
+            let bytes = record.payload.as_deref().ok_or_else(|| {
+                ProcessError::poison(format!("{} record without a value", src.format.as_str()))
+            })?;
             let value = match src.format {
                 Format::Json => eip_schemas::convert::from_json_bytes(&src.schema.schema, bytes),
                 _ => eip_schemas::convert::from_xml(&src.schema.schema, bytes),
             }
             .map_err(|e| {
-                poison(format!(
-                    "{} to {}: {e}",
-                    src.format.as_str(),
-                    src.schema.full_name
-                ))
+                ProcessError::poison_from(
+                    format!("{} to {}", src.format.as_str(), src.schema.full_name),
+                    e,
+                )
             })?;
             return Ok(RouterInput::Record {
                 type_name: src.schema.full_name.clone(),
@@ -564,17 +552,7 @@ impl Processor for Router {
 
     async fn process(&self, input: Envelope<RouterInput>) -> Result<Vec<Output>, ProcessError> {
         let carried = |headers: &Headers| {
-            let mut h = Headers::new();
-            for (k, v) in headers.iter() {
-                if k == TRACEPARENT || k.starts_with("eip.retry.") {
-                    continue;
-                }
-                match v {
-                    Some(v) => h.push(k, Bytes::copy_from_slice(v)),
-                    None => h.push_null(k),
-                }
-            }
-            h
+            headers.without(|k| k == TRACEPARENT || k.starts_with("eip.retry."))
         };
         match input.value {
             RouterInput::Retry {
@@ -585,13 +563,17 @@ impl Processor for Router {
                 let target = input
                     .headers
                     .get_str(RETRY_TARGET)
-                    .ok_or_else(|| poison(format!("retry record without {RETRY_TARGET}")))?
+                    .ok_or_else(|| {
+                        ProcessError::poison(format!("retry record without {RETRY_TARGET}"))
+                    })?
                     .to_string();
                 let due: i64 = input
                     .headers
                     .get_str(RETRY_DUE)
                     .and_then(|d| d.parse().ok())
-                    .ok_or_else(|| poison(format!("retry record without a valid {RETRY_DUE}")))?;
+                    .ok_or_else(|| {
+                        ProcessError::poison(format!("retry record without a valid {RETRY_DUE}"))
+                    })?;
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
@@ -690,7 +672,7 @@ fn clone_payload(p: &Payload) -> Result<Payload, ProcessError> {
         },
         Payload::Tombstone => Payload::Tombstone,
         Payload::Record(r) => {
-            return Err(ProcessError::Fatal(format!(
+            return Err(ProcessError::fatal(format!(
                 "router payload of type {} can't be copied",
                 r.full_name()
             )));

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use eip_schemas::convert::{ConvertError, Names};
 
-use crate::value::{Literal, Number, Path, Segment, check_path, number, text, unwrap};
+use crate::value::{Literal, Number, Path, PathError, Segment, check_path, number, text, unwrap};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -259,7 +259,7 @@ impl Step {
 }
 
 /// Checks a step's source fields against the record types a rule is limited to.
-pub(crate) fn check_step(step: &Step, schemas: &[&Schema]) -> Result<(), String> {
+pub(crate) fn check_step(step: &Step, schemas: &[&Schema]) -> Result<(), PathError> {
     match step {
         Step::Rename { from, .. } | Step::Copy { from, .. } | Step::Drop(from) => {
             check_path(from, schemas)

@@ -270,8 +270,43 @@ pub fn text(v: &Value) -> Option<&str> {
     }
 }
 
+/// Why a path does not name a field of a schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The record has no such field.
+    #[error("no field `{field}` in {record} (fields: {fields})")]
+    NoField {
+        /// The missing field.
+        field: String,
+        /// The record's full name.
+        record: String,
+        /// The fields it has, comma-separated.
+        fields: String,
+    },
+    /// A field is looked up in something that is not a record or map.
+    #[error("`{field}` is looked up in a {kind} value, which has no fields")]
+    NotARecord {
+        /// The field looked up.
+        field: String,
+        /// What the value is instead.
+        kind: String,
+    },
+    /// An index on something that is not an array.
+    #[error("indexing a {kind} value")]
+    NotAnArray {
+        /// What the value is instead.
+        kind: String,
+    },
+    /// The union has no branch the path fits (its last branch's reason).
+    #[error(transparent)]
+    NoBranch(Box<PathError>),
+    /// None of the schemas has the path: why, for each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InNoSchema(Vec<PathError>),
+}
+
 /// Checks that `path` names a field in at least one of `schemas` (when any are known).
-pub(crate) fn check_path(path: &Path, schemas: &[&Schema]) -> Result<(), String> {
+pub(crate) fn check_path(path: &Path, schemas: &[&Schema]) -> Result<(), PathError> {
     if schemas.is_empty() {
         return Ok(());
     }
@@ -282,46 +317,57 @@ pub(crate) fn check_path(path: &Path, schemas: &[&Schema]) -> Result<(), String>
             Err(e) => errors.push(e),
         }
     }
-    Err(errors.join("; "))
+    Err(if errors.len() == 1 {
+        errors.swap_remove(0)
+    } else {
+        PathError::InNoSchema(errors)
+    })
 }
 
-fn walk_schema(schema: &Schema, segments: &[Segment]) -> Result<(), String> {
+fn walk_schema(schema: &Schema, segments: &[Segment]) -> Result<(), PathError> {
     let Some((first, rest)) = segments.split_first() else {
         return Ok(());
     };
     match (first, schema) {
         (_, Schema::Union(u)) => {
-            let mut last = String::new();
+            let mut last = None;
             for variant in u.variants() {
                 if matches!(variant, Schema::Null) {
                     continue;
                 }
                 match walk_schema(variant, segments) {
                     Ok(()) => return Ok(()),
-                    Err(e) => last = e,
+                    Err(e) => last = Some(e),
                 }
             }
-            Err(last)
+            Err(PathError::NoBranch(Box::new(last.unwrap_or_else(|| {
+                PathError::NotAnArray {
+                    kind: type_name(schema),
+                }
+            }))))
         }
         (Segment::Field(name), Schema::Record(r)) => match r.lookup.get(name) {
             Some(i) => walk_schema(&r.fields[*i].schema, rest),
-            None => Err(format!(
-                "no field `{name}` in {} (fields: {})",
-                r.name.fullname(None),
-                r.fields
+            None => Err(PathError::NoField {
+                field: name.clone(),
+                record: r.name.fullname(None),
+                fields: r
+                    .fields
                     .iter()
                     .map(|f| f.name.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+                    .join(", "),
+            }),
         },
         (Segment::Field(_), Schema::Map(m)) => walk_schema(&m.types, rest),
         (Segment::Index(_) | Segment::Every, Schema::Array(a)) => walk_schema(&a.items, rest),
-        (Segment::Field(name), other) => Err(format!(
-            "`{name}` is looked up in a {} value, which has no fields",
-            type_name(other)
-        )),
-        (_, other) => Err(format!("indexing a {} value", type_name(other))),
+        (Segment::Field(name), other) => Err(PathError::NotARecord {
+            field: name.clone(),
+            kind: type_name(other),
+        }),
+        (_, other) => Err(PathError::NotAnArray {
+            kind: type_name(other),
+        }),
     }
 }
 

@@ -148,6 +148,19 @@ pub struct RegistryConfig {
     pub bearer_token: Option<String>,
 }
 
+impl RegistryConfig {
+    /// The registry client's settings, from this section: the one place they are built, so
+    /// every processor, the gateway and eipctl talk to the registry alike.
+    pub fn settings(&self) -> eip_schemas::RegistrySettings {
+        eip_schemas::RegistrySettings {
+            url: self.url.clone(),
+            timeout: self.timeout,
+            auto_register: self.auto_register,
+            bearer_token: self.bearer_token.clone(),
+        }
+    }
+}
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
@@ -277,6 +290,88 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Loads defaults, then `file` (if given; it must exist), then the `env` provider, into `T`:
+/// the one layered loader every eip binary's configuration goes through (a processor's
+/// [`Config`], the gateway's). Validation is the caller's, right after.
+pub fn load_layered<T>(file: Option<&Path>, env: Env) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.display().to_string()));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment.merge(env).extract().map_err(from_figment)
+}
+
+/// The `EIP__*` variables of the process environment, `__` separating nesting levels.
+pub fn environment() -> Env {
+    Env::prefixed(ENV_PREFIX).split("__")
+}
+
+impl KafkaConfig {
+    /// Checks what every client needs: brokers as `host:port` and a client id. Consumers check
+    /// their group settings on top of this.
+    pub fn validate_client(&self) -> Result<(), ConfigError> {
+        if self.brokers.split(',').any(|b| {
+            let b = b.trim();
+            b.is_empty() || !b.contains(':')
+        }) {
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                format!(
+                    "`{}` is not a comma-separated list of host:port",
+                    self.brokers
+                ),
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.client_id", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the URL scheme and the timeout.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "registry.url",
+                format!("`{}` is not an http:// or https:// URL", self.url),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "registry.timeout",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `tracing` filter directive and a readiness interval, as `[telemetry]` holds them
+/// in every binary.
+pub fn validate_logs_and_readiness(
+    log_filter: &str,
+    readiness_interval: Duration,
+) -> Result<(), ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(log_filter).map_err(|e| {
+        ConfigError::invalid("telemetry.log_filter", e.to_string().replace('\n', " "))
+    })?;
+    if readiness_interval.is_zero() {
+        return Err(ConfigError::invalid(
+            "telemetry.readiness_interval",
+            "must be more than 0",
+        ));
+    }
+    Ok(())
+}
+
 /// A processor's whole configuration: the shared sections plus its own `[processor]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default, bound = "A: Section")]
@@ -340,19 +435,12 @@ impl<A: Section> Config<A> {
     /// Loads defaults, then `file` (if given; it must exist), then `EIP__*` variables from the
     /// process environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config<A>, ConfigError> {
-        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_from(file, environment())
     }
 
     /// Like [`Config::load`] with an explicit environment provider (tests pass their own).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config<A>, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::<A>::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::MissingFile(path.display().to_string()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let config: Config<A> = figment.merge(env).extract().map_err(from_figment)?;
+        let config: Config<A> = load_layered(file, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -360,15 +448,7 @@ impl<A: Section> Config<A> {
     /// Checks ranges and cross-field rules. Runs before any network call.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
-        if k.brokers.split(',').any(|b| {
-            let b = b.trim();
-            b.is_empty() || !b.contains(':')
-        }) {
-            return Err(ConfigError::invalid(
-                "kafka.brokers",
-                format!("`{}` is not a comma-separated list of host:port", k.brokers),
-            ));
-        }
+        k.validate_client()?;
         if k.group_id.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
         }
@@ -401,19 +481,7 @@ impl<A: Section> Config<A> {
                 "must be more than 0",
             ));
         }
-        let r = &self.registry;
-        if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-            return Err(ConfigError::invalid(
-                "registry.url",
-                format!("`{}` is not an http:// or https:// URL", r.url),
-            ));
-        }
-        if r.timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "registry.timeout",
-                "must be more than 0",
-            ));
-        }
+        self.registry.validate()?;
         let p = &self.pipeline;
         if p.inputs.is_empty() || p.inputs.iter().any(|t| t.trim().is_empty()) {
             return Err(ConfigError::invalid(
@@ -474,15 +542,10 @@ impl<A: Section> Config<A> {
                 "must be at least 1",
             ));
         }
-        if self.telemetry.readiness_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "telemetry.readiness_interval",
-                "must be more than 0",
-            ));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).map_err(|e| {
-            ConfigError::invalid("telemetry.log_filter", e.to_string().replace('\n', " "))
-        })?;
+        validate_logs_and_readiness(
+            &self.telemetry.log_filter,
+            self.telemetry.readiness_interval,
+        )?;
         self.processor.validate().map_err(|e| match e {
             ConfigError::Invalid {
                 key,

@@ -84,16 +84,7 @@ fn truncate(s: &str, max: usize) -> &str {
 /// The headers of a DLQ record: the original headers (minus stale DLQ headers from an earlier
 /// dead-lettering) followed by the DLQ headers.
 pub fn headers(record: &Record, failure: &Failure<'_>) -> Headers {
-    let mut h = Headers::new();
-    for (k, v) in record.headers.iter() {
-        if ALL.contains(&k) {
-            continue;
-        }
-        match v {
-            Some(v) => h.push(k, bytes::Bytes::copy_from_slice(v)),
-            None => h.push_null(k),
-        }
-    }
+    let mut h = record.headers.without(|k| ALL.contains(&k));
     let first = failure
         .first_failure
         .format(&Rfc3339)

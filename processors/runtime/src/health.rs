@@ -1,71 +1,159 @@
-//! Liveness and readiness state, served at `/healthz` and `/readyz`.
+//! Liveness and readiness, served at `/healthz` and `/readyz` by every eip binary.
 //!
-//! - Live: the process has not hit a fatal error (it is draining to exit).
-//! - Ready: the broker answered a metadata request, the registry answered, and this member has
-//!   partitions assigned. A replica with no partitions (more replicas than partitions) is not
-//!   ready, which tells an SRE that scaling further does not help.
+//! One module for all of them, with pluggable checks: a binary names its readiness checks when
+//! it creates its [`Health`] and reports each one's outcome as it learns it. A processor's
+//! checks are `broker`, `registry` and `partitions` ([`PROCESSOR_CHECKS`]); the gateway's are
+//! `broker`, `registry`, `topics` and `serving`.
+//!
+//! - **Live**: no fatal error. After one the process is draining to exit, and `/healthz`
+//!   answers 503 with the reason.
+//! - **Ready**: live, and every check passed the last time it ran. A check that has not run
+//!   yet is not passing. `/readyz` answers 200, or 503 with an `error` naming each failing
+//!   check and why, so an SRE reads the cause from the probe itself:
+//!   `{"ready":false,"checks":{"broker":true,"partitions":false,"registry":true},"error":"not ready: partitions: none assigned (more replicas than partitions?)"}`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
-/// Shared health flags, updated by the readiness checker and the rebalance callbacks.
-#[derive(Debug, Default)]
-pub struct Health {
-    broker: AtomicBool,
-    registry: AtomicBool,
-    assigned: AtomicUsize,
-    fatal: AtomicBool,
+/// A processor's readiness checks: the broker answers a metadata request, the registry
+/// answers, and this member has partitions (a replica with none is not ready, which tells an
+/// SRE that more replicas than partitions don't help).
+pub const PROCESSOR_CHECKS: &[&str] = &["broker", "registry", "partitions"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    NotYet,
+    Pass,
+    Fail(String),
 }
 
-/// A readiness verdict with the reasons when not ready.
+#[derive(Debug, Default)]
+struct State {
+    checks: BTreeMap<&'static str, Outcome>,
+    fatal: Option<String>,
+}
+
+/// Shared health state, updated by readiness loops and callbacks, read by the probes.
+#[derive(Debug)]
+pub struct Health {
+    state: Mutex<State>,
+}
+
+/// A readiness verdict: each check's outcome, and why when not ready.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Readiness {
-    /// All checks pass.
+    /// Live, and every check passes.
     pub ready: bool,
-    /// The broker answered the last metadata request.
-    pub broker: bool,
-    /// The registry answered the last probe.
-    pub registry: bool,
-    /// Partitions assigned to this member.
-    pub assigned_partitions: usize,
+    /// Each check by name: whether it passed the last time it ran.
+    pub checks: BTreeMap<&'static str, bool>,
+    /// When not ready: `not ready: ` and each failing check with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Readiness {
+    /// Whether check `name` passed (false for an unknown name).
+    pub fn check(&self, name: &str) -> bool {
+        self.checks.get(name).copied().unwrap_or(false)
+    }
 }
 
 impl Health {
-    /// Records the result of the last broker check.
-    pub fn set_broker(&self, ok: bool) {
-        self.broker.store(ok, Ordering::Release);
+    /// Health with these readiness checks, none of them run yet.
+    pub fn new(checks: &[&'static str]) -> Health {
+        Health {
+            state: Mutex::new(State {
+                checks: checks.iter().map(|c| (*c, Outcome::NotYet)).collect(),
+                fatal: None,
+            }),
+        }
     }
 
-    /// Records the result of the last registry check.
-    pub fn set_registry(&self, ok: bool) {
-        self.registry.store(ok, Ordering::Release);
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic while holding this lock can't leave the state half-written: every update is
+        // one insert. So a poisoned lock is used as it is.
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
     }
 
-    /// Records the current number of assigned partitions.
+    /// Records that check `name` passed.
+    pub fn pass(&self, name: &'static str) {
+        self.with(|s| s.checks.insert(name, Outcome::Pass));
+    }
+
+    /// Records that check `name` failed, and why.
+    pub fn fail(&self, name: &'static str, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.with(|s| s.checks.insert(name, Outcome::Fail(reason)));
+    }
+
+    /// Records check `name`: passed when `ok`, else failed with `reason`.
+    pub fn report(&self, name: &'static str, ok: bool, reason: &str) {
+        if ok {
+            self.pass(name);
+        } else {
+            self.fail(name, reason);
+        }
+    }
+
+    /// Records the current number of assigned partitions (the `partitions` check).
     pub fn set_assigned(&self, n: usize) {
-        self.assigned.store(n, Ordering::Release);
+        self.report(
+            "partitions",
+            n > 0,
+            "none assigned (more replicas than partitions?)",
+        );
     }
 
-    /// Marks the process as failed: liveness turns false.
-    pub fn set_fatal(&self) {
-        self.fatal.store(true, Ordering::Release);
+    /// Marks the process as failed: liveness turns false, with `reason` on `/healthz`.
+    pub fn set_fatal(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.with(|s| {
+            if s.fatal.is_none() {
+                s.fatal = Some(reason);
+            }
+        });
     }
 
     /// Liveness.
     pub fn live(&self) -> bool {
-        !self.fatal.load(Ordering::Acquire)
+        self.with(|s| s.fatal.is_none())
+    }
+
+    /// Why the process is not live, if it is not.
+    pub fn fatal(&self) -> Option<String> {
+        self.with(|s| s.fatal.clone())
     }
 
     /// Readiness and its parts.
     pub fn readiness(&self) -> Readiness {
-        let broker = self.broker.load(Ordering::Acquire);
-        let registry = self.registry.load(Ordering::Acquire);
-        let assigned_partitions = self.assigned.load(Ordering::Acquire);
-        Readiness {
-            ready: broker && registry && assigned_partitions > 0 && self.live(),
-            broker,
-            registry,
-            assigned_partitions,
-        }
+        self.with(|s| {
+            let mut problems: Vec<String> = s
+                .checks
+                .iter()
+                .filter_map(|(name, outcome)| match outcome {
+                    Outcome::Pass => None,
+                    Outcome::NotYet => Some(format!("{name}: not checked yet")),
+                    Outcome::Fail(reason) => Some(format!("{name}: {reason}")),
+                })
+                .collect();
+            if let Some(reason) = &s.fatal {
+                problems.push(format!("fatal error: {reason}"));
+            }
+            Readiness {
+                ready: problems.is_empty(),
+                checks: s
+                    .checks
+                    .iter()
+                    .map(|(name, outcome)| (*name, *outcome == Outcome::Pass))
+                    .collect(),
+                error: (!problems.is_empty())
+                    .then(|| format!("not ready: {}", problems.join("; "))),
+            }
+        })
     }
 }
 
@@ -74,19 +162,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_needs_broker_registry_and_partitions() {
-        let h = Health::default();
-        assert!(!h.readiness().ready);
-        h.set_broker(true);
-        h.set_registry(true);
-        assert!(!h.readiness().ready, "no partitions yet");
+    fn given_a_processor_then_ready_needs_broker_registry_and_partitions() {
+        let h = Health::new(PROCESSOR_CHECKS);
+        let r = h.readiness();
+        assert!(!r.ready);
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "not ready: broker: not checked yet; partitions: not checked yet; registry: not checked yet"
+            )
+        );
+        h.pass("broker");
+        h.pass("registry");
+        h.set_assigned(0);
+        let r = h.readiness();
+        assert!(!r.ready, "no partitions yet");
+        assert!(r.check("broker") && r.check("registry") && !r.check("partitions"));
+        assert!(
+            r.error
+                .unwrap_or_default()
+                .contains("partitions: none assigned")
+        );
         h.set_assigned(2);
         assert!(h.readiness().ready);
-        h.set_registry(false);
-        assert!(!h.readiness().ready);
-        h.set_registry(true);
-        h.set_fatal();
+        assert_eq!(h.readiness().error, None);
+        h.fail("registry", "does not answer");
+        assert_eq!(
+            h.readiness().error.as_deref(),
+            Some("not ready: registry: does not answer")
+        );
+        h.pass("registry");
+        h.set_fatal("the store's schema is newer");
+        h.set_fatal("a second reason is not kept");
         assert!(!h.live());
+        assert_eq!(h.fatal().as_deref(), Some("the store's schema is newer"));
         assert!(!h.readiness().ready);
+    }
+
+    #[test]
+    fn given_custom_checks_then_each_is_reported_by_name() {
+        let h = Health::new(&["topics", "serving"]);
+        h.pass("serving");
+        h.fail("topics", "routed topics missing: orders");
+        let r = h.readiness();
+        let json = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "ready": false,
+                "checks": {"serving": true, "topics": false},
+                "error": "not ready: topics: routed topics missing: orders"
+            })
+        );
+        assert!(!r.check("no such check"));
     }
 }

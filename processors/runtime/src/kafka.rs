@@ -11,8 +11,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers as _, Message};
 
 use crate::config::{KafkaConfig, OffsetReset};
+use crate::processor::Headers;
 
 /// Errors from topic administration.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,13 @@ pub enum AdminError {
 
 fn ms(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+/// A message's headers as the runtime's [`Headers`], copied in order.
+pub fn headers_of<M: Message>(m: &M) -> Headers {
+    m.headers()
+        .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default()
 }
 
 /// Settings shared by every client.

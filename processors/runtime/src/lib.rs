@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eip_schemas::{Codec, Registry, RegistrySettings};
+use eip_schemas::{Codec, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio_util::sync::CancellationToken;
@@ -53,16 +53,40 @@ pub enum RuntimeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Startup failed (a port in use, a missing topic, a client that could not be created).
-    #[error("startup: {0}")]
-    Startup(String),
+    #[error("startup: {what}")]
+    Startup {
+        /// What could not be set up.
+        what: String,
+        /// The error that stopped it, if any.
+        #[source]
+        source: Option<eip_schemas::Cause>,
+    },
     /// A fatal error stopped the pipeline after draining.
     #[error("fatal: {0}")]
     Fatal(String),
 }
 
+impl RuntimeError {
+    /// A startup failure caused by `source`: `what` names what was being set up.
+    pub fn startup(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> RuntimeError {
+        RuntimeError::Startup {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message with every cause, as the process prints it when it exits.
+    pub fn chain(&self) -> String {
+        eip_schemas::chain(self)
+    }
+}
+
 impl From<rdkafka::error::KafkaError> for RuntimeError {
     fn from(e: rdkafka::error::KafkaError) -> Self {
-        RuntimeError::Startup(format!("kafka client: {e}"))
+        RuntimeError::startup("kafka client", e)
     }
 }
 
@@ -110,9 +134,8 @@ where
 {
     config.validate()?;
     let name = processor.name().to_string();
-    let metrics =
-        Metrics::new(&name).map_err(|e| RuntimeError::Startup(format!("metrics: {e}")))?;
-    let health = Arc::new(Health::default());
+    let metrics = Metrics::new(&name).map_err(|e| RuntimeError::startup("metrics", e))?;
+    let health = Arc::new(Health::new(health::PROCESSOR_CHECKS));
     let stop = Arc::new(Stop::default());
     let telemetry_stop = CancellationToken::new();
     let (telemetry_addr, telemetry_task) = telemetry::serve(
@@ -124,16 +147,11 @@ where
     )
     .await
     .map_err(|e| {
-        RuntimeError::Startup(format!("telemetry.listen {}: {e}", config.telemetry.listen))
+        RuntimeError::startup(format!("telemetry.listen {}", config.telemetry.listen), e)
     })?;
 
-    let registry = Registry::new(RegistrySettings {
-        url: config.registry.url.clone(),
-        timeout: config.registry.timeout,
-        auto_register: config.registry.auto_register,
-        bearer_token: config.registry.bearer_token.clone(),
-    })
-    .map_err(|e| RuntimeError::Startup(format!("registry: {e}")))?;
+    let registry = Registry::new(config.registry.settings())
+        .map_err(|e| RuntimeError::startup("registry", e))?;
     let codec = Codec::new(Arc::new(registry));
 
     check_topics(config, &processor).await?;
@@ -184,7 +202,7 @@ where
         .spawn(move || {
             let _ = closed_tx.send(pipeline::poll_thread(consumer, state, poll_core, runtime));
         })
-        .map_err(|e| RuntimeError::Startup(format!("poll thread: {e}")))?;
+        .map_err(|e| RuntimeError::startup("poll thread", e))?;
     info!(processor = %name, telemetry = %telemetry_addr, inputs = ?config.pipeline.inputs, "started");
     on_start(Running {
         telemetry: telemetry_addr,
@@ -200,9 +218,9 @@ where
         }
         _ = stop.stopping.cancelled() => {}
     }
-    if stop.fatal_reason().is_some() {
+    if let Some(reason) = stop.fatal_reason() {
         // Liveness turns false while draining: the orchestrator sees the failure at once.
-        health.set_fatal();
+        health.set_fatal(reason);
     }
     // The poll thread drains partitions within drain_timeout; past that, abandon the rest.
     let hard = stop.abandon.clone();
@@ -237,7 +255,7 @@ where
     let _ = telemetry_task.await;
     match stop.fatal_reason() {
         Some(reason) => {
-            health.set_fatal();
+            health.set_fatal(reason.clone());
             Err(RuntimeError::Fatal(reason))
         }
         None => {
@@ -273,21 +291,24 @@ async fn check_topics<P: Processor, A: Section>(
             .collect();
         kafka::ensure_topics(&kafka, &specs, Duration::from_secs(10))
             .await
-            .map_err(|e| RuntimeError::Startup(e.to_string()))?;
+            .map_err(|e| RuntimeError::startup("creating topics", e))?;
     }
     let missing = tokio::task::spawn_blocking(move || {
         kafka::missing_topics(&kafka, &topics, Duration::from_secs(10))
     })
     .await
-    .map_err(|e| RuntimeError::Startup(e.to_string()))?
-    .map_err(|e| RuntimeError::Startup(format!("broker {}: {e}", config.kafka.brokers)))?;
+    .map_err(|e| RuntimeError::startup("checking topics", e))?
+    .map_err(|e| RuntimeError::startup(format!("broker {}", config.kafka.brokers), e))?;
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(RuntimeError::Startup(format!(
-            "missing topics: {} (create them, or set pipeline.create_topics = true)",
-            missing.join(", ")
-        )))
+        Err(RuntimeError::Startup {
+            what: format!(
+                "missing topics: {} (create them, or set pipeline.create_topics = true)",
+                missing.join(", ")
+            ),
+            source: None,
+        })
     }
 }
 
@@ -316,9 +337,9 @@ async fn readiness(
         })
         .await
         .unwrap_or(false);
-        health.set_broker(broker);
+        health.report("broker", broker, "does not answer metadata requests");
         let registry_ok = registry.subjects().await.is_ok();
-        health.set_registry(registry_ok);
+        health.report("registry", registry_ok, "does not answer");
         let r = health.readiness();
         metrics.ready.set(i64::from(r.ready));
         if !broker || !registry_ok {
@@ -443,6 +464,7 @@ where
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = e.chain();
             error!(error = %e, "processor stopped");
             eprintln!("{e}");
             ExitCode::from(EXIT_FATAL)

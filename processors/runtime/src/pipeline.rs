@@ -32,7 +32,7 @@ use eip_schemas::{Classify, Codec, ErrorClass};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -349,15 +349,7 @@ fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) ->
             t
         }
     };
-    let mut headers = Headers::new();
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            match h.value {
-                Some(v) => headers.push(h.key, Bytes::copy_from_slice(v)),
-                None => headers.push_null(h.key),
-            }
-        }
-    }
+    let headers = crate::kafka::headers_of(m);
     Record {
         position: Position {
             topic,
@@ -762,7 +754,7 @@ async fn handle<P: Processor>(
                         let delay = backoff(&core.pipeline.retry, attempts);
                         warn!(
                             parent: &span,
-                            error = %e,
+                            error = %e.chain(),
                             attempt = attempts,
                             retry_in_ms = delay.as_millis() as u64,
                             "transient error: retrying in place"
@@ -824,8 +816,12 @@ async fn handle<P: Processor>(
         }
         Err((ErrorClass::Fatal, e)) => {
             core.stop.fatal(format!(
-                "{} at {}[{}]@{}: {e}",
-                core.name, record.position.topic, record.position.partition, record.position.offset
+                "{} at {}[{}]@{}: {}",
+                core.name,
+                record.position.topic,
+                record.position.partition,
+                record.position.offset,
+                e.chain()
             ));
             return None;
         }
@@ -834,7 +830,7 @@ async fn handle<P: Processor>(
                 core,
                 record,
                 class,
-                &e.to_string(),
+                &e.chain(),
                 attempts,
                 first_failure,
                 cancel,
@@ -1128,15 +1124,7 @@ async fn settle<P: Processor>(
             .retried
             .with_label_values(&[core.name.as_str(), &source.position.topic])
             .inc();
-        let mut headers = Headers::new();
-        if let Some(h) = msg.headers() {
-            for header in h.iter() {
-                match header.value {
-                    Some(v) => headers.push(header.key, Bytes::copy_from_slice(v)),
-                    None => headers.push_null(header.key),
-                }
-            }
-        }
+        let headers = crate::kafka::headers_of(&msg);
         let redirect = if redirectable {
             core.processor.on_delivery_failure(&DeliveryFailure {
                 source,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 use bytes::Bytes;
 use eip_schemas::{
-    AvroRecord, Classify, Codec, CodecError, CompiledSchema, Decoded, ErrorClass, SchemaError,
-    WriterSchema,
+    AvroRecord, Cause, Classify, Codec, CodecError, CompiledSchema, Decoded, ErrorClass,
+    SchemaError, WriterSchema,
 };
 
 use crate::trace::TraceContext;
@@ -20,6 +20,18 @@ use crate::trace::TraceContext;
 /// Record headers: an ordered list of name/value pairs (names may repeat, as in Kafka).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(Vec<(String, Option<Bytes>)>);
+
+/// Copies borrowed name/value pairs, as a client library hands them out, in order.
+impl<'a> FromIterator<(&'a str, Option<&'a [u8]>)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>>(pairs: I) -> Headers {
+        Headers(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.map(Bytes::copy_from_slice)))
+                .collect(),
+        )
+    }
+}
 
 impl Headers {
     /// No headers.
@@ -60,6 +72,13 @@ impl Headers {
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|(k, _)| k != name);
+    }
+
+    /// The headers whose names `drop` does not match, in order; the values are shared, not
+    /// copied. Forwarding a record without its stale `eip.dlq.*` or `eip.retry.*` headers is
+    /// this.
+    pub fn without(&self, drop: impl Fn(&str) -> bool) -> Headers {
+        Headers(self.0.iter().filter(|(k, _)| !drop(k)).cloned().collect())
     }
 
     /// Every header in order.
@@ -213,23 +232,94 @@ pub enum ProcessError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// A dependency is unavailable; retry the record in place.
-    #[error("{0}")]
-    Transient(String),
+    #[error("{reason}")]
+    Transient {
+        /// What failed, in the processor's words.
+        reason: String,
+        /// The error that caused it, if any.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The record can never be handled; dead-letter it.
-    #[error("{0}")]
-    Poison(String),
+    #[error("{reason}")]
+    Poison {
+        /// Why, in the processor's words (the DLQ reason header carries it with its causes).
+        reason: String,
+        /// The error that caused it, if any.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The process must stop.
-    #[error("{0}")]
-    Fatal(String),
+    #[error("{reason}")]
+    Fatal {
+        /// Why, in the processor's words.
+        reason: String,
+        /// The error that caused it, if any.
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl ProcessError {
+    /// A transient error with no underlying cause.
+    pub fn transient(reason: impl Into<String>) -> ProcessError {
+        ProcessError::Transient {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A poison error with no underlying cause.
+    pub fn poison(reason: impl Into<String>) -> ProcessError {
+        ProcessError::Poison {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A fatal error with no underlying cause.
+    pub fn fatal(reason: impl Into<String>) -> ProcessError {
+        ProcessError::Fatal {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A poison error caused by `source`: `reason` says what was being done.
+    pub fn poison_from(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ProcessError {
+        ProcessError::Poison {
+            reason: reason.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// A fatal error caused by `source`: `reason` says what was being done.
+    pub fn fatal_from(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ProcessError {
+        ProcessError::Fatal {
+            reason: reason.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// The message with every cause, as logs and dead letters show it.
+    pub fn chain(&self) -> String {
+        eip_schemas::chain(self)
+    }
 }
 
 impl Classify for ProcessError {
     fn class(&self) -> ErrorClass {
         match self {
             ProcessError::Codec(e) => e.class(),
-            ProcessError::Transient(_) => ErrorClass::Transient,
-            ProcessError::Poison(_) => ErrorClass::Poison,
-            ProcessError::Fatal(_) => ErrorClass::Fatal,
+            ProcessError::Transient { .. } => ErrorClass::Transient,
+            ProcessError::Poison { .. } => ErrorClass::Poison,
+            ProcessError::Fatal { .. } => ErrorClass::Fatal,
         }
     }
 }
@@ -382,12 +472,9 @@ mod tests {
 
     #[test]
     fn errors_are_classified() {
-        assert_eq!(
-            ProcessError::Transient("x".into()).class(),
-            ErrorClass::Transient
-        );
-        assert_eq!(ProcessError::Poison("x".into()).class(), ErrorClass::Poison);
-        assert_eq!(ProcessError::Fatal("x".into()).class(), ErrorClass::Fatal);
+        assert_eq!(ProcessError::transient("x").class(), ErrorClass::Transient);
+        assert_eq!(ProcessError::poison("x").class(), ErrorClass::Poison);
+        assert_eq!(ProcessError::fatal("x").class(), ErrorClass::Fatal);
         let codec = ProcessError::from(CodecError::RegistryUnavailable {
             reason: "down".into(),
         });

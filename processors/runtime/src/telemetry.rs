@@ -34,29 +34,28 @@ pub fn init_logging(config: &TelemetryConfig) -> bool {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    metrics: Metrics,
-    health: Arc<Health>,
-}
-
-async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics_text(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        metrics.render(),
     )
 }
 
-async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.live() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "fatal error: draining\n")
+async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    match health.fatal() {
+        None => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "failed", "error": reason})),
+        ),
     }
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let r = s.health.readiness();
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let r = health.readiness();
     let status = if r.ready {
         StatusCode::OK
     } else {
@@ -65,13 +64,21 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     (status, axum::Json(r))
 }
 
-/// The telemetry routes, for embedding in another server (the gateway serves them too).
+/// `/healthz` and `/readyz` over `health`, in the one shape every eip binary answers with
+/// (see [`crate::health`]). The gateway mounts these on its HTTP port.
+pub fn probes(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+/// The telemetry routes: `/metrics` and the probes.
 pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .with_state(metrics)
+        .merge(probes(health))
 }
 
 /// Binds `addr` and serves the telemetry routes, plus the processor's `extra` routes (an admin

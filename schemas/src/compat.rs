@@ -9,7 +9,7 @@
 //!
 //! A message type that disappears is reported too: records of it may still sit in topics.
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CompiledSchema};
 use crate::error::CodecError;
 use crate::registry::Registry;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -40,16 +40,21 @@ fn removed(old: &Catalog, new: &Catalog) -> Vec<Incompatibility> {
         .collect()
 }
 
+/// Message types whose schema differs between `old` and `new`, as (old, new) pairs.
+fn changed<'c>(
+    old: &'c Catalog,
+    new: &'c Catalog,
+) -> impl Iterator<Item = (&'c CompiledSchema, &'c CompiledSchema)> {
+    old.messages().filter_map(move |o| {
+        let n = new.get(&o.full_name).ok()?;
+        (o.canonical != n.canonical).then_some((o, n))
+    })
+}
+
 /// Checks every message type of `old` against its version in `new` with Avro's resolution rules.
 pub fn check_local(old: &Catalog, new: &Catalog) -> Vec<Incompatibility> {
     let mut problems = removed(old, new);
-    for o in old.messages() {
-        let Ok(n) = new.get(&o.full_name) else {
-            continue;
-        };
-        if o.canonical == n.canonical {
-            continue;
-        }
+    for (o, n) in changed(old, new) {
         if let Err(e) = SchemaCompatibility::can_read(&o.schema, &n.schema) {
             problems.push(Incompatibility {
                 name: o.full_name.clone(),
@@ -70,13 +75,7 @@ pub async fn check_with_registry(
     scratch_prefix: &str,
 ) -> Result<Vec<Incompatibility>, CodecError> {
     let mut problems = removed(old, new);
-    for o in old.messages() {
-        let Ok(n) = new.get(&o.full_name) else {
-            continue;
-        };
-        if o.canonical == n.canonical {
-            continue;
-        }
+    for (o, n) in changed(old, new) {
         let subject = format!("{scratch_prefix}{}", o.full_name);
         registry.register_json(&subject, &o.json).await?;
         registry

@@ -156,20 +156,18 @@ async fn main() {
             "round {round}: raw + version header    {rh:>9.0} records/s; {}",
             cpu.per_record(before, a.records)
         );
-        let before = cpu.sample();
-        let t10 = router_run(&ep, &input, a.partitions, a.records, 10).await;
-        println!(
-            "round {round}: router, 10 rules        {t10:>9.0} records/s; {} ({:.2}x raw)",
-            cpu.per_record(before, a.records),
-            t10 / r
-        );
-        let before = cpu.sample();
-        let t100 = router_run(&ep, &input, a.partitions, a.records, 100).await;
-        println!(
-            "round {round}: router, 100 rules       {t100:>9.0} records/s; {} ({:.2}x raw)",
-            cpu.per_record(before, a.records),
-            t100 / r
-        );
+        let mut by_rules = [0.0; 2];
+        for (slot, rules) in by_rules.iter_mut().zip([10, 100]) {
+            let before = cpu.sample();
+            *slot = router_run(&ep, &input, a.partitions, a.records, rules).await;
+            println!(
+                "round {round}: router, {rules:<3} rules       {:>9.0} records/s; {} ({:.2}x raw)",
+                *slot,
+                cpu.per_record(before, a.records),
+                *slot / r
+            );
+        }
+        let [t10, t100] = by_rules;
         raw.push(r);
         raw_h.push(rh);
         r10.push(t10);

@@ -257,6 +257,7 @@ impl InProcess {
             eip_runtime::run_until(
                 &config,
                 processor,
+                Default::default(),
                 async {
                     let _ = stop_rx.await;
                 },

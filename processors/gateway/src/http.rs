@@ -14,6 +14,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use eip_runtime::StartupError;
 use eip_runtime::health::Health;
 use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 use eip_schemas::convert::{self, ConvertError};
@@ -28,7 +29,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::GatewayError;
 use crate::config::GatewayConfig;
 use crate::metrics::{GatewayMetrics, UNROUTED};
 
@@ -78,20 +78,19 @@ impl Shared {
         registry: Arc<Registry>,
         producer: FutureProducer,
         metrics: GatewayMetrics,
-    ) -> Result<Shared, GatewayError> {
-        let catalog =
-            Catalog::global().map_err(|e| GatewayError::startup("the schema catalog", e))?;
+    ) -> Result<Shared, StartupError> {
+        let catalog = Catalog::global().map_err(|e| StartupError::new("the schema catalog", e))?;
         let mut routes = HashMap::new();
         for (type_name, topic) in &config.gateway.routes {
             let compiled = catalog
                 .get(type_name)
-                .map_err(|e| GatewayError::startup(format!("route for {type_name}"), e))?;
+                .map_err(|e| StartupError::new(format!("route for {type_name}"), e))?;
             let reader = GenericDatumReader::builder(&compiled.schema)
                 .build()
-                .map_err(|e| GatewayError::startup(format!("reader for {type_name}"), e))?;
+                .map_err(|e| StartupError::new(format!("reader for {type_name}"), e))?;
             let writer = GenericDatumWriter::builder(&compiled.schema)
                 .build()
-                .map_err(|e| GatewayError::startup(format!("writer for {type_name}"), e))?;
+                .map_err(|e| StartupError::new(format!("writer for {type_name}"), e))?;
             routes.insert(
                 type_name.clone(),
                 Route {

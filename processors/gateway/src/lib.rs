@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eip_runtime::config::ConfigError;
+use eip_runtime::{RuntimeError, StartupError};
 use eip_schemas::Registry;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::task::JoinHandle;
@@ -45,53 +45,9 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 /// The exit codes every eip binary uses: 2 for configuration, 1 for startup or server errors.
 pub use eip_runtime::{EXIT_CONFIG, EXIT_FATAL};
 
-/// Why the gateway could not start, or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// The configuration is invalid (found before any network call).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Startup failed: the listen address is taken, or a client could not be created.
-    #[error("startup: {what}")]
-    Startup {
-        /// What could not be set up.
-        what: String,
-        /// The error that stopped it, if any.
-        #[source]
-        source: Option<eip_schemas::Cause>,
-    },
-    /// The HTTP server failed while running.
-    #[error("server: {what}")]
-    Server {
-        /// What failed.
-        what: String,
-        /// The error behind it.
-        #[source]
-        source: eip_schemas::Cause,
-    },
-}
-
-impl GatewayError {
-    fn startup(
-        what: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        GatewayError::Startup {
-            what: what.into(),
-            source: Some(Arc::new(source)),
-        }
-    }
-
-    fn server(
-        what: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        GatewayError::Server {
-            what: what.into(),
-            source: Arc::new(source),
-        }
-    }
-}
+/// Why the gateway could not start, or stopped with an error: the runtime's error, as every
+/// eip binary reports it (configuration, startup, or a server that failed while running).
+pub type GatewayError = RuntimeError;
 
 /// A running gateway, as returned by [`serve`].
 pub type Serving = (SocketAddr, JoinHandle<Result<(), GatewayError>>);
@@ -109,9 +65,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Serving, GatewayError> {
     config.validate()?;
-    let metrics = GatewayMetrics::new().map_err(|e| GatewayError::startup("metrics", e))?;
-    let registry = Registry::new(config.registry.settings())
-        .map_err(|e| GatewayError::startup("registry", e))?;
+    let metrics = GatewayMetrics::new().map_err(|e| StartupError::new("metrics", e))?;
+    let registry =
+        Registry::new(config.registry.settings()).map_err(|e| StartupError::new("registry", e))?;
     let mut producer_config = eip_runtime::kafka::producer_config(&config.kafka);
     if !config
         .kafka
@@ -127,7 +83,7 @@ pub async fn serve(
     }
     let producer: FutureProducer = producer_config
         .create()
-        .map_err(|e| GatewayError::startup("kafka producer", e))?;
+        .map_err(|e| StartupError::new("kafka producer", e))?;
     let shared = Arc::new(http::Shared::new(
         &config,
         Arc::new(registry),
@@ -137,10 +93,10 @@ pub async fn serve(
     let listen = config.gateway.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| GatewayError::startup(format!("gateway.listen {listen}"), e))?;
+        .map_err(|e| StartupError::new(format!("gateway.listen {listen}"), e))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| GatewayError::startup(format!("gateway.listen {listen}"), e))?;
+        .map_err(|e| StartupError::new(format!("gateway.listen {listen}"), e))?;
 
     let stop = CancellationToken::new();
     tokio::spawn(http::readiness_loop(
@@ -166,7 +122,7 @@ pub async fn serve(
             tokio::time::sleep(drain_timeout).await;
         };
         let outcome = tokio::select! {
-            served = &mut server => served.map_err(|e| GatewayError::server("serving HTTP", e)),
+            served = &mut server => served.map_err(|e| RuntimeError::server("serving HTTP", e)),
             () = drained => {
                 warn!(timeout = ?drain_timeout, "drain timeout: stopping with requests in flight");
                 Ok(())
@@ -198,16 +154,13 @@ pub fn main_entry() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let config = match GatewayConfig::load(args.config.as_deref()) {
+    let config = match eip_runtime::cli::config_or_exit(GatewayConfig::load(args.config.as_deref()))
+    {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    if args.check_only {
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+    if let Some(code) = eip_runtime::cli::check_only_exit(&args) {
+        return code;
     }
     eip_runtime::telemetry::init_logging(&config.telemetry.logging());
     let runtime = match eip_runtime::cli::runtime() {
@@ -217,7 +170,7 @@ pub fn main_entry() -> ExitCode {
     let outcome = runtime.block_on(async {
         let (_, task) = serve(config, eip_runtime::shutdown_signal()).await?;
         task.await
-            .map_err(|e| GatewayError::server("server task", e))?
+            .map_err(|e| RuntimeError::server("server task", e))?
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

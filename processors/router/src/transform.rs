@@ -437,22 +437,13 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// Rebuilds a record's `fields` in the order and with the defaults of `r`.
 fn conform_record<'s>(
-    value: Value,
+    fields: Vec<(String, Value)>,
     r: &'s RecordSchema,
     names: &Names<'s>,
     at: &str,
 ) -> Result<Value, ConvertError> {
-    let Value::Record(fields) = value else {
-        return Err(ConvertError::new(
-            at,
-            format!(
-                "expected a {} record, found {}",
-                r.name.fullname(None),
-                kind_of(&value)
-            ),
-        ));
-    };
     let mut by_name: HashMap<String, Value> = fields.into_iter().collect();
     let mut out = Vec::with_capacity(r.fields.len());
     for f in &r.fields {
@@ -550,7 +541,17 @@ fn conform_at<'s>(
             }
             Err(last.unwrap_or_else(|| ConvertError::new(at, "no union branch fits")))
         }
-        Schema::Record(r) => conform_record(value, r, names, at),
+        Schema::Record(r) => match value {
+            Value::Record(fields) => conform_record(fields, r, names, at),
+            other => Err(ConvertError::new(
+                at,
+                format!(
+                    "expected a {} record, found {}",
+                    r.name.fullname(None),
+                    kind_of(&other)
+                ),
+            )),
+        },
         Schema::Null => match value {
             Value::Null => Ok(Value::Null),
             v => Err(mismatch("null", &v)),
@@ -743,32 +744,17 @@ mod tests {
 
     #[test]
     fn given_bad_steps_when_compiled_then_each_says_what_is_wrong() {
-        assert!(step("rename = \"a\"").unwrap_err().contains("needs `to`"));
-        assert!(
-            step("drop = \"a\"\nset = \"b\"")
-                .unwrap_err()
-                .contains("exactly one")
-        );
-        assert!(
-            step("drop = \"a\"\nto = \"b\"")
-                .unwrap_err()
-                .contains("does not belong")
-        );
-        assert!(
-            step("compute = \"a\"\nfn = \"nope\"")
-                .unwrap_err()
-                .contains("unknown fn")
-        );
-        assert!(
-            step("compute = \"a\"\nfn = \"upper\"")
-                .unwrap_err()
-                .contains("takes 1")
-        );
-        assert!(
-            step("set = \"a[0]\"\nvalue = 1")
-                .unwrap_err()
-                .contains("no indexes")
-        );
+        for (text, says) in [
+            ("rename = \"a\"", "needs `to`"),
+            ("drop = \"a\"\nset = \"b\"", "exactly one"),
+            ("drop = \"a\"\nto = \"b\"", "does not belong"),
+            ("compute = \"a\"\nfn = \"nope\"", "unknown fn"),
+            ("compute = \"a\"\nfn = \"upper\"", "takes 1"),
+            ("set = \"a[0]\"\nvalue = 1", "no indexes"),
+        ] {
+            let err = step(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
         assert!(step("sett = \"a\"").is_err());
     }
 

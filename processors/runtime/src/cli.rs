@@ -78,6 +78,24 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// A loaded configuration, or the exit code for a bad one: its one-line message is printed and
+/// the process exits 2 ([`EXIT_CONFIG`]), before any network call.
+pub fn config_or_exit<T>(loaded: Result<T, crate::config::ConfigError>) -> Result<T, ExitCode> {
+    loaded.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// With `--check-config`, prints that the configuration is fine and gives the exit code 0;
+/// otherwise `None`, and the binary goes on to run.
+pub fn check_only_exit(args: &Args) -> Option<ExitCode> {
+    args.check_only.then(|| {
+        println!("configuration ok");
+        ExitCode::SUCCESS
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

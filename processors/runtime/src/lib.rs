@@ -46,47 +46,79 @@ pub use processor::{
 
 use pipeline::{ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
 
+/// A startup failure (a port in use, a missing topic, a client that could not be created):
+/// what could not be set up, and the error that stopped it. Every binary's error enum holds
+/// one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("startup: {what}")]
+pub struct StartupError {
+    /// What could not be set up.
+    pub what: String,
+    /// The error that stopped it, if any.
+    #[source]
+    pub source: Option<eip_schemas::Cause>,
+}
+
+impl StartupError {
+    /// Setting up `what` failed because of `source`.
+    pub fn new(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StartupError {
+        StartupError {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// Setting up `what` failed, with no underlying error (`what` says why).
+    pub fn plain(what: impl Into<String>) -> StartupError {
+        StartupError {
+            what: what.into(),
+            source: None,
+        }
+    }
+}
+
 /// Why a processor stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Startup failed (a port in use, a missing topic, a client that could not be created).
-    #[error("startup: {what}")]
-    Startup {
-        /// What could not be set up.
-        what: String,
-        /// The error that stopped it, if any.
-        #[source]
-        source: Option<eip_schemas::Cause>,
-    },
+    /// Startup failed.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
     /// A fatal error stopped the pipeline after draining.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// A server of the process (the gateway's HTTP server) failed while running.
+    #[error("server: {what}")]
+    Server {
+        /// What failed.
+        what: String,
+        /// The error behind it.
+        #[source]
+        source: eip_schemas::Cause,
+    },
 }
 
 impl RuntimeError {
-    /// A startup failure caused by `source`: `what` names what was being set up.
-    pub fn startup(
+    /// A server failure caused by `source`: `what` names the server or task.
+    pub fn server(
         what: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> RuntimeError {
-        RuntimeError::Startup {
+        RuntimeError::Server {
             what: what.into(),
-            source: Some(Arc::new(source)),
+            source: Arc::new(source),
         }
-    }
-
-    /// The message with every cause, as the process prints it when it exits.
-    pub fn chain(&self) -> String {
-        eip_schemas::chain(self)
     }
 }
 
 impl From<rdkafka::error::KafkaError> for RuntimeError {
     fn from(e: rdkafka::error::KafkaError) -> Self {
-        RuntimeError::startup("kafka client", e)
+        StartupError::new("kafka client", e).into()
     }
 }
 
@@ -104,24 +136,11 @@ pub struct Running {
     pub stopping: CancellationToken,
 }
 
-/// Runs `processor` until `shutdown` completes (graceful drain) or a fatal error occurs.
-/// `on_start` is called once the telemetry server is listening and the consumer subscribed.
+/// Runs `processor` until `shutdown` completes (graceful drain) or a fatal error occurs, with
+/// `routes` (a processor's admin endpoints; `Default::default()` for none) served next to
+/// `/metrics`, `/healthz` and `/readyz` on the telemetry port. `on_start` is called once the
+/// telemetry server is listening and the consumer subscribed.
 pub async fn run_until<P, A>(
-    config: &Config<A>,
-    processor: P,
-    shutdown: impl Future<Output = ()> + Send,
-    on_start: impl FnOnce(Running) + Send,
-) -> Result<(), RuntimeError>
-where
-    P: Processor,
-    A: Section,
-{
-    run_until_with(config, processor, axum::Router::new(), shutdown, on_start).await
-}
-
-/// [`run_until`], with `routes` served next to `/metrics`, `/healthz` and `/readyz` on the
-/// telemetry port (a processor's admin endpoints).
-pub async fn run_until_with<P, A>(
     config: &Config<A>,
     processor: P,
     routes: axum::Router,
@@ -134,7 +153,7 @@ where
 {
     config.validate()?;
     let name = processor.name().to_string();
-    let metrics = Metrics::new(&name).map_err(|e| RuntimeError::startup("metrics", e))?;
+    let metrics = Metrics::new(&name).map_err(|e| StartupError::new("metrics", e))?;
     let health = Arc::new(Health::new(health::PROCESSOR_CHECKS));
     let stop = Arc::new(Stop::default());
     let telemetry_stop = CancellationToken::new();
@@ -146,12 +165,10 @@ where
         telemetry_stop.clone(),
     )
     .await
-    .map_err(|e| {
-        RuntimeError::startup(format!("telemetry.listen {}", config.telemetry.listen), e)
-    })?;
+    .map_err(|e| StartupError::new(format!("telemetry.listen {}", config.telemetry.listen), e))?;
 
-    let registry = Registry::new(config.registry.settings())
-        .map_err(|e| RuntimeError::startup("registry", e))?;
+    let registry =
+        Registry::new(config.registry.settings()).map_err(|e| StartupError::new("registry", e))?;
     let codec = Codec::new(Arc::new(registry));
 
     check_topics(config, &processor).await?;
@@ -202,7 +219,7 @@ where
         .spawn(move || {
             let _ = closed_tx.send(pipeline::poll_thread(consumer, state, poll_core, runtime));
         })
-        .map_err(|e| RuntimeError::startup("poll thread", e))?;
+        .map_err(|e| StartupError::new("poll thread", e))?;
     info!(processor = %name, telemetry = %telemetry_addr, inputs = ?config.pipeline.inputs, "started");
     on_start(Running {
         telemetry: telemetry_addr,
@@ -291,24 +308,22 @@ async fn check_topics<P: Processor, A: Section>(
             .collect();
         kafka::ensure_topics(&kafka, &specs, Duration::from_secs(10))
             .await
-            .map_err(|e| RuntimeError::startup("creating topics", e))?;
+            .map_err(|e| StartupError::new("creating topics", e))?;
     }
     let missing = tokio::task::spawn_blocking(move || {
         kafka::missing_topics(&kafka, &topics, Duration::from_secs(10))
     })
     .await
-    .map_err(|e| RuntimeError::startup("checking topics", e))?
-    .map_err(|e| RuntimeError::startup(format!("broker {}", config.kafka.brokers), e))?;
+    .map_err(|e| StartupError::new("checking topics", e))?
+    .map_err(|e| StartupError::new(format!("broker {}", config.kafka.brokers), e))?;
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(RuntimeError::Startup {
-            what: format!(
-                "missing topics: {} (create them, or set pipeline.create_topics = true)",
-                missing.join(", ")
-            ),
-            source: None,
-        })
+        Err(StartupError::plain(format!(
+            "missing topics: {} (create them, or set pipeline.create_topics = true)",
+            missing.join(", ")
+        ))
+        .into())
     }
 }
 
@@ -423,26 +438,20 @@ where
         Ok(a) => a,
         Err(code) => return code,
     };
-    let mut config = match Config::<A>::load(args.config.as_deref()) {
+    let mut config = match cli::config_or_exit(Config::<A>::load(args.config.as_deref())) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    let (processor, extras) = match build(&mut config).and_then(|built| {
+    let built = build(&mut config).and_then(|built| {
         config.validate()?;
         Ok(built)
-    }) {
+    });
+    let (processor, extras) = match cli::config_or_exit(built) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    if args.check_only {
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+    if let Some(code) = cli::check_only_exit(&args) {
+        return code;
     }
     telemetry::init_logging(&config.telemetry);
     let runtime = match cli::runtime() {
@@ -455,7 +464,7 @@ where
             f(running);
         }
     };
-    match runtime.block_on(run_until_with(
+    match runtime.block_on(run_until(
         &config,
         processor,
         routes,
@@ -464,7 +473,7 @@ where
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let e = e.chain();
+            let e = eip_schemas::chain(&e);
             error!(error = %e, "processor stopped");
             eprintln!("{e}");
             ExitCode::from(EXIT_FATAL)

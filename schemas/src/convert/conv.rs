@@ -73,6 +73,14 @@ impl<'s, 'x> Conv<'s, 'x> {
         }
     }
 
+    /// Keeps one converted part of a record, array or map (`put` stores it): `Some(true)`
+    /// when it converted, `Some(false)` when it failed (its error is collected), `None` when
+    /// the error budget is full and the whole conversion should stop.
+    pub(super) fn keep(&self, converted: Option<Value>, put: impl FnOnce(Value)) -> Option<bool> {
+        let ok = converted.map(put).is_some();
+        (!self.full()).then_some(ok)
+    }
+
     pub(super) fn with<T>(
         &mut self,
         seg: Seg,

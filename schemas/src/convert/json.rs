@@ -111,13 +111,8 @@ impl<'s, 'x> Conv<'s, 'x> {
                     let mut out = Vec::with_capacity(items.len());
                     let mut ok = true;
                     for (i, item) in items.iter().enumerate() {
-                        match self.with(Seg::Index(i), |c| c.json(&a.items, ns, item)) {
-                            Some(v) => out.push(v),
-                            None => ok = false,
-                        }
-                        if self.full() {
-                            return None;
-                        }
+                        let v = self.with(Seg::Index(i), |c| c.json(&a.items, ns, item));
+                        ok &= self.keep(v, |v| out.push(v))?;
                     }
                     ok.then_some(Value::Array(out))
                 }
@@ -128,15 +123,10 @@ impl<'s, 'x> Conv<'s, 'x> {
                     let mut out = HashMap::with_capacity(entries.len());
                     let mut ok = true;
                     for (k, v) in entries {
-                        match self.with(Seg::Key(k.clone()), |c| c.json(&m.types, ns, v)) {
-                            Some(v) => {
-                                out.insert(k.clone(), v);
-                            }
-                            None => ok = false,
-                        }
-                        if self.full() {
-                            return None;
-                        }
+                        let v = self.with(Seg::Key(k.clone()), |c| c.json(&m.types, ns, v));
+                        ok &= self.keep(v, |v| {
+                            out.insert(k.clone(), v);
+                        })?;
                     }
                     ok.then_some(Value::Map(out))
                 }
@@ -189,13 +179,7 @@ impl<'s, 'x> Conv<'s, 'x> {
                         Some(j) => c.json(&f.schema, inner_ns, j),
                         None => c.absent(f, inner_ns),
                     });
-                    match v {
-                        Some(v) => out.push((f.name.clone(), v)),
-                        None => ok = false,
-                    }
-                    if self.full() {
-                        return None;
-                    }
+                    ok &= self.keep(v, |v| out.push((f.name.clone(), v)))?;
                 }
                 ok.then_some(Value::Record(out))
             }

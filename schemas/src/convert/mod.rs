@@ -159,15 +159,6 @@ pub fn to_json(value: &Value) -> Json {
     match value {
         Value::Null => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
-        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Json::from(*i),
-        Value::Long(i)
-        | Value::TimeMicros(i)
-        | Value::TimestampMillis(i)
-        | Value::TimestampMicros(i)
-        | Value::TimestampNanos(i)
-        | Value::LocalTimestampMillis(i)
-        | Value::LocalTimestampMicros(i)
-        | Value::LocalTimestampNanos(i) => Json::from(*i),
         Value::Float(f) => float_json(f64::from(*f)),
         Value::Double(f) => float_json(*f),
         Value::Bytes(b) | Value::Fixed(_, b) => Json::String(latin1(b)),
@@ -195,6 +186,8 @@ pub fn to_json(value: &Value) -> Json {
             let bytes: [u8; 12] = d.into();
             Json::String(latin1(&bytes))
         }
+        // What is left are the integer-like values.
+        integral => names::integer(integral).map_or(Json::Null, Json::from),
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use apache_avro::Schema;
 use apache_avro::schema::{RecordSchema, SchemaKind, UnionSchema};
+use apache_avro::types::Value;
 use serde_json::Value as Json;
 
 // ---------------------------------------------------------------------------------------------
@@ -150,6 +151,23 @@ pub(super) fn field_list(r: &RecordSchema) -> String {
         "no fields".into()
     } else {
         format!("fields {}", names.join(", "))
+    }
+}
+
+/// The whole number an integer-like value holds (`int`, `long` and the date and time logical
+/// types over them), or `None` for any other value.
+pub(super) fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Some(i64::from(*i)),
+        Value::Long(i)
+        | Value::TimeMicros(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i)
+        | Value::TimestampNanos(i)
+        | Value::LocalTimestampMillis(i)
+        | Value::LocalTimestampMicros(i)
+        | Value::LocalTimestampNanos(i) => Some(*i),
+        _ => None,
     }
 }
 

@@ -166,13 +166,7 @@ impl<'s, 'x> Conv<'s, 'x> {
                             }
                         }
                     });
-                    match v {
-                        Some(v) => out.push((f.name.clone(), v)),
-                        None => ok = false,
-                    }
-                    if self.full() {
-                        return None;
-                    }
+                    ok &= self.keep(v, |v| out.push((f.name.clone(), v)))?;
                 }
                 ok.then_some(Value::Record(out))
             }
@@ -180,13 +174,8 @@ impl<'s, 'x> Conv<'s, 'x> {
                 let mut ok = self.no_attributes(el, allowed_attr) & self.no_text(el);
                 let mut out = Vec::with_capacity(el.children.len());
                 for (i, child) in el.children.iter().enumerate() {
-                    match self.with(Seg::Index(i), |c| c.xml(&a.items, ns, child, None)) {
-                        Some(v) => out.push(v),
-                        None => ok = false,
-                    }
-                    if self.full() {
-                        return None;
-                    }
+                    let v = self.with(Seg::Index(i), |c| c.xml(&a.items, ns, child, None));
+                    ok &= self.keep(v, |v| out.push(v))?;
                 }
                 ok.then_some(Value::Array(out))
             }
@@ -214,17 +203,12 @@ impl<'s, 'x> Conv<'s, 'x> {
                         });
                         continue;
                     }
-                    match self.with(Seg::Key(key.to_string()), |c| {
+                    let v = self.with(Seg::Key(key.to_string()), |c| {
                         c.xml(&m.types, ns, child, Some("key"))
-                    }) {
-                        Some(v) => {
-                            out.insert(key.to_string(), v);
-                        }
-                        None => ok = false,
-                    }
-                    if self.full() {
-                        return None;
-                    }
+                    });
+                    ok &= self.keep(v, |v| {
+                        out.insert(key.to_string(), v);
+                    })?;
                 }
                 ok.then_some(Value::Map(out))
             }
@@ -403,15 +387,6 @@ pub(super) fn format_float(f: f64) -> String {
 pub(super) fn scalar_text(value: &Value) -> String {
     match value {
         Value::Boolean(b) => b.to_string(),
-        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => i.to_string(),
-        Value::Long(i)
-        | Value::TimeMicros(i)
-        | Value::TimestampMillis(i)
-        | Value::TimestampMicros(i)
-        | Value::TimestampNanos(i)
-        | Value::LocalTimestampMillis(i)
-        | Value::LocalTimestampMicros(i)
-        | Value::LocalTimestampNanos(i) => i.to_string(),
         Value::Float(f) => {
             // The shortest text that reads back as the same f32.
             if f.is_finite() {
@@ -435,6 +410,8 @@ pub(super) fn scalar_text(value: &Value) -> String {
         Value::Null | Value::Union(..) | Value::Array(_) | Value::Map(_) | Value::Record(_) => {
             String::new()
         }
+        // What is left are the integer-like values.
+        integral => integer(integral).map(|i| i.to_string()).unwrap_or_default(),
     }
 }
 

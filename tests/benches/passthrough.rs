@@ -27,46 +27,6 @@ use eip_schemas::types::OrderPlaced;
 use eip_tests::bench::*;
 use eip_tests::*;
 
-struct Args {
-    records: usize,
-    rounds: usize,
-    partitions: i32,
-    max_in_flight: usize,
-    /// Skip the raw pass-through (profiling the runtime alone).
-    runtime_only: bool,
-    /// Skip the runtime pass-through (profiling raw rdkafka alone).
-    raw_only: bool,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        records: 100_000,
-        rounds: 3,
-        partitions: 4,
-        max_in_flight: eip_runtime::config::PipelineConfig::default().max_in_flight,
-        runtime_only: false,
-        raw_only: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .and_then(|v| v.parse::<usize>().ok())
-                .expect("a number")
-        };
-        match arg.as_str() {
-            "--records" => a.records = value(),
-            "--rounds" => a.rounds = value(),
-            "--partitions" => a.partitions = value() as i32,
-            "--max-in-flight" => a.max_in_flight = value(),
-            "--runtime-only" => a.runtime_only = true,
-            "--raw-only" => a.raw_only = true,
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    a
-}
-
 /// Notes when the runtime took its first record.
 struct FirstRecord(Arc<OnceLock<Instant>>);
 
@@ -98,9 +58,7 @@ async fn runtime_passthrough(
         group_id: group.clone(),
         ..bench_kafka(ep)
     };
-    cfg.telemetry.readiness_interval = Duration::from_secs(5);
-    cfg.kafka.statistics_interval = Duration::from_secs(5);
-    cfg.telemetry.log_filter = "warn".into();
+    quiet(&mut cfg);
     cfg.pipeline.max_in_flight = max_in_flight;
     let first = Arc::new(OnceLock::new());
     let timed = Hooked {
@@ -109,16 +67,9 @@ async fn runtime_passthrough(
         hook: FirstRecord(first.clone()),
     };
     let p = InProcess::start(cfg, timed).await;
-    let produced = p
-        .running
-        .metrics
-        .produced
-        .with_label_values(&["passthrough", output]);
-    let in_flight = p
-        .running
-        .metrics
-        .in_flight
-        .with_label_values(&["passthrough"]);
+    let m = &p.running.metrics;
+    let produced = m.produced.with_label_values(&["passthrough", output]);
+    let in_flight = m.in_flight.with_label_values(&["passthrough"]);
     let mut peak = 0;
     while (produced.get() as usize) < n {
         peak = peak.max(in_flight.get());
@@ -131,30 +82,8 @@ async fn runtime_passthrough(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let a = args();
-    let ep = endpoints();
-    let (input, payload) = bench_input(&ep, "bench-in", a.partitions).await;
-
-    println!(
-        "pass-through benchmark: {} records of {} bytes, {} partitions, {} rounds, broker {}",
-        a.records,
-        payload.len(),
-        a.partitions,
-        a.rounds,
-        ep.brokers
-    );
-    let cpu = Cpu {
-        broker: broker_pid(&ep.brokers),
-    };
-    let (ep2, t2, p2) = (ep.clone(), input.clone(), payload.clone());
-    let before = cpu.sample();
-    let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, a.records, &p2))
-        .await
-        .unwrap();
-    println!(
-        "broker ceiling: raw produce {produce:>9.0} records/s; {}",
-        cpu.per_record(before, a.records)
-    );
+    let a = BenchArgs::parse();
+    let Opening { ep, input, cpu } = opening("pass-through", "bench-in", &a).await;
     let (ep2, t2) = (ep.clone(), input.clone());
     let before = cpu.sample();
     let consume =
@@ -172,7 +101,7 @@ async fn main() {
         create_topics(&ep, &[&out], a.partitions).await;
         let (ep2, i2, o2) = (ep.clone(), input.clone(), out.clone());
         let before = cpu.sample();
-        let r = if a.runtime_only {
+        let r = if a.has("--runtime-only") {
             f64::NAN
         } else {
             tokio::task::spawn_blocking(move || raw_passthrough(&ep2, &i2, &o2, a.records))
@@ -183,14 +112,22 @@ async fn main() {
             "round {round}: raw rdkafka pass-through {r:>9.0} records/s; {}",
             cpu.per_record(before, a.records)
         );
-        if a.raw_only {
+        if a.has("--raw-only") {
             raw.push(r);
             continue;
         }
         let out = unique("bench-rt-out");
         create_topics(&ep, &[&out], a.partitions).await;
         let before = cpu.sample();
-        let (t, peak) = runtime_passthrough(&ep, &input, &out, a.records, a.max_in_flight).await;
+        let (t, peak) = runtime_passthrough(
+            &ep,
+            &input,
+            &out,
+            a.records,
+            a.max_in_flight
+                .unwrap_or(eip_runtime::config::PipelineConfig::default().max_in_flight),
+        )
+        .await;
         println!(
             "round {round}: runtime pass-through     {t:>9.0} records/s; {} ({:.2}x raw, peak {peak} records in flight)",
             cpu.per_record(before, a.records),

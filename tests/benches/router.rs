@@ -23,35 +23,6 @@ use eip_router::processor::{RULES_VERSION, RouterConfig};
 use eip_tests::bench::*;
 use eip_tests::*;
 
-struct Args {
-    records: usize,
-    rounds: usize,
-    partitions: i32,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        records: 100_000,
-        rounds: 3,
-        partitions: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .and_then(|v| v.parse::<usize>().ok())
-                .expect("a number")
-        };
-        match arg.as_str() {
-            "--records" => a.records = value(),
-            "--rounds" => a.rounds = value(),
-            "--partitions" => a.partitions = value() as i32,
-            _ => {} // cargo bench passes --bench
-        }
-    }
-    a
-}
-
 /// Runs the router with `rules` rules over `input` into a fresh topic; returns records/s.
 async fn router_run(ep: &Endpoints, input: &str, partitions: i32, n: usize, rules: usize) -> f64 {
     let out = unique("bench-router-out");
@@ -77,21 +48,12 @@ async fn router_run(ep: &Endpoints, input: &str, partitions: i32, n: usize, rule
         ..bench_kafka(ep)
     };
     cfg.pipeline.create_topics = true;
-    cfg.telemetry.readiness_interval = Duration::from_secs(5);
-    cfg.kafka.statistics_interval = Duration::from_secs(5);
-    cfg.telemetry.log_filter = "warn".into();
+    quiet(&mut cfg);
     let (router, _extras) = eip_router::build(&mut cfg).unwrap();
     let p = InProcess::start(cfg, router).await;
-    let consumed = p
-        .running
-        .metrics
-        .consumed
-        .with_label_values(&["router", input]);
-    let produced = p
-        .running
-        .metrics
-        .produced
-        .with_label_values(&["router", &out]);
+    let m = &p.running.metrics;
+    let consumed = m.consumed.with_label_values(&["router", input]);
+    let produced = m.produced.with_label_values(&["router", &out]);
     let mut first = None;
     while (produced.get() as usize) < n {
         if first.is_none() && consumed.get() > 0 {
@@ -106,29 +68,8 @@ async fn router_run(ep: &Endpoints, input: &str, partitions: i32, n: usize, rule
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let a = args();
-    let ep = endpoints();
-    let (input, payload) = bench_input(&ep, "bench-rin", a.partitions).await;
-    println!(
-        "router benchmark: {} records of {} bytes, {} partitions, {} rounds, broker {}",
-        a.records,
-        payload.len(),
-        a.partitions,
-        a.rounds,
-        ep.brokers
-    );
-    let cpu = Cpu {
-        broker: broker_pid(&ep.brokers),
-    };
-    let (ep2, t2, p2) = (ep.clone(), input.clone(), payload.clone());
-    let before = cpu.sample();
-    let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, a.records, &p2))
-        .await
-        .unwrap();
-    println!(
-        "broker ceiling: raw produce {produce:>9.0} records/s; {}",
-        cpu.per_record(before, a.records)
-    );
+    let a = BenchArgs::parse();
+    let Opening { ep, input, cpu } = opening("router", "bench-rin", &a).await;
 
     let (mut raw, mut raw_h, mut r10, mut r100) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=a.rounds {

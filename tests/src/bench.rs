@@ -253,3 +253,99 @@ pub async fn bench_input(ep: &Endpoints, prefix: &str, partitions: i32) -> (Stri
             .unwrap();
     (input, payload)
 }
+
+/// A throughput benchmark's command line: `--records N` (default 100,000), `--rounds N`
+/// (default 3), `--partitions N` (default 4), `--max-in-flight N`, and flags such as
+/// `--runtime-only`. Anything else (cargo passes `--bench`) is ignored.
+pub struct BenchArgs {
+    /// Records per configuration.
+    pub records: usize,
+    /// Alternating rounds; figures are medians.
+    pub rounds: usize,
+    /// Partitions of the input and output topics.
+    pub partitions: i32,
+    /// `--max-in-flight`, when given.
+    pub max_in_flight: Option<usize>,
+    /// The flags given, e.g. `--raw-only`.
+    pub flags: Vec<String>,
+}
+
+impl BenchArgs {
+    /// This process's arguments.
+    pub fn parse() -> BenchArgs {
+        let mut a = BenchArgs {
+            records: 100_000,
+            rounds: 3,
+            partitions: 4,
+            max_in_flight: None,
+            flags: Vec::new(),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            let mut value = || {
+                it.next()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .expect("a number")
+            };
+            match arg.as_str() {
+                "--records" => a.records = value(),
+                "--rounds" => a.rounds = value(),
+                "--partitions" => a.partitions = value() as i32,
+                "--max-in-flight" => a.max_in_flight = Some(value()),
+                flag => a.flags.push(flag.to_string()),
+            }
+        }
+        a
+    }
+
+    /// Whether `flag` was given.
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+}
+
+/// What a throughput benchmark starts from: the broker, its input topic, and the CPU
+/// accounting.
+pub struct Opening {
+    /// The broker and registry.
+    pub ep: Endpoints,
+    /// The input topic, filled with `records` framed `OrderPlaced` records.
+    pub input: String,
+    /// CPU accounting of this process and the broker.
+    pub cpu: Cpu,
+}
+
+/// The opening every throughput benchmark shares: a header line naming `what` and the
+/// workload, an input topic filled by raw rdkafka produce, and that produce printed as the
+/// broker's produce ceiling with its CPU per record.
+pub async fn opening(what: &str, prefix: &str, a: &BenchArgs) -> Opening {
+    let (records, partitions, rounds) = (a.records, a.partitions, a.rounds);
+    let ep = crate::endpoints();
+    let (input, payload) = bench_input(&ep, prefix, partitions).await;
+    println!(
+        "{what} benchmark: {records} records of {} bytes, {partitions} partitions, {rounds} rounds, broker {}",
+        payload.len(),
+        ep.brokers
+    );
+    let cpu = Cpu {
+        broker: broker_pid(&ep.brokers),
+    };
+    let (ep2, t2, p2) = (ep.clone(), input.clone(), payload.clone());
+    let before = cpu.sample();
+    let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, records, &p2))
+        .await
+        .unwrap_or(f64::NAN);
+    println!(
+        "broker ceiling: raw produce {produce:>9.0} records/s; {}",
+        cpu.per_record(before, records)
+    );
+    Opening { ep, input, cpu }
+}
+
+/// Benchmark settings for a processor under test: probes and statistics every 5 s, and only
+/// warnings logged, so neither takes time from the records.
+pub fn quiet<A: eip_runtime::Section>(cfg: &mut eip_runtime::config::Config<A>) {
+    cfg.telemetry.readiness_interval = std::time::Duration::from_secs(5);
+    cfg.kafka.statistics_interval = std::time::Duration::from_secs(5);
+    cfg.telemetry.log_filter = "warn".into();
+}

@@ -692,6 +692,13 @@ pub struct Names {
     pub group: String,
 }
 
+impl Names {
+    /// (input, output, group): what most tests use.
+    pub fn io(self) -> (String, String, String) {
+        (self.input, self.output, self.group)
+    }
+}
+
 /// Registers the schemas on `ep` and creates a fresh input, DLQ and output topic.
 pub async fn fresh_topics(ep: &Endpoints, prefix: &str, partitions: i32) -> Names {
     register(ep).await;

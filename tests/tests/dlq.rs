@@ -4,6 +4,9 @@
 //!
 //! Dead letters are built with `eip_runtime::dlq::headers` (the headers the runtime writes) and
 //! produced with rdkafka to a fresh `<prefix>.dlq` topic.
+//!
+//! One subject, `eipctl dlq`, kept in one file past ~800 lines: the tests share the
+//! dead-letter builders and the CLI runner defined here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 

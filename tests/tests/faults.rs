@@ -43,12 +43,7 @@ async fn until_complete(
 async fn kill_9_mid_stream_then_restart_loses_nothing_and_keeps_key_order() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let ep = endpoints();
-    let Names {
-        input,
-        output,
-        group,
-        ..
-    } = fresh_topics(&ep, "kill", 4).await;
+    let (input, output, group) = fresh_topics(&ep, "kill", 4).await.io();
     // 100 keys, 300 records each: per-key order is checkable.
     produce(&ep, &input, 30_000, 0, 0, 100).await;
     let port = free_port();

@@ -6,6 +6,9 @@
 //! Every answer any test here sees goes through [`Contract::check`]: its status must be
 //! documented in docs/openapi.json for that operation, with the documented content type,
 //! headers and body schema.
+//!
+//! One subject, the gateway's HTTP contract, kept in one file past ~800 lines: every test
+//! checks its answers against the same [`Contract`], read once from docs/openapi.json.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -259,6 +262,22 @@ struct Gw {
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), eip_gateway::GatewayError>>>,
+}
+
+/// A gateway routing PlaceOrder to `topic` over a registry of its own that holds no schema,
+/// with auto-registration off: a misconfigured deployment. The registry lives as long as the
+/// second value.
+async fn gateway_over_an_empty_registry(ep: &Endpoints, topic: &str) -> (Gw, PrivateRegistry) {
+    let empty = PrivateRegistry::start().await;
+    let mut cfg = gw_config(
+        &Endpoints {
+            brokers: ep.brokers.clone(),
+            registry: empty.url(),
+        },
+        &[(PLACE_ORDER, topic)],
+    );
+    cfg.registry.auto_register = false;
+    (Gw::start(cfg).await, empty)
 }
 
 fn gw_config(ep: &Endpoints, routes: &[(&str, &str)]) -> GatewayConfig {
@@ -972,16 +991,7 @@ async fn an_unreachable_registry_is_503_and_an_unregistered_schema_is_500() {
     gw.stop().await;
 
     // An empty registry and auto_register = false: the gateway is misconfigured.
-    let empty = PrivateRegistry::start().await;
-    let mut cfg = gw_config(
-        &Endpoints {
-            brokers: ep.brokers.clone(),
-            registry: empty.url(),
-        },
-        &[(PLACE_ORDER, &topic)],
-    );
-    cfg.registry.auto_register = false;
-    let gw = Gw::start(cfg).await;
+    let (gw, _empty) = gateway_over_an_empty_registry(&ep, &topic).await;
     let obs = gw.post(PLACE_ORDER, "application/json", body).await;
     assert_eq!(obs.status, 500, "{}", obs.body);
     assert!(obs.error().contains("is not registered"), "{}", obs.error());
@@ -1127,16 +1137,7 @@ async fn the_openapi_document_matches_the_running_server() {
     std::sync::Arc::into_inner(gw).unwrap().stop().await;
 
     // A registry without our schema and no auto-registration: 500.
-    let empty = PrivateRegistry::start().await;
-    let mut cfg = gw_config(
-        &Endpoints {
-            brokers: ep.brokers.clone(),
-            registry: empty.url(),
-        },
-        &[(PLACE_ORDER, &topic)],
-    );
-    cfg.registry.auto_register = false;
-    let gw = Gw::start(cfg).await;
+    let (gw, _empty) = gateway_over_an_empty_registry(&ep, &topic).await;
     note(
         RECORDS,
         "post",

@@ -19,12 +19,7 @@ const WAIT: Duration = Duration::from_secs(240);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_moves_50000_records_with_none_lost_or_duplicated() {
     let ep = endpoints();
-    let Names {
-        input,
-        output,
-        group,
-        ..
-    } = fresh_topics(&ep, "pt50k", 4).await;
+    let (input, output, group) = fresh_topics(&ep, "pt50k", 4).await.io();
     produce(&ep, &input, 50_000, 0, 0, 0).await;
 
     let p = passthrough(&ep, &input, &output, &group).await;
@@ -73,12 +68,9 @@ async fn passthrough_moves_50000_records_with_none_lost_or_duplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_lands_in_the_dlq_with_its_reason_while_the_rest_flow() {
     let ep = endpoints();
-    let Names {
-        input,
-        dlq: dlq_topic,
-        output,
-        group,
-    } = fresh_topics(&ep, "poison", 3).await;
+    let names = fresh_topics(&ep, "poison", 3).await;
+    let dlq_topic = names.dlq.clone();
+    let (input, output, group) = names.io();
     produce(&ep, &input, 3_000, 0, 8, 0).await;
 
     let p = passthrough(&ep, &input, &output, &group).await;
@@ -134,12 +126,7 @@ async fn poison_lands_in_the_dlq_with_its_reason_while_the_rest_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_serves_metrics_health_and_readiness() {
     let ep = endpoints();
-    let Names {
-        input,
-        output,
-        group,
-        ..
-    } = fresh_topics(&ep, "tel", 2).await;
+    let (input, output, group) = fresh_topics(&ep, "tel", 2).await.io();
     produce(&ep, &input, 100, 0, 1, 0).await;
     let p = passthrough(&ep, &input, &output, &group).await;
     let addr = p.running.telemetry.to_string();
@@ -332,12 +319,7 @@ async fn a_stuck_partition_is_paused_and_the_others_keep_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_hands_partitions_over_without_loss_or_duplicates() {
     let ep = endpoints();
-    let Names {
-        input,
-        output,
-        group,
-        ..
-    } = fresh_topics(&ep, "rebal", 4).await;
+    let (input, output, group) = fresh_topics(&ep, "rebal", 4).await.io();
     produce(&ep, &input, 6_000, 0, 0, 50).await;
 
     let a = passthrough(&ep, &input, &output, &group).await;
@@ -371,12 +353,9 @@ async fn a_rebalance_hands_partitions_over_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_commits_and_exits_zero() {
     let ep = endpoints();
-    let Names {
-        input,
-        dlq: dlq_topic,
-        output,
-        group,
-    } = fresh_topics(&ep, "term", 4).await;
+    let names = fresh_topics(&ep, "term", 4).await;
+    let dlq_topic = names.dlq.clone();
+    let (input, output, group) = names.io();
     produce(&ep, &input, 20_000, 0, 1, 0).await;
     let port = free_port();
     let env = passthrough_env(&ep, &input, &output, &group, port);

@@ -1,5 +1,8 @@
 //! The router against the real local stack: the `router` binary as operators run it, real
 //! topics, the real registry, and `eipctl dlq` for redrives.
+//!
+//! One subject, the router end to end, kept in one file past ~800 lines: its tests share the
+//! router process harness and the rules fixtures defined at the top.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -204,14 +207,20 @@ async fn event_ids(ep: &Endpoints, topic: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unavailable_target_is_reached_through_the_retry_topics() {
+/// Every router test starts here: the shared stack with the schemas registered, a source topic
+/// named from `prefix` with `partitions` partitions, and a consumer group of its own.
+async fn stage(prefix: &str, partitions: i32) -> (Endpoints, String, String) {
     let ep = endpoints();
     register(&ep).await;
-    let source = unique("rt-src");
+    let source = unique(&format!("{prefix}-src"));
+    create_topics(&ep, &[&source], partitions).await;
+    (ep, source, unique("g"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_target_is_reached_through_the_retry_topics() {
+    let (ep, source, group) = stage("rt", 3).await;
     let target = unique("rt-late");
-    let group = unique("g");
-    create_topics(&ep, &[&source], 3).await;
     let rules = format!("[[rules]]\nname = \"all\"\nthen.to = [\"{target}\"]\n");
     let router =
         RouterProc::start(&ep, &[&source], &group, &rules, &["2s", "4s", "8s", "60s"]).await;
@@ -249,12 +258,8 @@ async fn an_unavailable_target_is_reached_through_the_retry_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_that_run_out_end_in_the_dlq_with_the_target_named() {
-    let ep = endpoints();
-    register(&ep).await;
-    let source = unique("rx-src");
+    let (ep, source, group) = stage("rx", 2).await;
     let target = unique("rx-never");
-    let group = unique("g");
-    create_topics(&ep, &[&source], 2).await;
     let rules = format!("[[rules]]\nname = \"all\"\nthen.to = [\"{target}\"]\n");
     let router = RouterProc::start(&ep, &[&source], &group, &rules, &["500ms", "1s"]).await;
     produce(&ep, &source, 20, 0, 0, 0).await;
@@ -317,13 +322,10 @@ fn redrive(ep: &Endpoints, args: &[&str]) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_then_redriven_after_the_rule_is_fixed_and_the_loop_guard_holds() {
-    let ep = endpoints();
-    register(&ep).await;
-    let source = unique("rp-src");
+    let (ep, source, group) = stage("rp", 2).await;
     let legacy = unique("rp-json");
     let confirmed = unique("rp-confirmed");
-    let group = unique("g");
-    create_topics(&ep, &[&source, &legacy, &confirmed], 2).await;
+    create_topics(&ep, &[&legacy, &confirmed], 2).await;
     // v1 maps orders to OrderConfirmed but forgets to drop the fields it does not have: poison.
     let broken = format!(
         r#"version = "v1"
@@ -417,17 +419,11 @@ then.transform = [ {{ drop = "customer_id" }} ]
 
     // The loop guard: legacy records that are still poison come back to the DLQ with their
     // redrive count; past the limit they are refused.
-    let first = redrive(
-        &ep,
-        &[
-            "--topic",
-            &legacy_dlq,
-            "--reason",
-            "quantity",
-            "--max-redrives",
-            "1",
-        ],
-    );
+    let redrive_legacy = || {
+        let args = ["--topic", &legacy_dlq, "--reason", "quantity"];
+        redrive(&ep, &[&args[..], &["--max-redrives", "1"]].concat())
+    };
+    let first = redrive_legacy();
     assert_eq!(first["moved"][&legacy], 1, "{first}");
     wait_for(&ep, &legacy_dlq, 13, WAIT).await;
     let back = read_all(&ep, &legacy_dlq).await;
@@ -437,17 +433,7 @@ then.transform = [ {{ drop = "customer_id" }} ]
         .collect();
     assert_eq!(returned.len(), 1);
     assert_eq!(header(returned[0], "eip.redrive.count"), Some("1"));
-    let guarded = redrive(
-        &ep,
-        &[
-            "--topic",
-            &legacy_dlq,
-            "--reason",
-            "quantity",
-            "--max-redrives",
-            "1",
-        ],
-    );
+    let guarded = redrive_legacy();
     assert_eq!(guarded["refused"].as_array().unwrap().len(), 1, "{guarded}");
     assert_eq!(guarded["already_redriven"].as_array().unwrap().len(), 1);
     assert_eq!(guarded["moved"].as_object().map_or(0, |m| m.len()), 0);
@@ -462,13 +448,10 @@ then.transform = [ {{ drop = "customer_id" }} ]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_by_file_sighup_and_http_swap_valid_rules_and_keep_the_old_on_errors() {
-    let ep = endpoints();
-    register(&ep).await;
-    let source = unique("rr-src");
+    let (ep, source, group) = stage("rr", 2).await;
     let a = unique("rr-a");
     let b = unique("rr-b");
-    let group = unique("g");
-    create_topics(&ep, &[&source, &a, &b], 2).await;
+    create_topics(&ep, &[&a, &b], 2).await;
     let rules_to = |version: &str, topic: &str| {
         format!("version = \"{version}\"\n[[rules]]\nname = \"r\"\nthen.to = [\"{topic}\"]\n")
     };

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -22,12 +22,11 @@ use eip_schemas::{Catalog, CodecError, CompiledSchema, Registry, frame};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::GatewayConfig;
 use crate::metrics::{GatewayMetrics, UNROUTED};
@@ -47,7 +46,7 @@ pub const ACCEPTED: [&str; 5] = [
 
 /// One routed record type, with its schema and prebuilt Avro reader and writer.
 pub(crate) struct Route {
-    topic: String,
+    pub(crate) topic: String,
     compiled: &'static CompiledSchema,
     reader: GenericDatumReader<'static>,
     writer: GenericDatumWriter<'static>,
@@ -55,15 +54,15 @@ pub(crate) struct Route {
 
 /// Everything the handlers share.
 pub(crate) struct Shared {
-    routes: HashMap<String, Route>,
-    registry: Arc<Registry>,
-    producer: FutureProducer,
+    pub(crate) routes: HashMap<String, Route>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) producer: FutureProducer,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     max_body: usize,
     retry_after: HeaderValue,
     tokens: Vec<Vec<u8>>,
-    metrics: GatewayMetrics,
+    pub(crate) metrics: GatewayMetrics,
     /// Liveness and readiness, in the runtime's shape: the checks are [`GATEWAY_CHECKS`].
     pub(crate) health: Arc<Health>,
 }
@@ -702,71 +701,6 @@ async fn method_not_allowed(request: Request) -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         json!({"error": format!("{} is not allowed on {} (see /openapi.json)", request.method(), request.uri().path())}),
     )
-}
-
-/// Re-checks the broker (metadata of every routed topic) and the registry every `interval`
-/// until `stop`.
-pub(crate) async fn readiness_loop(s: Arc<Shared>, interval: Duration, stop: CancellationToken) {
-    let mut topics: Vec<String> = s.routes.values().map(|r| r.topic.clone()).collect();
-    topics.sort();
-    topics.dedup();
-    let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(3));
-    loop {
-        let producer = s.producer.clone();
-        let wanted = topics.clone();
-        let broker = tokio::task::spawn_blocking(move || {
-            let mut missing = Vec::new();
-            for topic in &wanted {
-                let metadata = producer
-                    .client()
-                    .fetch_metadata(Some(topic), timeout)
-                    .ok()?;
-                let present = metadata.topics().iter().any(|t| {
-                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                });
-                if !present {
-                    missing.push(topic.clone());
-                }
-            }
-            Some(missing)
-        })
-        .await
-        .ok()
-        .flatten();
-        let registry = s.registry.subjects().await.is_ok();
-        s.health.report(
-            "broker",
-            broker.is_some(),
-            "does not answer metadata requests",
-        );
-        s.health.report("registry", registry, "does not answer");
-        match broker.as_deref() {
-            Some([]) => s.health.pass("topics"),
-            Some(missing) => s.health.fail(
-                "topics",
-                format!("routed topics missing: {}", missing.join(", ")),
-            ),
-            None => s
-                .health
-                .fail("topics", "unknown while the broker does not answer"),
-        }
-        // A producer with a fatal error never recovers: liveness turns false, and the
-        // orchestrator restarts the gateway.
-        if let Some((code, reason)) = s.producer.client().fatal_error() {
-            s.health.set_fatal(format!(
-                "the Kafka producer hit a fatal error ({code}): {reason}; restart the gateway"
-            ));
-        }
-        let r = s.health.readiness();
-        if !r.ready {
-            warn!(error = r.error.as_deref().unwrap_or_default(), "not ready");
-        }
-        s.metrics.ready.set(i64::from(r.ready));
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 pub mod config;
 mod http;
 pub mod metrics;
+mod readiness;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -99,7 +100,7 @@ pub async fn serve(
         .map_err(|e| StartupError::new(format!("gateway.listen {listen}"), e))?;
 
     let stop = CancellationToken::new();
-    tokio::spawn(http::readiness_loop(
+    tokio::spawn(readiness::readiness_loop(
         shared.clone(),
         config.telemetry.readiness_interval,
         stop.clone(),

@@ -193,3 +193,23 @@ pub async fn delete_topics(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_user_properties_then_the_producer_gets_them_beside_its_guarantees() {
+        let mut kafka = KafkaConfig::default();
+        kafka
+            .properties
+            .insert("security.protocol".into(), "ssl".into());
+        kafka
+            .producer_properties
+            .insert("compression.type".into(), "lz4".into());
+        let producer = producer_config(&kafka);
+        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        assert_eq!(producer.get("security.protocol"), Some("ssl"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+    }
+}

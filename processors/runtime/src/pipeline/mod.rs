@@ -1,0 +1,188 @@
+//! The message loop: consume -> decode -> process -> produce -> commit.
+//!
+//! ```text
+//!  poll thread (owns the consumer)           one pair of tasks per assigned partition
+//!  ─────────────────────────────             ──────────────────────────────────────────
+//!  poll ─► batch by partition ─► channel ─► worker: decode, process, encode, send ─► acker:
+//!    ▲        │ in-flight ≥ max: pause                 (transient: retry in place)    await
+//!    │        ▼                                        (poison: send to DLQ)          deliveries
+//!  rebalance callbacks: drain revoked partitions,                                    in order,
+//!  then commit synchronously                                                          store offset
+//! ```
+//!
+//! One module per role: [`poll`] (the poll thread, batching, the in-flight budget, pausing,
+//! rebalance callbacks), [`worker`] (a partition's worker: decode, process, encode, hand to
+//! the producer), [`deliver`] (sending, re-sending and redirecting outputs; the acker that
+//! awaits deliveries in order and stores offsets) and [`dead_letter`].
+//!
+//! - Records of one partition are processed in offset order by one worker; partitions run
+//!   concurrently.
+//! - The worker hands outputs to the idempotent producer without awaiting them; the acker
+//!   awaits each record's deliveries in offset order and only then stores the next offset.
+//!   librdkafka commits stored offsets periodically, on revoke and at shutdown. So nothing is
+//!   committed before everything it caused is acknowledged.
+//! - At most `max_in_flight` records are held between consume and commit by the flowing
+//!   partitions. At the budget the poll loop stops taking records, so librdkafka's bounded
+//!   prefetch queue fills and its fetcher stops; nothing fetched is discarded. If the budget
+//!   stays full for `pause_after`, the partition holding the most records is paused so the
+//!   others go on; it resumes once it has drained. The total never passes twice the budget.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use eip_schemas::{Codec, ErrorClass};
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::config::{PipelineConfig, RetryConfig};
+use crate::metrics::Metrics;
+use crate::processor::{Headers, Processor, Record};
+
+mod dead_letter;
+mod deliver;
+mod poll;
+mod worker;
+
+pub(crate) use poll::{ConsumerCtx, PollState, poll_thread};
+
+/// Why the pipeline stopped, or is stopping.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    /// Cancelled when the poll loop should stop taking new records.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled on a fatal error: workers take no further records (acknowledgements of what
+    /// was already produced are still awaited and committed).
+    pub(crate) halt: CancellationToken,
+    /// Cancelled when in-flight work must be abandoned (the drain timed out).
+    pub(crate) abandon: CancellationToken,
+    pub(super) fatal: Mutex<Option<String>>,
+}
+
+impl Stop {
+    /// Starts a graceful stop.
+    pub(crate) fn request(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Records a fatal error (the first one wins) and stops everything.
+    pub(crate) fn fatal(&self, reason: String) {
+        if let Ok(mut f) = self.fatal.lock()
+            && f.is_none()
+        {
+            error!(reason = %reason, "fatal error: draining and exiting");
+            *f = Some(reason);
+        }
+        self.stopping.cancel();
+        self.halt.cancel();
+    }
+
+    /// The fatal error, if one happened.
+    pub(crate) fn fatal_reason(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// Everything a partition's tasks share.
+pub(crate) struct Core<P: Processor> {
+    pub(crate) processor: P,
+    pub(crate) name: String,
+    pub(crate) codec: Codec,
+    pub(crate) producer: FutureProducer<ProducerContext>,
+    pub(crate) metrics: Metrics,
+    pub(crate) stop: Arc<Stop>,
+    pub(crate) pipeline: PipelineConfig,
+    pub(crate) in_flight: Arc<InFlight>,
+}
+
+/// The producer's context: turns librdkafka's fatal errors into a fatal stop.
+pub(crate) struct ProducerContext {
+    pub(crate) stop: Arc<Stop>,
+}
+
+impl ClientContext for ProducerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.stop.fatal(format!("producer: {reason}"));
+        } else {
+            warn!(error = %error, reason, "producer error");
+        }
+    }
+}
+
+pub(super) type PartitionKey = (Arc<str>, i32);
+
+/// Records consumed but not yet committed, across all partitions: the backpressure budget.
+pub(crate) struct InFlight {
+    pub(super) total: AtomicUsize,
+    pub(super) gauge: prometheus::IntGauge,
+}
+
+impl InFlight {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Arc<InFlight> {
+        Arc::new(InFlight {
+            total: AtomicUsize::new(0),
+            gauge,
+        })
+    }
+
+    fn add(&self, n: usize) {
+        self.total.fetch_add(n, Ordering::AcqRel);
+        self.gauge.add(n as i64);
+    }
+
+    fn sub(&self, n: usize) {
+        self.total.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.sub(n as i64);
+    }
+
+    fn get(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// One record's outputs handed to the producer, awaiting acknowledgement.
+pub(super) struct Ack {
+    pub(super) record: Record,
+    pub(super) deliveries: Vec<(Delivery, DeliveryFuture)>,
+}
+
+/// What a delivery was for, so the acker can count it.
+pub(super) enum Delivery {
+    Output(Arc<str>),
+    DeadLetter(ErrorClass),
+}
+
+/// Encoded outputs, ready for the producer.
+pub(super) struct Encoded {
+    pub(super) topic: Arc<str>,
+    pub(super) key: Option<Bytes>,
+    pub(super) payload: Option<Bytes>,
+    pub(super) headers: Headers,
+}
+
+/// Backoff before retry `attempt` (1-based): exponential, capped, with jitter in [d/2, d].
+pub(crate) fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let exp = retry
+        .multiplier
+        .powi(attempt.saturating_sub(1).min(64) as i32);
+    let base = retry.initial_backoff.as_secs_f64() * exp;
+    let capped = base.min(retry.max_backoff.as_secs_f64());
+    let jittered = capped * (0.5 + rand::random::<f64>() * 0.5);
+    Duration::from_secs_f64(jittered)
+}
+
+/// The poll thread's handle on one partition's tasks.
+pub(super) struct PartitionHandle {
+    pub(super) tx: mpsc::UnboundedSender<Vec<Record>>,
+    pub(super) in_flight: Arc<AtomicUsize>,
+    pub(super) done: std::sync::mpsc::Receiver<()>,
+    pub(super) cancel: CancellationToken,
+    pub(super) paused: bool,
+    pub(super) stash: Vec<Record>,
+}

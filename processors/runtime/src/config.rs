@@ -104,11 +104,14 @@ pub struct KafkaConfig {
     /// How often librdkafka reports statistics (consumer lag metrics come from them).
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
-    /// Extra librdkafka properties for both clients (e.g. `security.protocol`).
+    /// Extra librdkafka properties for both clients (e.g. `security.protocol`). Properties
+    /// that would break eip's guarantees are refused at startup with their name:
+    /// `enable.auto.offset.store` other than false, `enable.auto.commit` other than true,
+    /// `enable.idempotence` other than true, `acks` other than all.
     pub properties: BTreeMap<String, String>,
-    /// Extra librdkafka properties for the consumer only.
+    /// Extra librdkafka properties for the consumer only (the same guards apply).
     pub consumer_properties: BTreeMap<String, String>,
-    /// Extra librdkafka properties for the producer only.
+    /// Extra librdkafka properties for the producer only (the same guards apply).
     pub producer_properties: BTreeMap<String, String>,
 }
 
@@ -208,7 +211,7 @@ pub struct PipelineConfig {
     /// consumer takes no more records: a slow downstream becomes backpressure, not memory
     /// growth. Paused (stuck) partitions keep what they hold, within a hard ceiling of twice
     /// this budget, so memory stays under about 2 × this × the average record size, plus
-    /// librdkafka's prefetch queue (`queued.max.messages.kbytes`).
+    /// librdkafka's prefetch queue, bounded at 16 MiB (`kafka::PREFETCH_KBYTES`).
     pub max_in_flight: usize,
     /// Records taken from the consumer per dispatch round.
     pub max_batch: usize,
@@ -330,6 +333,70 @@ impl KafkaConfig {
         }
         if self.client_id.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.client_id", "must not be empty"));
+        }
+        self.validate_guarantees()
+    }
+
+    /// Refuses user librdkafka properties that would silently break what eip promises:
+    /// offsets stored only after outputs are acknowledged, committed by librdkafka, and
+    /// idempotent `acks=all` produce. Setting one to the value eip uses anyway is allowed.
+    pub fn validate_guarantees(&self) -> Result<(), ConfigError> {
+        /// (property, the values eip requires, what it protects)
+        const CONSUMER: &[(&str, &[&str], &str)] = &[
+            (
+                "enable.auto.offset.store",
+                &["false"],
+                "eip stores an offset only after the record's outputs are acknowledged",
+            ),
+            (
+                "enable.auto.commit",
+                &["true"],
+                "librdkafka commits the offsets eip stores; without it nothing is committed",
+            ),
+        ];
+        const PRODUCER: &[(&str, &[&str], &str)] = &[
+            (
+                "enable.idempotence",
+                &["true"],
+                "a re-sent record must not be written twice or out of order",
+            ),
+            (
+                "acks",
+                &["all", "-1"],
+                "an output counts as delivered only once every in-sync replica has it",
+            ),
+        ];
+        let sections = [
+            (
+                "kafka.properties",
+                &self.properties,
+                [CONSUMER, PRODUCER].concat(),
+            ),
+            (
+                "kafka.consumer_properties",
+                &self.consumer_properties,
+                CONSUMER.to_vec(),
+            ),
+            (
+                "kafka.producer_properties",
+                &self.producer_properties,
+                PRODUCER.to_vec(),
+            ),
+        ];
+        for (section, props, guarded) in sections {
+            for (key, allowed, why) in guarded {
+                if let Some(value) = props.get(key)
+                    && !allowed.contains(&value.trim().to_ascii_lowercase().as_str())
+                {
+                    return Err(ConfigError::invalid(
+                        format!("{section}.\"{key}\""),
+                        format!(
+                            "eip requires {key}={} ({why}); remove the setting",
+                            allowed[0]
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -722,6 +789,22 @@ mod tests {
                 "[pipeline]\ninputs = [\"a\"]\ndrain_timeout = \"100years\"\n",
                 "pipeline.drain_timeout",
             ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[kafka.consumer_properties]\n\"enable.auto.offset.store\" = \"true\"\n",
+                "kafka.consumer_properties.\"enable.auto.offset.store\"",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[kafka.properties]\n\"enable.auto.commit\" = \"false\"\n",
+                "kafka.properties.\"enable.auto.commit\"",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[kafka.producer_properties]\n\"enable.idempotence\" = \"false\"\n",
+                "kafka.producer_properties.\"enable.idempotence\"",
+            ),
+            (
+                "[pipeline]\ninputs = [\"a\"]\n[kafka.properties]\nacks = \"1\"\n",
+                "kafka.properties.\"acks\"",
+            ),
         ];
         for (toml, key) in cases {
             let f = file(toml);
@@ -733,6 +816,14 @@ mod tests {
                 "{toml:?} gave {msg}"
             );
         }
+    }
+
+    #[test]
+    fn given_guarded_properties_set_to_what_eip_uses_then_they_are_accepted() {
+        let f = file(
+            "[pipeline]\ninputs = [\"a\"]\n[kafka.producer_properties]\nacks = \"-1\"\n\"enable.idempotence\" = \"TRUE\"\n[kafka.consumer_properties]\n\"enable.auto.offset.store\" = \"false\"\n",
+        );
+        Config::<App>::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__")).unwrap();
     }
 
     #[test]

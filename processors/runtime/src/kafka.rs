@@ -35,6 +35,9 @@ pub enum AdminError {
     Missing(Vec<String>),
 }
 
+/// librdkafka's prefetch bound, in KiB (`queued.max.messages.kbytes`): 16 MiB.
+pub const PREFETCH_KBYTES: &str = "16384";
+
 fn ms(d: Duration) -> String {
     d.as_millis().to_string()
 }
@@ -79,9 +82,10 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             &kafka.partition_assignment_strategy,
         )
         .set("enable.partition.eof", "false")
-        // Bound librdkafka's prefetch (default 64 MiB): it is where records wait while the
-        // pipeline applies backpressure.
-        .set("queued.max.messages.kbytes", "65536")
+        // librdkafka's prefetch queue is where records wait while the pipeline applies
+        // backpressure: bound it to 16 MiB (its default is 64 MiB). The bound is on the whole
+        // consumer queue, whatever the number of partitions.
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
         .set("statistics.interval.ms", ms(kafka.statistics_interval));
     if let Some(id) = &kafka.group_instance_id {
         c.set("group.instance.id", id);

@@ -30,6 +30,9 @@ pub const PAUSED_PARTITIONS: &str = "eip_paused_partitions";
 pub const REBALANCES: &str = "eip_rebalances_total";
 /// 1 when the last readiness check passed.
 pub const READY: &str = "eip_ready";
+/// Offset commits the broker refused or that failed to reach it; the records are redelivered
+/// after a restart or rebalance, so a rising count means duplicates are coming.
+pub const COMMIT_FAILURES: &str = "eip_commit_failures_total";
 
 /// The metric handles of one processor, registered in their own registry.
 #[derive(Clone)]
@@ -57,6 +60,8 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// See [`READY`].
     pub ready: IntGauge,
+    /// See [`COMMIT_FAILURES`]; labels: processor.
+    pub commit_failures: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,6 +119,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(processing.clone()))?;
         Ok(Metrics {
+            commit_failures: counter(
+                &registry,
+                COMMIT_FAILURES,
+                "Offset commits that failed (the records will be redelivered).",
+                &["processor"],
+            )?,
             consumed: counter(
                 &registry,
                 CONSUMED,

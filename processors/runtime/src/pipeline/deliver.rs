@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -374,8 +374,9 @@ pub(super) async fn acker<P: Processor>(
         }
         to_store = Some(offset);
         since_store += 1;
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-        core.in_flight.sub(1);
+        // After a drain timeout the poll thread already took this partition's records off
+        // the global count: only what is still counted here comes off.
+        core.in_flight.sub(take(&in_flight, 1));
         if since_store >= 256 || rx.is_empty() {
             store_offset(&consumer, &key, offset);
             to_store = None;

@@ -136,14 +136,29 @@ impl InFlight {
         self.gauge.add(n as i64);
     }
 
+    /// Subtracts `n`, never below zero: a count that wrapped would read as a full budget
+    /// forever and stop the poll loop.
     fn sub(&self, n: usize) {
-        self.total.fetch_sub(n, Ordering::AcqRel);
-        self.gauge.sub(n as i64);
+        let taken = take(&self.total, n);
+        self.gauge.sub(taken as i64);
     }
 
     fn get(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
+}
+
+/// Takes up to `n` from `count` and returns how much it took. A partition's count is shared by
+/// its acker (one per acknowledged record) and the poll thread (everything left, when it
+/// releases the partition after a drain timeout): whichever comes second finds the records
+/// already taken, so the global count is never subtracted twice.
+pub(super) fn take(count: &AtomicUsize, n: usize) -> usize {
+    let mut taken = 0;
+    let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+        taken = n.min(current);
+        Some(current - taken)
+    });
+    taken
 }
 
 /// One record's outputs handed to the producer, awaiting acknowledgement.
@@ -185,4 +200,31 @@ pub(super) struct PartitionHandle {
     pub(super) cancel: CancellationToken,
     pub(super) paused: bool,
     pub(super) stash: Vec<Record>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_a_released_partition_when_its_acker_finishes_late_then_the_budget_is_not_subtracted_twice()
+     {
+        let gauge = prometheus::IntGauge::new("t", "t").unwrap_or_else(|e| panic!("{e}"));
+        let global = InFlight::new(gauge.clone());
+        let partition = AtomicUsize::new(0);
+        // The poll thread hands 3 records to a partition, and 2 to another.
+        global.add(5);
+        partition.fetch_add(3, Ordering::AcqRel);
+        // The drain timed out: the poll thread takes what the partition still holds.
+        global.sub(take(&partition, usize::MAX));
+        assert_eq!(global.get(), 2);
+        // The uncancellable process returns and the acker acknowledges one more record.
+        global.sub(take(&partition, 1));
+        assert_eq!(global.get(), 2, "nothing subtracted twice, nothing wrapped");
+        assert_eq!(gauge.get(), 2);
+        // Even a subtraction past zero stops at zero.
+        global.sub(10);
+        assert_eq!(global.get(), 0);
+        assert_eq!(gauge.get(), 0);
+    }
 }

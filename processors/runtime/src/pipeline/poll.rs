@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -64,6 +64,24 @@ impl ClientContext for ConsumerCtx {
 }
 
 impl ConsumerContext for ConsumerCtx {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.state
+                    .metrics
+                    .commit_failures
+                    .with_label_values(&[&self.state.name])
+                    .inc();
+                warn!(
+                    error = %e,
+                    partitions = offsets.count(),
+                    "offset commit failed: these records will be redelivered"
+                );
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -190,7 +208,7 @@ impl PollState {
                 let _ = done.recv_timeout(Duration::from_secs(5));
             }
             // Whatever was not acknowledged stays uncommitted; it no longer counts here.
-            self.in_flight.sub(in_flight.swap(0, Ordering::AcqRel));
+            self.in_flight.sub(take(&in_flight, usize::MAX));
         }
         if !lost {
             // Every record finished above has its offset stored. librdkafka commits stored
@@ -201,7 +219,13 @@ impl PollState {
             match consumer.commit_consumer_state(CommitMode::Async) {
                 Ok(()) => {}
                 Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => warn!(error = %e, "commit on release failed"),
+                Err(e) => {
+                    self.metrics
+                        .commit_failures
+                        .with_label_values(&[&self.name])
+                        .inc();
+                    warn!(error = %e, "commit on release failed");
+                }
             }
         }
     }

@@ -260,3 +260,70 @@ async fn a_fatal_error_drains_exits_with_an_error_and_leaves_the_record_uncommit
         "resumed exactly at the uncommitted record"
     );
 }
+
+/// Panics on one sequence number: a bug in a processor.
+struct PanicOn(u64);
+
+impl Hook for PanicOn {
+    async fn before(&self, input: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
+        assert_ne!(
+            seq_of(&input.value),
+            self.0,
+            "a bug in the processor at this record"
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_process_dead_letters_the_record_is_counted_and_the_rest_flow() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let ep = endpoints();
+    let names = fresh_topics(&ep, "panic", 2).await;
+    produce(&ep, &names.input, 1_000, 0, 0, 0).await;
+    let cfg = passthrough_config(&ep, &names);
+    let hooked = Hooked {
+        name: "panic-on",
+        output: names.output.as_str().into(),
+        hook: PanicOn(500),
+    };
+    let p = InProcess::start(cfg, hooked).await;
+    wait_for(&ep, &names.output, 999, WAIT).await;
+    wait_for(&ep, &names.dlq, 1, WAIT).await;
+
+    let dead = read_all(&ep, &names.dlq).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "only the record that panicked is dead-lettered"
+    );
+    let reason = dead[0].header(eip_runtime::dlq::REASON).unwrap_or_default();
+    assert!(
+        reason.starts_with("process panicked: ") && reason.contains("a bug in the processor"),
+        "{reason}"
+    );
+    assert_eq!(
+        dead[0].header(eip_runtime::dlq::ERROR_CLASS),
+        Some("poison")
+    );
+    assert_eq!(p.metric("eip_panics_total"), 1.0);
+    let addr = p.running.telemetry.to_string();
+    let (status, body) = http_get(&addr, "/healthz").await.unwrap_or_default();
+    assert_eq!(
+        status, 200,
+        "a contained panic leaves the process live: {body}"
+    );
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(health["panics"], 1, "{body}");
+    p.stop()
+        .await
+        .expect("the processor went on after the panic");
+
+    let seqs: HashSet<u64> = key_seqs(&ep, &names.output)
+        .await
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(seqs.len(), 999);
+    assert!(!seqs.contains(&500));
+}

@@ -6,7 +6,9 @@
 //! `broker`, `registry`, `topics` and `serving`.
 //!
 //! - **Live**: no fatal error. After one the process is draining to exit, and `/healthz`
-//!   answers 503 with the reason.
+//!   answers 503 with the reason. `/healthz` also counts the panics the process contained
+//!   (`"panics"`): a panic in a processor's `decode` or `process` dead-letters that record
+//!   and the partition goes on, so the process stays live, but each one is a bug.
 //! - **Ready**: live, and every check passed the last time it ran. A check that has not run
 //!   yet is not passing. `/readyz` answers 200, or 503 with an `error` naming each failing
 //!   check and why, so an SRE reads the cause from the probe itself:
@@ -31,6 +33,7 @@ enum Outcome {
 struct State {
     checks: BTreeMap<&'static str, Outcome>,
     fatal: Option<String>,
+    panics: u64,
 }
 
 /// Shared health state, updated by readiness loops and callbacks, read by the probes.
@@ -65,6 +68,7 @@ impl Health {
             state: Mutex::new(State {
                 checks: checks.iter().map(|c| (*c, Outcome::NotYet)).collect(),
                 fatal: None,
+                panics: 0,
             }),
         }
     }
@@ -116,6 +120,17 @@ impl Health {
                 s.fatal = Some(reason);
             }
         });
+    }
+
+    /// Counts a panic the process contained (a record that was dead-lettered for it).
+    /// `/healthz` reports the count: the process is still live, but a panic is a bug to fix.
+    pub fn record_panic(&self) {
+        self.with(|s| s.panics += 1);
+    }
+
+    /// Panics contained so far.
+    pub fn panics(&self) -> u64 {
+        self.with(|s| s.panics)
     }
 
     /// Liveness.

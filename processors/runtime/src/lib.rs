@@ -198,6 +198,7 @@ where
         stop: stop.clone(),
         pipeline: config.pipeline.clone(),
         in_flight,
+        health: health.clone(),
     });
 
     tokio::spawn(readiness(

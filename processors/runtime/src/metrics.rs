@@ -30,6 +30,8 @@ pub const PAUSED_PARTITIONS: &str = "eip_paused_partitions";
 pub const REBALANCES: &str = "eip_rebalances_total";
 /// 1 when the last readiness check passed.
 pub const READY: &str = "eip_ready";
+/// Panics in a processor's `decode` or `process`, by stage: each one dead-letters its record.
+pub const PANICS: &str = "eip_panics_total";
 /// Offset commits the broker refused or that failed to reach it; the records are redelivered
 /// after a restart or rebalance, so a rising count means duplicates are coming.
 pub const COMMIT_FAILURES: &str = "eip_commit_failures_total";
@@ -62,6 +64,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// See [`COMMIT_FAILURES`]; labels: processor.
     pub commit_failures: IntCounterVec,
+    /// See [`PANICS`]; labels: processor, stage (`decode` or `process`).
+    pub panics: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,6 +123,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(processing.clone()))?;
         Ok(Metrics {
+            panics: counter(
+                &registry,
+                PANICS,
+                "Panics in decode or process; each one dead-letters its record.",
+                &["processor", "stage"],
+            )?,
             commit_failures: counter(
                 &registry,
                 COMMIT_FAILURES,

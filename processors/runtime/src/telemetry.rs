@@ -45,11 +45,13 @@ async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     match health.fatal() {
         None => (
             StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
+            axum::Json(serde_json::json!({"status": "ok", "panics": health.panics()})),
         ),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "failed", "error": reason})),
+            axum::Json(
+                serde_json::json!({"status": "failed", "error": reason, "panics": health.panics()}),
+            ),
         ),
     }
 }

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::config::{PipelineConfig, RetryConfig};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::processor::{Headers, Processor, Record};
 
@@ -98,6 +99,8 @@ pub(crate) struct Core<P: Processor> {
     pub(crate) stop: Arc<Stop>,
     pub(crate) pipeline: PipelineConfig,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Liveness and readiness, where contained panics are counted.
+    pub(crate) health: Arc<Health>,
 }
 
 /// The producer's context: turns librdkafka's fatal errors into a fatal stop.

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use eip_schemas::{Classify, ErrorClass};
+use futures_util::FutureExt as _;
 use rdkafka::consumer::BaseConsumer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, warn};
+use tracing::{Instrument, error, warn};
 
-use crate::processor::{Envelope, Processor, Record};
+use crate::processor::{Envelope, ProcessError, Processor, Record};
 use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 
 use super::deliver::*;
@@ -94,6 +95,34 @@ pub(super) async fn worker<P: Processor>(
 
 /// Decodes, processes and hands one record's outputs to the producer. Returns `None` when the
 /// partition must stop (fatal error or abandoned); the record is then left uncommitted.
+/// Runs one stage of a record (`decode` or `process`) and contains a panic in it: the record
+/// becomes poison (dead-lettered with the panic's message), the panic is counted in
+/// `eip_panics_total` and in `/healthz`, and the partition goes on with its next record.
+/// A stateless processor has nothing a panic could leave half-changed, so going on is safe.
+async fn contained<P: Processor, T>(
+    core: &Core<P>,
+    stage: &'static str,
+    run: impl Future<Output = Result<T, ProcessError>>,
+) -> Result<T, ProcessError> {
+    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic payload".into());
+            core.metrics
+                .panics
+                .with_label_values(&[core.name.as_str(), stage])
+                .inc();
+            core.health.record_panic();
+            error!(stage, panic = %message, "the processor panicked: dead-lettering the record");
+            Err(ProcessError::poison(format!("{stage} panicked: {message}")))
+        }
+    }
+}
+
 pub(super) async fn handle<P: Processor>(
     core: &Arc<Core<P>>,
     record: Record,
@@ -122,7 +151,8 @@ pub(super) async fn handle<P: Processor>(
     let outcome = loop {
         attempts += 1;
         let attempt = async {
-            let input = core.processor.decode(&core.codec, &record).await?;
+            let input =
+                contained(core, "decode", core.processor.decode(&core.codec, &record)).await?;
             let envelope = Envelope {
                 value: input,
                 key: record.key.clone(),
@@ -131,7 +161,7 @@ pub(super) async fn handle<P: Processor>(
                 trace,
                 correlation_id: correlation_id.clone(),
             };
-            let outputs = core.processor.process(envelope).await?;
+            let outputs = contained(core, "process", core.processor.process(envelope)).await?;
             encode_outputs(&core.codec, outputs).await
         }
         .instrument(span.clone())

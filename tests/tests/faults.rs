@@ -327,3 +327,75 @@ async fn a_panic_in_process_dead_letters_the_record_is_counted_and_the_rest_flow
     assert_eq!(seqs.len(), 999);
     assert!(!seqs.contains(&500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_its_topic_is_sent_without_its_payload_and_the_rest_flow() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let ep = endpoints();
+    register(&ep).await;
+    let names = Names {
+        input: unique("huge"),
+        dlq: String::new(),
+        output: unique("huge-out"),
+        group: unique("g"),
+    };
+    let dlq = format!("{}.dlq", names.input);
+    create_topics(&ep, &[&names.input, &names.output], 1).await;
+    // The dead-letter topic takes records of at most 2 KiB: the input's own 8 KiB poison
+    // record can't go there whole.
+    let admin: AdminClient<DefaultClientContext> = eip_runtime::kafka::base_config(&ep.kafka())
+        .create()
+        .unwrap();
+    let small = NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2048");
+    for result in admin
+        .create_topics([&small], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let producer: FutureProducer = eip_runtime::kafka::producer_config(&ep.kafka())
+        .create()
+        .unwrap();
+    let garbage = vec![b'x'; 8 * 1024];
+    producer
+        .send(
+            FutureRecord::to(&names.input).key("k").payload(&garbage),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    produce(&ep, &names.input, 100, 0, 0, 0).await;
+
+    let cfg = passthrough_config(&ep, &names);
+    let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
+    wait_for(&ep, &names.output, 100, WAIT).await;
+    wait_for(&ep, &dlq, 1, WAIT).await;
+    p.stop()
+        .await
+        .expect("a dead letter that does not fit is not fatal");
+
+    let dead = read_all(&ep, &dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].payload.as_ref().is_none_or(|p| p.is_empty()),
+        "sent without its payload"
+    );
+    let truncated = dead[0]
+        .header(eip_runtime::dlq::TRUNCATED)
+        .unwrap_or_default();
+    assert!(
+        truncated.contains("8192 bytes") && truncated.contains("refused"),
+        "{truncated}"
+    );
+    assert_eq!(dead[0].header(eip_runtime::dlq::SOURCE_OFFSET), Some("0"));
+    assert!(dead[0].header(eip_runtime::dlq::REASON).is_some());
+    assert_eq!(
+        dead[0].header(eip_runtime::dlq::ERROR_CLASS),
+        Some("poison")
+    );
+}

@@ -13,6 +13,7 @@
 //! | `eip.dlq.attempts` | how many times processing was tried |
 //! | `eip.dlq.first-failure` | RFC 3339 UTC time of the first failed attempt |
 //! | `eip.dlq.processor` | the processor that gave up |
+//! | `eip.dlq.truncated` | only on a dead letter sent without its payload because the whole one was refused |
 
 use eip_schemas::ErrorClass;
 use time::format_description::well_known::Rfc3339;
@@ -40,8 +41,11 @@ pub const PROCESSOR: &str = "eip.dlq.processor";
 /// be reached. Not written by the runtime itself.
 pub const TARGET_TOPIC: &str = "eip.dlq.target-topic";
 
+/// Header on a dead letter that had to be cut down to be accepted: why, and what was dropped.
+pub const TRUNCATED: &str = "eip.dlq.truncated";
+
 /// Every DLQ header name, in the order they are written.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     ERROR_CLASS,
     REASON,
     SOURCE_TOPIC,
@@ -50,6 +54,7 @@ pub const ALL: [&str; 8] = [
     ATTEMPTS,
     FIRST_FAILURE,
     PROCESSOR,
+    TRUNCATED,
 ];
 
 /// Longest reason kept in a header; longer ones are cut at a character boundary.
@@ -103,6 +108,23 @@ pub fn headers(record: &Record, failure: &Failure<'_>) -> Headers {
     h
 }
 
+/// The headers of a dead letter the broker refused (too large for the DLQ topic, say), to be
+/// sent again without the original payload: only the DLQ headers, which name the source
+/// position to read the original from, and [`TRUNCATED`] saying what was dropped and why.
+pub fn reduced_headers(record: &Record, failure: &Failure<'_>, refused: &str) -> Headers {
+    let mut h = headers(record, failure).without(|k| !ALL.contains(&k));
+    h.push(
+        TRUNCATED,
+        format!(
+            "the dead letter was refused ({}); sent again without its payload ({} bytes) and its {} original headers",
+            truncate(refused, 256),
+            record.payload.as_ref().map_or(0, |p| p.len()),
+            record.headers.len()
+        ),
+    );
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +149,30 @@ mod tests {
             payload: None,
             headers,
         }
+    }
+
+    #[test]
+    fn given_a_refused_dead_letter_then_the_reduced_one_keeps_only_the_dlq_headers_and_says_why() {
+        let mut r = record();
+        r.payload = Some(bytes::Bytes::from(vec![b'x'; 8192]));
+        let failure = Failure {
+            class: ErrorClass::Poison,
+            reason: "bad frame",
+            processor: "passthrough",
+            attempts: 1,
+            first_failure: time::macros::datetime!(2026-11-24 10:00:00 UTC),
+        };
+        let h = reduced_headers(&r, &failure, "Broker: Message size too large");
+        assert!(h.iter().all(|(k, _)| ALL.contains(&k)), "{h:?}");
+        assert_eq!(h.get("traceparent"), None, "original headers dropped");
+        assert_eq!(h.get_str(REASON), Some("bad frame"));
+        assert_eq!(h.get_str(SOURCE_OFFSET), Some("42"));
+        assert_eq!(
+            h.get_str(TRUNCATED),
+            Some(
+                "the dead letter was refused (Broker: Message size too large); sent again without its payload (8192 bytes) and its 2 original headers"
+            )
+        );
     }
 
     #[test]

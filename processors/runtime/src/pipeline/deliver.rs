@@ -331,11 +331,47 @@ pub(super) async fn acker<P: Processor>(
                                 .with_label_values(&[core.name.as_str(), &delivered_to])
                         })
                         .inc(),
-                    Delivery::DeadLetter(class) => count_dead_letter(&core, &key.0, class),
+                    Delivery::DeadLetter(info) => count_dead_letter(&core, &key.0, info.class),
                 },
                 Settled::Unproducible(e) => match what {
                     Delivery::Output(topic) => {
                         failed.get_or_insert((topic, e));
+                    }
+                    Delivery::DeadLetter(mut info) if !info.reduced => {
+                        info.reduced = true;
+                        let dlq_topic = format!("{}{}", key.0, core.pipeline.dlq_suffix);
+                        let sent = send_reduced(
+                            &core,
+                            &dlq_topic,
+                            &ack.record,
+                            &info,
+                            &e.to_string(),
+                            &cancel,
+                        )
+                        .await;
+                        let settled = match sent {
+                            Ok(f) => {
+                                settle(&core, &ack.record, key.0.clone(), f, false, &cancel).await
+                            }
+                            Err(SendError::Abandoned) => Settled::Stop,
+                            Err(
+                                SendError::Permanent(r)
+                                | SendError::Fatal(r)
+                                | SendError::Refused(r),
+                            ) => {
+                                core.stop
+                                    .fatal(format!("dead-lettering to {dlq_topic}: {r}"));
+                                Settled::Stop
+                            }
+                        };
+                        match settled {
+                            Settled::Delivered(_) => count_dead_letter(&core, &key.0, info.class),
+                            Settled::Unproducible(e) => {
+                                refused_dead_letter(&core, &key, &e);
+                                break 'acks;
+                            }
+                            Settled::Stop => break 'acks,
+                        }
                     }
                     Delivery::DeadLetter(_) => {
                         refused_dead_letter(&core, &key, &e);
@@ -425,6 +461,29 @@ pub(super) async fn encode_outputs(
     Ok(encoded)
 }
 
+/// Sends a dead letter again without its payload and original headers, after the broker
+/// refused it whole (too large for the DLQ topic, say): a record is never stuck, and never
+/// crash-loops the processor, because its dead letter does not fit.
+pub(super) async fn send_reduced<P: Processor>(
+    core: &Core<P>,
+    topic: &str,
+    record: &Record,
+    info: &DeadLetterInfo,
+    refused: &str,
+    cancel: &CancellationToken,
+) -> Result<DeliveryFuture, SendError> {
+    warn!(
+        topic = %record.position.topic,
+        partition = record.position.partition,
+        offset = record.position.offset,
+        refused,
+        dlq = %topic,
+        "dead letter refused: sending it again without its payload and original headers"
+    );
+    let headers = dlq::reduced_headers(record, &info.failure(&core.name), refused);
+    send(core, topic, record.key.as_deref(), None, &headers, cancel).await
+}
+
 pub(super) async fn dead_letter<P: Processor>(
     core: &Arc<Core<P>>,
     record: Record,
@@ -435,16 +494,14 @@ pub(super) async fn dead_letter<P: Processor>(
     cancel: &CancellationToken,
 ) -> Option<Ack> {
     let topic = format!("{}{}", record.position.topic, core.pipeline.dlq_suffix);
-    let headers = dlq::headers(
-        &record,
-        &dlq::Failure {
-            class,
-            reason,
-            processor: &core.name,
-            attempts,
-            first_failure: first_failure.unwrap_or_else(time::OffsetDateTime::now_utc),
-        },
-    );
+    let mut info = DeadLetterInfo {
+        class,
+        reason: reason.to_string(),
+        attempts,
+        first_failure: first_failure.unwrap_or_else(time::OffsetDateTime::now_utc),
+        reduced: false,
+    };
+    let headers = dlq::headers(&record, &info.failure(&core.name));
     warn!(
         topic = %record.position.topic,
         partition = record.position.partition,
@@ -454,7 +511,7 @@ pub(super) async fn dead_letter<P: Processor>(
         dlq = %topic,
         "record dead-lettered"
     );
-    match send(
+    let sent = match send(
         core,
         &topic,
         record.key.as_deref(),
@@ -464,9 +521,16 @@ pub(super) async fn dead_letter<P: Processor>(
     )
     .await
     {
+        Err(SendError::Permanent(refused)) => {
+            info.reduced = true;
+            send_reduced(core, &topic, &record, &info, &refused, cancel).await
+        }
+        other => other,
+    };
+    match sent {
         Ok(f) => Some(Ack {
             record,
-            deliveries: vec![(Delivery::DeadLetter(class), f)],
+            deliveries: vec![(Delivery::DeadLetter(Box::new(info)), f)],
         }),
         Err(SendError::Abandoned) => None,
         Err(SendError::Permanent(r)) | Err(SendError::Fatal(r)) | Err(SendError::Refused(r)) => {

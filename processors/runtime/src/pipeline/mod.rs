@@ -164,6 +164,29 @@ pub(super) fn take(count: &AtomicUsize, n: usize) -> usize {
     taken
 }
 
+/// What a dead letter says, kept until the broker acknowledges it, so that a refused one can
+/// be sent again in a form that fits.
+pub(super) struct DeadLetterInfo {
+    pub(super) class: ErrorClass,
+    pub(super) reason: String,
+    pub(super) attempts: u32,
+    pub(super) first_failure: time::OffsetDateTime,
+    /// Already sent without its payload and original headers.
+    pub(super) reduced: bool,
+}
+
+impl DeadLetterInfo {
+    pub(super) fn failure<'a>(&'a self, processor: &'a str) -> crate::dlq::Failure<'a> {
+        crate::dlq::Failure {
+            class: self.class,
+            reason: &self.reason,
+            processor,
+            attempts: self.attempts,
+            first_failure: self.first_failure,
+        }
+    }
+}
+
 /// One record's outputs handed to the producer, awaiting acknowledgement.
 pub(super) struct Ack {
     pub(super) record: Record,
@@ -173,7 +196,7 @@ pub(super) struct Ack {
 /// What a delivery was for, so the acker can count it.
 pub(super) enum Delivery {
     Output(Arc<str>),
-    DeadLetter(ErrorClass),
+    DeadLetter(Box<DeadLetterInfo>),
 }
 
 /// Encoded outputs, ready for the producer.

@@ -287,6 +287,7 @@ fn gw_config(ep: &Endpoints, routes: &[(&str, &str)]) -> GatewayConfig {
     c.telemetry.log_format = LogFormat::Text;
     c.telemetry.readiness_interval = Duration::from_millis(200);
     c.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.gateway.body_timeout = Duration::from_secs(1);
     c.gateway.routes = routes
         .iter()
         .map(|(t, topic)| (t.to_string(), topic.to_string()))
@@ -321,6 +322,52 @@ impl Gw {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts a POST of `type_name` whose body stalls after its first 10 of 400 announced
+    /// bytes, as a slow or stuck client does, and returns its answer (checked against the
+    /// contract) once the gateway gives up on it.
+    async fn stalled_upload(&self, type_name: &str, token: Option<&str>) -> Observed {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/records/{type_name} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 400\r\n{}\r\n{{\"metadata\"",
+            token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"))
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in lines {
+            if let Some((k, v)) = line.split_once(':')
+                && let (Ok(k), Ok(v)) = (
+                    reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                    reqwest::header::HeaderValue::from_str(v.trim()),
+                )
+            {
+                headers.insert(k, v);
+            }
+        }
+        let obs = Observed {
+            status,
+            content_type: headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            headers,
+            body: body.to_string(),
+        };
+        contract().check("post", RECORDS, &obs);
+        obs
     }
 
     /// Sends `req` (built against this gateway) and checks the answer against the contract.
@@ -1090,6 +1137,9 @@ async fn the_openapi_document_matches_the_running_server() {
     ] {
         note(RECORDS, "post", &obs);
     }
+    let stalled = gw.stalled_upload(PLACE_ORDER, Some("contract-token")).await;
+    assert_eq!(stalled.status, 408, "{}", stalled.body);
+    note(RECORDS, "post", &stalled);
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let obs = gw.get(path).await;
         assert_eq!(obs.status, 200, "{path}");
@@ -1287,4 +1337,48 @@ async fn the_binary_serves_then_drains_and_exits_0_on_sigterm() {
     }
     assert!(log.contains("gateway stopped cleanly"), "{log}");
     assert_eq!(read_all(&ep, &topic).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_holds_no_permit_and_is_answered_408() {
+    let ep = endpoints();
+    let topic = fresh_topic(&ep, "gw-slow").await;
+    let mut cfg = gw_config(&ep, &[(PLACE_ORDER, &topic)]);
+    // One permit: a stalled upload that held it would starve every other request.
+    cfg.gateway.max_in_flight = 1;
+    cfg.gateway.body_timeout = Duration::from_secs(3);
+    let gw = std::sync::Arc::new(Gw::start(cfg).await);
+    gw.wait_ready().await;
+    let stalled = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let asked = std::time::Instant::now();
+            (gw.stalled_upload(PLACE_ORDER, None).await, asked.elapsed())
+        })
+    };
+    // While the upload stalls, other requests go through.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..3 {
+        let obs = gw
+            .post(
+                PLACE_ORDER,
+                "application/json",
+                place_order_json(n).to_string(),
+            )
+            .await;
+        assert_eq!(obs.status, 202, "{}", obs.body);
+    }
+    let (obs, took) = stalled.await.unwrap();
+    assert_eq!(obs.status, 408, "{}", obs.body);
+    assert!(
+        obs.error().contains("gateway.body_timeout (3s)"),
+        "{}",
+        obs.error()
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    std::sync::Arc::into_inner(gw).unwrap().stop().await;
+    assert_eq!(read_all(&ep, &topic).await.len(), 3);
 }

@@ -84,6 +84,10 @@ pub struct GatewaySettings {
     /// anyway (the producer is flushed after).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a request body may take to arrive; a slower upload is answered 408. Bodies are
+    /// read before a request takes its in-flight permit, so a slow upload never holds one.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -97,6 +101,7 @@ impl Default for GatewaySettings {
             retry_after: Duration::from_secs(1),
             auth_tokens: Vec::new(),
             drain_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -230,6 +235,12 @@ impl GatewayConfig {
         if g.retry_after < Duration::from_secs(1) {
             return Err(invalid("gateway.retry_after", "must be at least 1s"));
         }
+        if g.body_timeout.is_zero() || g.body_timeout > Duration::from_secs(3600) {
+            return Err(invalid(
+                "gateway.body_timeout",
+                "must be more than 0 and at most 1h",
+            ));
+        }
         if g.drain_timeout.is_zero() {
             return Err(invalid("gateway.drain_timeout", "must be more than 0"));
         }
@@ -345,6 +356,14 @@ mod tests {
             (
                 &format!("{ROUTED}[gateway]\nmax_in_flight = 0\n"),
                 "gateway.max_in_flight",
+            ),
+            (
+                &format!("{ROUTED}[gateway]\nbody_timeout = \"0s\"\n"),
+                "gateway.body_timeout",
+            ),
+            (
+                &format!("{ROUTED}[gateway]\nbody_timeout = \"2h\"\n"),
+                "gateway.body_timeout",
             ),
             (
                 &format!("{ROUTED}[gateway]\ndelivery_timeout = \"1ms\"\n"),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -60,6 +60,7 @@ pub(crate) struct Shared {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     max_body: usize,
+    body_timeout: Duration,
     retry_after: HeaderValue,
     tokens: Vec<Vec<u8>>,
     pub(crate) metrics: GatewayMetrics,
@@ -107,6 +108,7 @@ impl Shared {
             permits: Arc::new(Semaphore::new(config.gateway.max_in_flight)),
             max_in_flight: config.gateway.max_in_flight,
             max_body: config.gateway.max_body_bytes,
+            body_timeout: config.gateway.body_timeout,
             retry_after: HeaderValue::from(config.retry_after_secs()),
             tokens: config
                 .gateway
@@ -539,6 +541,20 @@ async fn handle(
         )
     })?;
     let (media, media_name) = media_type(headers)?;
+    // The body is read before the request takes an in-flight permit, and within
+    // gateway.body_timeout: a slow upload holds no permit and is cut off, so it can't starve
+    // the requests behind it.
+    let bytes = tokio::time::timeout(s.body_timeout, read_body(body, headers, s.max_body))
+        .await
+        .map_err(|_| {
+            Reject::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within gateway.body_timeout ({}); send it again",
+                    humantime::format_duration(s.body_timeout)
+                ),
+            )
+        })??;
     let permit = s.permits.clone().try_acquire_owned().map_err(|_| {
         Reject::later(
             StatusCode::TOO_MANY_REQUESTS,
@@ -553,7 +569,6 @@ async fn handle(
         _permit: permit,
         gauge: s.metrics.in_flight.clone(),
     };
-    let bytes = read_body(body, headers, s.max_body).await?;
     s.metrics
         .bytes
         .with_label_values(&[label])
@@ -664,7 +679,10 @@ async fn handle(
             debug!(topic = %route.topic, error = %e, "delivery failed");
             Err(Reject::later(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the broker did not acknowledge the record: {e}"),
+                format!(
+                    "the broker did not acknowledge the record: {e}; it may have been written \
+                     all the same, so send it again with the same event or command id"
+                ),
             ))
         }
         Err(_) => Err(Reject::later(

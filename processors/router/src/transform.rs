@@ -407,7 +407,26 @@ fn put(value: &mut Value, path: &Path, v: Value) -> Result<(), ConvertError> {
 /// defaults, numbers narrowed or widened, union branches chosen, enum symbols checked. Fields
 /// the schema does not have are an error: a transform must produce exactly the target type.
 pub fn conform(value: Value, schema: &Schema) -> Result<Value, ConvertError> {
-    conform_at(value, schema, &Names::of(schema), "")
+    let names = LazyNames {
+        root: schema,
+        names: std::cell::OnceCell::new(),
+    };
+    conform_at(value, schema, &names, "")
+}
+
+/// The root schema's named types, collected only when a reference is met: a transform runs on
+/// every record its rule matches, and most target schemas refer to no named type twice.
+struct LazyNames<'s> {
+    root: &'s Schema,
+    names: std::cell::OnceCell<Names<'s>>,
+}
+
+impl<'s> LazyNames<'s> {
+    fn resolve(&self, schema: &'s Schema) -> Result<&'s Schema, String> {
+        self.names
+            .get_or_init(|| Names::of(self.root))
+            .resolve(schema, None)
+    }
 }
 
 fn join(at: &str, name: &str) -> String {
@@ -441,7 +460,7 @@ fn kind_of(v: &Value) -> &'static str {
 fn conform_record<'s>(
     fields: Vec<(String, Value)>,
     r: &'s RecordSchema,
-    names: &Names<'s>,
+    names: &LazyNames<'s>,
     at: &str,
 ) -> Result<Value, ConvertError> {
     let mut by_name: HashMap<String, Value> = fields.into_iter().collect();
@@ -477,7 +496,7 @@ fn conform_record<'s>(
 fn default_value<'s>(
     d: &serde_json::Value,
     schema: &'s Schema,
-    names: &Names<'s>,
+    names: &LazyNames<'s>,
     at: &str,
 ) -> Result<Value, ConvertError> {
     let v: Value = match d {
@@ -505,7 +524,7 @@ fn default_value<'s>(
 fn conform_at<'s>(
     value: Value,
     schema: &'s Schema,
-    names: &Names<'s>,
+    names: &LazyNames<'s>,
     at: &str,
 ) -> Result<Value, ConvertError> {
     let mismatch = |want: &str, v: &Value| {
@@ -513,7 +532,7 @@ fn conform_at<'s>(
     };
     match schema {
         Schema::Ref { name } => {
-            let resolved = names.resolve(schema, None).map_err(|e| {
+            let resolved = names.resolve(schema).map_err(|e| {
                 ConvertError::new(at, format!("unknown type {}: {e}", name.fullname(None)))
             })?;
             conform_at(value, resolved, names, at)
@@ -791,5 +810,31 @@ mod tests {
         ]);
         let e = conform(v, &s).unwrap_err();
         assert_eq!(e.field, "k");
+    }
+
+    #[test]
+    fn given_a_type_used_twice_when_conformed_then_the_reference_is_followed() {
+        let s = Schema::parse_str(
+            r#"{"type":"record","name":"Order","namespace":"t","fields":[
+                {"name":"ship","type":{"type":"record","name":"Addr","fields":[{"name":"zip","type":"long"}]}},
+                {"name":"bill","type":"Addr"}]}"#,
+        )
+        .unwrap();
+        let addr = |zip| Value::Record(vec![("zip".into(), Value::Int(zip))]);
+        let v = Value::Record(vec![("ship".into(), addr(1)), ("bill".into(), addr(2))]);
+        let out = conform(v, &s).unwrap();
+        let widened = |zip| Value::Record(vec![("zip".into(), Value::Long(zip))]);
+        assert_eq!(
+            out,
+            Value::Record(vec![
+                ("ship".into(), widened(1)),
+                ("bill".into(), widened(2))
+            ])
+        );
+        let bad = Value::Record(vec![
+            ("ship".into(), addr(1)),
+            ("bill".into(), Value::String("x".into())),
+        ]);
+        assert_eq!(conform(bad, &s).unwrap_err().field, "bill");
     }
 }

@@ -504,6 +504,17 @@ impl Processor for Router {
         self.retry_level(retry).map(|_| self.retry_partitions)
     }
 
+    /// A retry record waits until it is due: the runtime parks the partition's worker until
+    /// then (cancellably, while polling goes on), instead of `process` sleeping. Never longer
+    /// than the level's delay, whatever the header says.
+    fn not_before(&self, record: &Record) -> Option<SystemTime> {
+        let (_, level) = self.retry_level(&record.position.topic)?;
+        let due: u64 = record.headers.get_str(RETRY_DUE)?.parse().ok()?;
+        let due = UNIX_EPOCH + Duration::from_millis(due);
+        let latest = SystemTime::now() + self.delays.get(level - 1).copied().unwrap_or_default();
+        Some(due.min(latest))
+    }
+
     async fn decode(&self, codec: &Codec, record: &Record) -> Result<RouterInput, ProcessError> {
         if let Some((source, level)) = self.retry_level(&record.position.topic) {
             return Ok(RouterInput::Retry {
@@ -567,22 +578,15 @@ impl Processor for Router {
                         ProcessError::poison(format!("retry record without {RETRY_TARGET}"))
                     })?
                     .to_string();
-                let due: i64 = input
+                // The runtime waited until it was due (`not_before`); a record without a valid
+                // due time can't have been written by us.
+                let _due: u64 = input
                     .headers
                     .get_str(RETRY_DUE)
                     .and_then(|d| d.parse().ok())
                     .ok_or_else(|| {
                         ProcessError::poison(format!("retry record without a valid {RETRY_DUE}"))
                     })?;
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                if due > now {
-                    // Never longer than the level's delay, whatever the header says.
-                    let wait = Duration::from_millis((due - now) as u64)
-                        .min(self.delays.get(level - 1).copied().unwrap_or_default());
-                    tokio::time::sleep(wait).await;
-                }
                 debug!(%source, level, %target, "retrying delivery");
                 let mut out = Output::new(target, input.key, payload_of(payload.as_deref()));
                 out.headers = carried(&input.headers);

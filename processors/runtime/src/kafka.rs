@@ -77,6 +77,7 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             },
         )
         .set("session.timeout.ms", ms(kafka.session_timeout))
+        .set("max.poll.interval.ms", ms(kafka.max_poll_interval))
         .set(
             "partition.assignment.strategy",
             &kafka.partition_assignment_strategy,

@@ -22,7 +22,9 @@ pub mod kafka;
 pub mod metrics;
 mod pipeline;
 pub mod processor;
+pub mod stateful;
 pub mod telemetry;
+pub mod testkit;
 pub mod trace;
 
 use std::future::Future;
@@ -43,6 +45,7 @@ pub use processor::{
     AnyRecord, Decode, DeliveryFailure, Envelope, Headers, Output, Payload, Position, ProcessError,
     Processor, Raw, Record, Redirect,
 };
+pub use stateful::{Effects, Flush, Opened, PartitionId, Stateful, Stateless, Timer, TimerChange};
 
 use pipeline::{ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
 
@@ -149,6 +152,22 @@ pub async fn run_until<P, A>(
 ) -> Result<(), RuntimeError>
 where
     P: Processor,
+    A: Section,
+{
+    run_stateful_until(config, Stateless(processor), routes, shutdown, on_start).await
+}
+
+/// [`run_until`] for a [`Stateful`] processor: per-partition state opened on assignment,
+/// group commits before offsets, timers, fencing (see [`stateful`]).
+pub async fn run_stateful_until<S, A>(
+    config: &Config<A>,
+    processor: S,
+    routes: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+    on_start: impl FnOnce(Running) + Send,
+) -> Result<(), RuntimeError>
+where
+    S: Stateful,
     A: Section,
 {
     config.validate()?;
@@ -284,9 +303,9 @@ where
 }
 
 /// Makes sure input, DLQ and output topics exist (creating them when configured to).
-async fn check_topics<P: Processor, A: Section>(
+async fn check_topics<S: Stateful, A: Section>(
     config: &Config<A>,
-    processor: &P,
+    processor: &S,
 ) -> Result<(), RuntimeError> {
     let mut topics: Vec<String> = Vec::new();
     for input in &config.pipeline.inputs {
@@ -435,6 +454,25 @@ where
     A: Section,
     P: Processor,
 {
+    main_core(|config: &mut Config<A>| build(config).map(|(p, extras)| (Stateless(p), extras)))
+}
+
+/// [`main_with`] for a [`Stateful`] processor.
+pub fn main_stateful<A, S>(build: impl FnOnce(&Config<A>) -> Result<S, ConfigError>) -> ExitCode
+where
+    A: Section,
+    S: Stateful,
+{
+    main_core(|config: &mut Config<A>| build(config).map(|s| (s, Extras::default())))
+}
+
+fn main_core<A, S>(
+    build: impl FnOnce(&mut Config<A>) -> Result<(S, Extras), ConfigError>,
+) -> ExitCode
+where
+    A: Section,
+    S: Stateful,
+{
     let args = match cli::args(&program_name(), "the docs/ folder") {
         Ok(a) => a,
         Err(code) => return code,
@@ -465,7 +503,7 @@ where
             f(running);
         }
     };
-    match runtime.block_on(run_until(
+    match runtime.block_on(run_stateful_until(
         &config,
         processor,
         routes,

@@ -32,6 +32,12 @@ pub const REBALANCES: &str = "eip_rebalances_total";
 pub const READY: &str = "eip_ready";
 /// Panics in a processor's `decode` or `process`, by stage: each one dead-letters its record.
 pub const PANICS: &str = "eip_panics_total";
+/// Timers pending across the assigned partitions of a stateful processor.
+pub const TIMERS: &str = "eip_timers_pending";
+/// Group commits of a stateful processor by outcome (`durable`, `retried`, `fenced`, `failed`).
+pub const GROUP_COMMITS: &str = "eip_group_commits_total";
+/// How long a stateful processor's group commit took, from its first attempt to durable.
+pub const GROUP_COMMIT_SECONDS: &str = "eip_group_commit_seconds";
 /// Offset commits the broker refused or that failed to reach it; the records are redelivered
 /// after a restart or rebalance, so a rising count means duplicates are coming.
 pub const COMMIT_FAILURES: &str = "eip_commit_failures_total";
@@ -64,8 +70,14 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// See [`COMMIT_FAILURES`]; labels: processor.
     pub commit_failures: IntCounterVec,
-    /// See [`PANICS`]; labels: processor, stage (`decode` or `process`).
+    /// See [`PANICS`]; labels: processor, stage (`decode`, `process`, `timer`, `open`, `flush`).
     pub panics: IntCounterVec,
+    /// See [`TIMERS`].
+    pub timers: IntGauge,
+    /// See [`GROUP_COMMITS`]; labels: processor, outcome.
+    pub group_commits: IntCounterVec,
+    /// See [`GROUP_COMMIT_SECONDS`]; labels: processor.
+    pub group_commit_seconds: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,6 +122,19 @@ impl Metrics {
         let assigned = plain_gauge(ASSIGNED_PARTITIONS, "Partitions assigned to this member.")?;
         let paused = plain_gauge(PAUSED_PARTITIONS, "Partitions paused for backpressure.")?;
         let ready = plain_gauge(READY, "1 when the last readiness check passed.")?;
+        let timers = plain_gauge(TIMERS, "Timers pending on the assigned partitions.")?;
+        let group_commit_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                GROUP_COMMIT_SECONDS,
+                "Time a group commit took, from its first attempt to durable.",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["processor"],
+        )?;
+        registry.register(Box::new(group_commit_seconds.clone()))?;
         let processing = HistogramVec::new(
             HistogramOpts::new(
                 PROCESSING_SECONDS,
@@ -123,6 +148,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(processing.clone()))?;
         Ok(Metrics {
+            timers,
+            group_commits: counter(
+                &registry,
+                GROUP_COMMITS,
+                "Group commits of a stateful processor by outcome.",
+                &["processor", "outcome"],
+            )?,
+            group_commit_seconds,
             panics: counter(
                 &registry,
                 PANICS,

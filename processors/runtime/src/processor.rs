@@ -249,6 +249,14 @@ pub enum ProcessError {
         #[source]
         source: Option<Cause>,
     },
+    /// A newer owner has claimed the partition in the store: this member must stop working
+    /// on it (its worker is dropped without committing). Returned by a stateful processor's
+    /// `flush` when the store's epoch is no longer its own.
+    #[error("fenced: {reason}")]
+    Fenced {
+        /// What the store said.
+        reason: String,
+    },
     /// The process must stop.
     #[error("{reason}")]
     Fatal {
@@ -319,7 +327,7 @@ impl Classify for ProcessError {
             ProcessError::Codec(e) => e.class(),
             ProcessError::Transient { .. } => ErrorClass::Transient,
             ProcessError::Poison { .. } => ErrorClass::Poison,
-            ProcessError::Fatal { .. } => ErrorClass::Fatal,
+            ProcessError::Fatal { .. } | ProcessError::Fenced { .. } => ErrorClass::Fatal,
         }
     }
 }
@@ -419,6 +427,14 @@ pub trait Processor: Send + Sync + 'static {
         codec: &Codec,
         record: &Record,
     ) -> impl Future<Output = Result<Self::Input, ProcessError>> + Send;
+
+    /// When the record may be handled, if not at once: the partition's worker waits until
+    /// then, cancellably, instead of `process` sleeping (see
+    /// [`crate::stateful::Stateful::not_before`]).
+    fn not_before(&self, record: &Record) -> Option<std::time::SystemTime> {
+        let _ = record;
+        None
+    }
 
     /// Handles one record and returns the records to produce.
     fn process(

@@ -96,6 +96,13 @@ pub struct KafkaConfig {
     /// Session timeout: how long the group waits for a silent member before rebalancing.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// The longest the member may go without polling before the group counts it as failed
+    /// (`max.poll.interval.ms`). The poll loop polls continuously, even under backpressure;
+    /// what can hold it is a revoke that waits for partitions to drain, up to
+    /// `pipeline.drain_timeout` plus 5 s for abandoned work, so this must be at least that plus
+    /// 5 s, and at least `session_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
     /// `range`, `roundrobin` or `cooperative-sticky` (incremental rebalances, the default).
     pub partition_assignment_strategy: String,
     /// How long the producer waits to fill a batch.
@@ -125,6 +132,7 @@ impl Default for KafkaConfig {
             auto_offset_reset: OffsetReset::Earliest,
             commit_interval: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(60),
             partition_assignment_strategy: "cooperative-sticky".into(),
             linger: Duration::from_millis(5),
             statistics_interval: Duration::from_secs(5),
@@ -236,6 +244,13 @@ pub struct PipelineConfig {
     /// is redelivered.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// A stateful processor's group commit: flush after this many records...
+    pub flush_records: usize,
+    /// ...or when the oldest unflushed change is this old, whichever comes first. Offsets of
+    /// stateful processors are committed only after their flush, so this bounds how much is
+    /// redone after a crash (the store skips what it already holds).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
     /// Backoff for transient errors.
     pub retry: RetryConfig,
 }
@@ -252,6 +267,8 @@ impl Default for PipelineConfig {
             topic_partitions: 4,
             drain_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(15),
+            flush_records: 5_000,
+            flush_interval: Duration::from_millis(100),
             retry: RetryConfig::default(),
         }
     }
@@ -584,6 +601,30 @@ impl<A: Section> Config<A> {
                     "must be more than 0 and at most 1h",
                 ));
             }
+        }
+        if p.flush_records == 0 {
+            return Err(ConfigError::invalid(
+                "pipeline.flush_records",
+                "must be at least 1",
+            ));
+        }
+        if p.flush_interval.is_zero() || p.flush_interval > Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "pipeline.flush_interval",
+                "must be more than 0 and at most 1m",
+            ));
+        }
+        let floor = (p.drain_timeout + Duration::from_secs(10)).max(self.kafka.session_timeout);
+        if self.kafka.max_poll_interval < floor
+            || self.kafka.max_poll_interval > Duration::from_secs(86_400)
+        {
+            return Err(ConfigError::invalid(
+                "kafka.max_poll_interval",
+                format!(
+                    "must be at least pipeline.drain_timeout + 10s and kafka.session_timeout \
+                     ({floor:?}), and at most 24h"
+                ),
+            ));
         }
         if p.max_batch == 0 {
             return Err(ConfigError::invalid(

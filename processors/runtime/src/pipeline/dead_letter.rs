@@ -4,11 +4,11 @@
 use eip_schemas::ErrorClass;
 use rdkafka::error::KafkaError;
 
-use crate::processor::Processor;
+use crate::stateful::Stateful;
 
 use super::*;
 
-pub(super) fn count_dead_letter<P: Processor>(core: &Core<P>, source: &str, class: ErrorClass) {
+pub(super) fn count_dead_letter<S: Stateful>(core: &Core<S>, source: &str, class: ErrorClass) {
     core.metrics
         .dlq
         .with_label_values(&[core.name.as_str(), source, class.as_str()])
@@ -16,11 +16,7 @@ pub(super) fn count_dead_letter<P: Processor>(core: &Core<P>, source: &str, clas
 }
 
 /// A dead letter the broker refuses can't be kept anywhere: stop rather than lose it.
-pub(super) fn refused_dead_letter<P: Processor>(
-    core: &Core<P>,
-    key: &PartitionKey,
-    e: &KafkaError,
-) {
+pub(super) fn refused_dead_letter<S: Stateful>(core: &Core<S>, key: &PartitionKey, e: &KafkaError) {
     core.stop.fatal(format!(
         "dead letter from {}[{}] refused by the broker: {e}",
         key.0, key.1

@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::dlq;
-use crate::processor::{
-    DeliveryFailure, Headers, Output, Payload, ProcessError, Processor, Record, Redirect,
-};
+use crate::processor::{DeliveryFailure, Headers, Output, Payload, ProcessError, Record, Redirect};
+use crate::stateful::Stateful;
 
 use super::dead_letter::*;
 use super::*;
@@ -35,8 +34,8 @@ pub(super) enum SendError {
 
 /// Hands one output to the producer. When the producer refuses it for now (its topic does not
 /// exist), the processor decides: try again after a backoff, or produce something else instead.
-pub(super) async fn send_output<P: Processor>(
-    core: &Core<P>,
+pub(super) async fn send_output<S: Stateful>(
+    core: &Core<S>,
     source: &Record,
     out: Encoded,
     redirectable: bool,
@@ -104,7 +103,7 @@ pub(super) async fn encode_redirect(
     redirect: Output,
 ) -> Result<Encoded, (Arc<str>, SendError)> {
     let to = redirect.topic.clone();
-    let mut encoded = encode_outputs(codec, vec![redirect]).await.map_err(|e| {
+    let mut encoded = encode_outputs(codec, &[redirect]).await.map_err(|e| {
         (
             from.clone(),
             SendError::Fatal(format!("redirect to {to} could not be encoded: {e}")),
@@ -132,8 +131,8 @@ pub(super) fn record_is_unproducible(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Hands a record to the producer, waiting while its queue is full (backpressure).
-pub(super) async fn send<P: Processor>(
-    core: &Core<P>,
+pub(super) async fn send<S: Stateful>(
+    core: &Core<S>,
     topic: &str,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
@@ -155,8 +154,8 @@ pub(super) async fn send<P: Processor>(
 }
 
 /// Hands a prepared record to the producer, waiting while its queue is full (backpressure).
-pub(super) async fn send_record<P: Processor>(
-    core: &Core<P>,
+pub(super) async fn send_record<S: Stateful>(
+    core: &Core<S>,
     mut record: FutureRecord<'_, [u8], [u8]>,
     cancel: &CancellationToken,
 ) -> Result<DeliveryFuture, SendError> {
@@ -203,8 +202,8 @@ pub(super) enum Settled {
 /// a leader moving) is sent again with backoff, in place, until it is acknowledged, unless the
 /// processor redirects it (`redirectable`, for outputs; never for dead letters): transient
 /// errors never dead-letter good data.
-pub(super) async fn settle<P: Processor>(
-    core: &Core<P>,
+pub(super) async fn settle<S: Stateful>(
+    core: &Core<S>,
     source: &Record,
     topic: Arc<str>,
     first: DeliveryFuture,
@@ -301,11 +300,19 @@ pub(super) async fn settle<P: Processor>(
     }
 }
 
-pub(super) async fn acker<P: Processor>(
-    core: Arc<Core<P>>,
+/// A partition's acker: awaits each record's deliveries in the order the worker handed them
+/// over, dead-letters an input whose output the broker refused for good, reports the last
+/// settled sequence number (group commits wait for it), and stores offsets: after the
+/// acknowledgement for a stateless processor, after the group commit for a stateful one.
+/// It ends when the worker is gone and everything it sent is settled, or when the partition is
+/// abandoned; `done` then tells the poll thread.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn acker<S: Stateful>(
+    core: Arc<Core<S>>,
     key: PartitionKey,
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    mut rx: mpsc::UnboundedReceiver<Ack>,
+    mut rx: mpsc::UnboundedReceiver<AckItem>,
+    acked: tokio::sync::watch::Sender<u64>,
     in_flight: Arc<AtomicUsize>,
     cancel: CancellationToken,
     done: std::sync::mpsc::Sender<()>,
@@ -313,7 +320,17 @@ pub(super) async fn acker<P: Processor>(
     let mut produced: HashMap<Arc<str>, prometheus::IntCounter> = HashMap::new();
     let mut to_store: Option<i64> = None;
     let mut since_store = 0usize;
-    'acks: while let Some(ack) = rx.recv().await {
+    'acks: while let Some(item) = rx.recv().await {
+        let ack = match item {
+            AckItem::Handled(ack) => ack,
+            AckItem::Durable(offset) => {
+                if cancel.is_cancelled() {
+                    break 'acks;
+                }
+                store_offset(&consumer, &key, offset);
+                continue;
+            }
+        };
         let offset = ack.record.position.offset;
         let mut failed: Option<(Arc<str>, KafkaError)> = None;
         for (what, fut) in ack.deliveries {
@@ -408,18 +425,26 @@ pub(super) async fn acker<P: Processor>(
                 }
             }
         }
-        to_store = Some(offset);
-        since_store += 1;
+        acked.send_replace(ack.seq);
+        if ack.commit == Commit::Never {
+            continue;
+        }
         // After a drain timeout the poll thread already took this partition's records off
         // the global count: only what is still counted here comes off.
         core.in_flight.sub(take(&in_flight, 1));
-        if since_store >= 256 || rx.is_empty() {
-            store_offset(&consumer, &key, offset);
-            to_store = None;
-            since_store = 0;
+        if ack.commit == Commit::OnAck {
+            to_store = Some(offset);
+            since_store += 1;
+            if since_store >= 256 || rx.is_empty() {
+                store_offset(&consumer, &key, offset);
+                to_store = None;
+                since_store = 0;
+            }
         }
     }
-    if let Some(offset) = to_store {
+    if let Some(offset) = to_store
+        && !cancel.is_cancelled()
+    {
         store_offset(&consumer, &key, offset);
     }
     drop(done);
@@ -433,14 +458,16 @@ pub(super) fn store_offset(consumer: &BaseConsumer<ConsumerCtx>, key: &Partition
     }
 }
 
+/// Encodes outputs without consuming them, so a transient failure (the registry down) can
+/// be retried without running `process` again.
 pub(super) async fn encode_outputs(
     codec: &Codec,
-    outputs: Vec<Output>,
+    outputs: &[Output],
 ) -> Result<Vec<Encoded>, ProcessError> {
     let mut encoded = Vec::with_capacity(outputs.len());
     for out in outputs {
-        let payload = match out.payload {
-            Payload::Bytes(b) => Some(b),
+        let payload = match &out.payload {
+            Payload::Bytes(b) => Some(b.clone()),
             Payload::Tombstone => None,
             Payload::Record(r) => {
                 let compiled = r.compiled().map_err(eip_schemas::CodecError::from)?;
@@ -448,14 +475,14 @@ pub(super) async fn encode_outputs(
                 Some(Bytes::from(r.encode(id)?))
             }
             Payload::Value { schema, value } => Some(Bytes::from(
-                eip_schemas::codec::encode_value(schema.id, &schema.schema, &value)?,
+                eip_schemas::codec::encode_value(schema.id, &schema.schema, value)?,
             )),
         };
         encoded.push(Encoded {
-            topic: out.topic,
-            key: out.key,
+            topic: out.topic.clone(),
+            key: out.key.clone(),
             payload,
-            headers: out.headers,
+            headers: out.headers.clone(),
         });
     }
     Ok(encoded)
@@ -464,8 +491,8 @@ pub(super) async fn encode_outputs(
 /// Sends a dead letter again without its payload and original headers, after the broker
 /// refused it whole (too large for the DLQ topic, say): a record is never stuck, and never
 /// crash-loops the processor, because its dead letter does not fit.
-pub(super) async fn send_reduced<P: Processor>(
-    core: &Core<P>,
+pub(super) async fn send_reduced<S: Stateful>(
+    core: &Core<S>,
     topic: &str,
     record: &Record,
     info: &DeadLetterInfo,
@@ -484,8 +511,8 @@ pub(super) async fn send_reduced<P: Processor>(
     send(core, topic, record.key.as_deref(), None, &headers, cancel).await
 }
 
-pub(super) async fn dead_letter<P: Processor>(
-    core: &Arc<Core<P>>,
+pub(super) async fn dead_letter<S: Stateful>(
+    core: &Arc<Core<S>>,
     record: Record,
     class: ErrorClass,
     reason: &str,
@@ -529,8 +556,10 @@ pub(super) async fn dead_letter<P: Processor>(
     };
     match sent {
         Ok(f) => Some(Ack {
+            commit: Commit::of(core.processor.stages_writes(), record.position.offset),
             record,
             deliveries: vec![(Delivery::DeadLetter(Box::new(info)), f)],
+            seq: 0,
         }),
         Err(SendError::Abandoned) => None,
         Err(SendError::Permanent(r)) | Err(SendError::Fatal(r)) | Err(SendError::Refused(r)) => {

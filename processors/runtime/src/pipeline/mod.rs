@@ -43,7 +43,8 @@ use tracing::{error, warn};
 use crate::config::{PipelineConfig, RetryConfig};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::processor::{Headers, Processor, Record};
+use crate::processor::{Headers, Record};
+use crate::stateful::Stateful;
 
 mod dead_letter;
 mod deliver;
@@ -90,8 +91,8 @@ impl Stop {
 }
 
 /// Everything a partition's tasks share.
-pub(crate) struct Core<P: Processor> {
-    pub(crate) processor: P,
+pub(crate) struct Core<S: Stateful> {
+    pub(crate) processor: S,
     pub(crate) name: String,
     pub(crate) codec: Codec,
     pub(crate) producer: FutureProducer<ProducerContext>,
@@ -187,10 +188,49 @@ impl DeadLetterInfo {
     }
 }
 
-/// One record's outputs handed to the producer, awaiting acknowledgement.
+/// One record's (or timer's) outputs handed to the producer, awaiting acknowledgement.
 pub(super) struct Ack {
     pub(super) record: Record,
     pub(super) deliveries: Vec<(Delivery, DeliveryFuture)>,
+    /// The worker's sequence number for it; the acker reports the last one it settled, so a
+    /// group commit can wait until every output before it is acknowledged.
+    pub(super) seq: u64,
+    pub(super) commit: Commit,
+}
+
+/// When a handled record's offset may be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    /// Once its deliveries are acknowledged (stateless processors; records the state already
+    /// held).
+    OnAck,
+    /// Once a group commit covers it (stateful processors): the worker sends
+    /// [`AckItem::Durable`].
+    OnFlush,
+    /// Never: a timer has no offset.
+    Never,
+}
+
+impl Commit {
+    /// The rule for a record at `offset` (negative for a timer) of a processor that does or
+    /// doesn't stage writes.
+    pub(super) fn of(stages_writes: bool, offset: i64) -> Commit {
+        if offset < 0 {
+            Commit::Never
+        } else if stages_writes {
+            Commit::OnFlush
+        } else {
+            Commit::OnAck
+        }
+    }
+}
+
+/// What a worker hands its acker, in order.
+pub(super) enum AckItem {
+    /// A record or timer handled.
+    Handled(Ack),
+    /// A group commit made everything up to this offset durable.
+    Durable(i64),
 }
 
 /// What a delivery was for, so the acker can count it.
@@ -218,13 +258,29 @@ pub(crate) fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     Duration::from_secs_f64(jittered)
 }
 
+/// Whether a partition is being fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pause {
+    /// Fetched and dispatched.
+    Flowing,
+    /// Paused because the whole budget is in use; resumed with the others.
+    Budget,
+    /// Paused because it held the most records while nothing was acknowledged for
+    /// `pause_after`; what it holds stops counting against the others' budget. Resumed once
+    /// it has drained.
+    Stuck,
+}
+
 /// The poll thread's handle on one partition's tasks.
 pub(super) struct PartitionHandle {
     pub(super) tx: mpsc::UnboundedSender<Vec<Record>>,
     pub(super) in_flight: Arc<AtomicUsize>,
     pub(super) done: std::sync::mpsc::Receiver<()>,
     pub(super) cancel: CancellationToken,
-    pub(super) paused: bool,
+    /// Set by the worker when the store refused its group commit because a newer owner
+    /// claimed the partition: its records are dropped, uncommitted, until the revoke.
+    pub(super) fenced: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) pause: Pause,
     pub(super) stash: Vec<Record>,
 }
 

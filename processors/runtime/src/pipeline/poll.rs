@@ -18,14 +18,23 @@ use tracing::{debug, info, warn};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::processor::{Position, Processor, Record};
+use crate::processor::{Position, Record};
+use crate::stateful::Stateful;
 
 use super::worker::*;
 use super::*;
 
 /// State shared by the poll loop and the rebalance callbacks (both run on the poll thread).
 pub(crate) struct PollState {
+    /// The partitions this member owns and works on. Only the rebalance callbacks add and
+    /// remove entries, so a record of a partition not in here is never handled.
     pub(super) partitions: Mutex<HashMap<PartitionKey, PartitionHandle>>,
+    /// Partitions assigned by the last callbacks whose workers the poll loop has yet to start
+    /// (a callback can't: it has no handle on the consumer to give the acker).
+    pub(super) assigned: Mutex<Vec<PartitionKey>>,
+    /// Partitions revoked by a callback since the poll loop last looked: records of theirs
+    /// that it polled before the callback ran are dropped, not dispatched.
+    pub(super) revoked: Mutex<Vec<PartitionKey>>,
     pub(super) in_flight: Arc<InFlight>,
     pub(super) metrics: Metrics,
     pub(super) name: String,
@@ -96,11 +105,12 @@ impl ConsumerContext for ConsumerCtx {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 let lost = consumer.assignment_lost();
-                self.state.release(
-                    consumer,
-                    |k| keys.iter().any(|(t, p)| **t == *k.0 && *p == k.1),
-                    lost,
-                );
+                let which = |k: &PartitionKey| keys.iter().any(|(t, p)| **t == *k.0 && *p == k.1);
+                if let Ok(mut revoked) = self.state.revoked.lock() {
+                    revoked.extend(keys.iter().map(|(t, p)| (Arc::from(t.as_str()), *p)));
+                }
+                let end = if lost { End::Lost } else { End::Handover };
+                self.state.release(consumer, which, end);
                 info!(partitions = keys.len(), lost, "partitions revoked");
             }
             Rebalance::Assign(_) => {}
@@ -126,6 +136,13 @@ impl ConsumerContext for ConsumerCtx {
             if let Err(e) = consumer.resume(tpl) {
                 debug!(error = %e, "resume after assign");
             }
+            if let Ok(mut assigned) = self.state.assigned.lock() {
+                assigned.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (Arc::from(e.topic()), e.partition())),
+                );
+            }
         }
         let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         if let Rebalance::Assign(tpl) = rebalance {
@@ -134,6 +151,20 @@ impl ConsumerContext for ConsumerCtx {
         self.state.metrics.assigned.set(assigned as i64);
         self.state.health.set_assigned(assigned);
     }
+}
+
+/// How a release ends a partition's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// A rebalance takes the partitions away: finish, then commit synchronously, so the next
+    /// owner starts exactly where this member stopped.
+    Handover,
+    /// Shutdown: finish, then commit asynchronously (the close commits again, within
+    /// `pipeline.close_timeout`; a synchronous commit to a broker that stopped answering would
+    /// hang).
+    Shutdown,
+    /// The assignment is lost (another member already owns the partitions): abandon at once.
+    Lost,
 }
 
 impl PollState {
@@ -147,6 +178,8 @@ impl PollState {
     ) -> Arc<PollState> {
         Arc::new(PollState {
             partitions: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(Vec::new()),
+            revoked: Mutex::new(Vec::new()),
             in_flight,
             metrics,
             name,
@@ -162,14 +195,19 @@ impl PollState {
         }
     }
 
-    /// Finishes the in-flight records of the partitions `which` selects, then commits.
-    /// With `lost`, another member already owns them: abandon instead of finishing.
+    /// Ends the work on the partitions `which` selects: their workers finish what they were
+    /// given and flush (within `drain_timeout`, or are abandoned: their futures dropped, so
+    /// they produce and write nothing more), then what they finished is committed. Only then
+    /// does the callback return and the group hand the partitions to another member.
     fn release(
         &self,
         consumer: &BaseConsumer<ConsumerCtx>,
         which: impl Fn(&PartitionKey) -> bool,
-        lost: bool,
+        end: End,
     ) {
+        if let Ok(mut assigned) = self.assigned.lock() {
+            assigned.retain(|k| !which(k));
+        }
         let handles: Vec<(PartitionKey, PartitionHandle)> = match self.partitions.lock() {
             Ok(mut map) => {
                 let keys: Vec<PartitionKey> = map.keys().filter(|k| which(k)).cloned().collect();
@@ -181,7 +219,7 @@ impl PollState {
         };
         let mut resume = TopicPartitionList::new();
         for (key, h) in &handles {
-            if h.paused {
+            if h.pause != Pause::Flowing {
                 resume.add_partition(&key.0, key.1);
                 self.metrics.paused.dec();
             }
@@ -192,10 +230,10 @@ impl PollState {
         let deadline = Instant::now() + self.drain_timeout;
         let mut waiting = Vec::new();
         for (key, h) in handles {
-            if lost {
+            if end == End::Lost {
                 h.cancel.cancel();
             }
-            // Dropping the sender lets the worker finish what it has, then stop.
+            // Dropping the sender lets the worker finish what it has, flush, then stop.
             drop(h.tx);
             self.in_flight.sub(h.stash.len());
             waiting.push((key, h.done, h.cancel, h.in_flight));
@@ -205,27 +243,37 @@ impl PollState {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(left) {
                 warn!(topic = %key.0, partition = key.1, "drain timed out: abandoning in-flight records, they will be redelivered");
                 cancel.cancel();
-                let _ = done.recv_timeout(Duration::from_secs(5));
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    done.recv_timeout(Duration::from_secs(5))
+                {
+                    // Its futures were dropped, so only a processor blocking its thread can
+                    // hold it. Go on without it could mean two workers on one partition.
+                    self.stop.fatal(format!(
+                        "the worker of {}[{}] did not stop within 5 s of being abandoned (is \
+                         the processor blocking a thread?)",
+                        key.0, key.1
+                    ));
+                }
             }
             // Whatever was not acknowledged stays uncommitted; it no longer counts here.
             self.in_flight.sub(take(&in_flight, usize::MAX));
         }
-        if !lost {
-            // Every record finished above has its offset stored. librdkafka commits stored
-            // offsets of partitions it unassigns (auto-commit is on) and waits for that commit
-            // before completing the rebalance; this asks for it now as well. Asynchronous on
-            // purpose: a synchronous commit has no timeout and would hang a shutdown whose
-            // broker is gone.
-            match consumer.commit_consumer_state(CommitMode::Async) {
-                Ok(()) => {}
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    self.metrics
-                        .commit_failures
-                        .with_label_values(&[&self.name])
-                        .inc();
-                    warn!(error = %e, "commit on release failed");
-                }
+        let mode = match end {
+            End::Lost => return,
+            End::Handover => CommitMode::Sync,
+            End::Shutdown => CommitMode::Async,
+        };
+        // Every record finished above has its offset stored; commit them now, before the
+        // partitions can go to another member.
+        match consumer.commit_consumer_state(mode) {
+            Ok(()) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics
+                    .commit_failures
+                    .with_label_values(&[&self.name])
+                    .inc();
+                warn!(error = %e, "commit on release failed");
             }
         }
     }
@@ -255,16 +303,14 @@ pub(super) fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Ar
     }
 }
 
-/// The poll loop. Runs on its own OS thread until `stop.stopping` fires, then drains every
-/// partition and commits.
 /// The poll thread's whole life: [`poll_loop`], then closing the consumer here, where
 /// `run_until` bounds how long a close may take, rather than in whichever task happens to drop
 /// the last handle. Returns false if the loop panicked (its partitions are then abandoned:
 /// uncommitted, so redelivered).
-pub(crate) fn poll_thread<P: Processor>(
+pub(crate) fn poll_thread<S: Stateful>(
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
     state: Arc<PollState>,
-    core: Arc<Core<P>>,
+    core: Arc<Core<S>>,
     runtime: tokio::runtime::Handle,
 ) -> bool {
     let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -272,7 +318,7 @@ pub(crate) fn poll_thread<P: Processor>(
     }));
     if polled.is_err() {
         core.stop.fatal("poll thread panicked".into());
-        state.release(&consumer, |_| true, true);
+        state.release(&consumer, |_| true, End::Lost);
     }
     // Partition workers, ackers and the readiness probe let go of their handles as they stop.
     while Arc::strong_count(&consumer) > 1 {
@@ -282,10 +328,22 @@ pub(crate) fn poll_thread<P: Processor>(
     polled.is_ok()
 }
 
-pub(crate) fn poll_loop<P: Processor>(
+/// The poll loop: it polls without pause until `stop.stopping` fires, even under
+/// backpressure, so rebalances, statistics (the lag metric) and `max.poll.interval.ms` are
+/// always served; then it drains every partition and commits.
+///
+/// Backpressure is by pausing, never by not polling:
+/// - When the flowing partitions hold `max_in_flight` unacknowledged records, all of them are
+///   paused (librdkafka stops fetching them and drops what it prefetched, which it fetches
+///   again on resume), and resumed together when the count is back to half the budget.
+/// - If the budget stays full for `pause_after` (nothing is being acknowledged), the partition
+///   holding the most records is marked stuck: what it holds stops counting against the
+///   others, which resume. It resumes once it has drained to a quarter of the budget. The total
+///   never passes twice the budget, plus one poll batch.
+pub(crate) fn poll_loop<S: Stateful>(
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
     state: Arc<PollState>,
-    core: Arc<Core<P>>,
+    core: Arc<Core<S>>,
     runtime: tokio::runtime::Handle,
 ) {
     let max_batch = core.pipeline.max_batch;
@@ -293,36 +351,31 @@ pub(crate) fn poll_loop<P: Processor>(
     let pause_after = core.pipeline.pause_after;
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut batches: HashMap<PartitionKey, Vec<Record>> = HashMap::new();
-    let mut any_paused = false;
-    let mut stalled_since: Option<Instant> = None;
+    let mut full_since: Option<Instant> = None;
     while !core.stop.stopping.is_cancelled() {
-        if any_paused {
-            any_paused = resume_ready(&consumer, &state, max_in_flight);
-        }
-        // Backpressure. While the flowing partitions hold max_in_flight unacknowledged
-        // records, take no more: librdkafka's prefetch queue fills and its fetcher stops, and
-        // nothing fetched is thrown away. If that lasts pause_after (a stuck partition), pause
-        // the partition holding the most records: what it holds stops counting against the
-        // others, within a hard ceiling of twice the budget overall.
+        start_assigned(&consumer, &state, &core, &runtime);
         let (active, total) = budget_use(&state);
         if active >= max_in_flight || total >= 2 * max_in_flight {
-            let since = *stalled_since.get_or_insert_with(Instant::now);
+            let since = *full_since.get_or_insert_with(Instant::now);
+            set_budget_pause(&consumer, &state, true);
             if since.elapsed() >= pause_after && total < 2 * max_in_flight {
-                any_paused |= pause_fullest(&consumer, &state);
-                stalled_since = None;
+                mark_fullest_stuck(&state);
+                full_since = None;
             }
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
-        }
-        stalled_since = None;
-        let timeout = if any_paused {
-            Duration::from_millis(10)
         } else {
-            Duration::from_millis(100)
-        };
+            full_since = None;
+            if active <= max_in_flight / 2 {
+                set_budget_pause(&consumer, &state, false);
+            }
+            resume_drained(&consumer, &state, max_in_flight);
+        }
         let mut taken = 0;
-        let mut next = consumer.poll(timeout);
-        while let Some(result) = next {
+        let mut next = consumer.poll(Duration::from_millis(50));
+        loop {
+            // A rebalance callback may have run inside that poll: records of a partition it
+            // revoked that were polled before it must not be handled here any more.
+            drop_revoked(&state, &mut batches);
+            let Some(result) = next else { break };
             match result {
                 Ok(m) => {
                     let record = to_record(&m, &mut topics);
@@ -340,35 +393,76 @@ pub(crate) fn poll_loop<P: Processor>(
             next = consumer.poll(Duration::ZERO);
         }
         if !batches.is_empty() {
-            dispatch(&consumer, &state, &core, &runtime, &mut batches);
+            start_assigned(&consumer, &state, &core, &runtime);
+            dispatch(&state, &mut batches);
         }
     }
     info!("stopping: draining in-flight records");
-    state.release(&consumer, |_| true, false);
+    state.release(&consumer, |_| true, End::Shutdown);
     consumer.unsubscribe();
 }
 
-/// Hands batches to their partition workers, spawning workers for new partitions; records of
-/// paused partitions wait in the partition's stash.
-pub(super) fn dispatch<P: Processor>(
+/// Forgets polled records of partitions revoked since the last look.
+fn drop_revoked(state: &PollState, batches: &mut HashMap<PartitionKey, Vec<Record>>) {
+    let Ok(mut revoked) = state.revoked.lock() else {
+        return;
+    };
+    for key in revoked.drain(..) {
+        if let Some(dropped) = batches.remove(&key) {
+            debug!(topic = %key.0, partition = key.1, records = dropped.len(), "dropping records polled before their partition was revoked");
+        }
+    }
+}
+
+/// Starts a worker for every newly assigned partition: it opens the partition's state at once,
+/// before the first record arrives.
+fn start_assigned<S: Stateful>(
     consumer: &Arc<BaseConsumer<ConsumerCtx>>,
-    state: &Arc<PollState>,
-    core: &Arc<Core<P>>,
+    state: &PollState,
+    core: &Arc<Core<S>>,
     runtime: &tokio::runtime::Handle,
-    batches: &mut HashMap<PartitionKey, Vec<Record>>,
 ) {
+    let new: Vec<PartitionKey> = match state.assigned.lock() {
+        Ok(mut assigned) if !assigned.is_empty() => assigned.drain(..).collect(),
+        _ => return,
+    };
     let Ok(mut map) = state.partitions.lock() else {
         core.stop.fatal("partition table poisoned".into());
+        return;
+    };
+    for key in new {
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(key.clone()) {
+            slot.insert(spawn_partition(
+                key,
+                consumer.clone(),
+                core.clone(),
+                runtime,
+            ));
+        }
+    }
+}
+
+/// Hands batches to their partitions' workers. A partition this member does not own (revoked
+/// meanwhile) gets nothing: its records are redelivered to its owner. Records of paused
+/// partitions wait in the partition's stash.
+pub(super) fn dispatch(state: &PollState, batches: &mut HashMap<PartitionKey, Vec<Record>>) {
+    let Ok(mut map) = state.partitions.lock() else {
+        state.stop.fatal("partition table poisoned".into());
         return;
     };
     for (key, batch) in batches.drain() {
         if batch.is_empty() {
             continue;
         }
-        let handle = map
-            .entry(key.clone())
-            .or_insert_with(|| spawn_partition(key, consumer.clone(), core.clone(), runtime));
-        if handle.paused {
+        let Some(handle) = map.get_mut(&key) else {
+            debug!(topic = %key.0, partition = key.1, records = batch.len(), "records of a partition not owned: dropped");
+            continue;
+        };
+        if handle.fenced.load(Ordering::Acquire) {
+            // A newer owner claimed it in the store; the revoke is on its way.
+            continue;
+        }
+        if handle.pause != Pause::Flowing {
             state.in_flight.add(batch.len());
             handle.stash.extend(batch);
             continue;
@@ -376,85 +470,113 @@ pub(super) fn dispatch<P: Processor>(
         let n = batch.len();
         handle.in_flight.fetch_add(n, Ordering::AcqRel);
         state.in_flight.add(n);
-        // A failed send means the worker stopped (fatal or abandoned): the records stay
-        // uncommitted and are redelivered to whoever owns the partition next.
-        let _ = handle.tx.send(batch);
+        if handle.tx.send(batch).is_err() {
+            // The worker stopped (fatal, fenced or abandoned): the records stay uncommitted and
+            // are redelivered to whoever owns the partition next.
+            state.in_flight.sub(take(&handle.in_flight, n));
+        }
     }
 }
 
-/// Records held by unpaused partitions, and by all partitions (stashes included).
+/// Records held by partitions that count against the budget (all but stuck ones), and by all
+/// partitions (stashes included).
 pub(super) fn budget_use(state: &PollState) -> (usize, usize) {
     let total = state.in_flight.get();
     let Ok(map) = state.partitions.lock() else {
         return (total, total);
     };
-    let paused: usize = map
+    let stuck: usize = map
         .values()
-        .filter(|h| h.paused)
+        .filter(|h| h.pause == Pause::Stuck)
         .map(|h| h.in_flight.load(Ordering::Acquire) + h.stash.len())
         .sum();
-    (total.saturating_sub(paused), total)
+    (total.saturating_sub(stuck), total)
 }
 
-/// Pauses the unpaused partition holding the most unacknowledged records: librdkafka stops
-/// fetching it (and drops what it prefetched for it). Returns whether one was paused.
-pub(super) fn pause_fullest(consumer: &BaseConsumer<ConsumerCtx>, state: &PollState) -> bool {
+/// Pauses (`pause`) every flowing partition, or resumes every budget-paused one, handing them
+/// their stash first.
+fn set_budget_pause(consumer: &BaseConsumer<ConsumerCtx>, state: &PollState, pause: bool) {
     let Ok(mut map) = state.partitions.lock() else {
-        return false;
+        return;
+    };
+    let (from, to) = if pause {
+        (Pause::Flowing, Pause::Budget)
+    } else {
+        (Pause::Budget, Pause::Flowing)
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (key, h) in map.iter_mut().filter(|(_, h)| h.pause == from) {
+        h.pause = to;
+        if !pause {
+            unstash(h);
+        }
+        tpl.add_partition(&key.0, key.1);
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    let result = if pause {
+        state.metrics.paused.add(tpl.count() as i64);
+        consumer.pause(&tpl)
+    } else {
+        state.metrics.paused.sub(tpl.count() as i64);
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        warn!(error = %e, pause, "pausing or resuming for backpressure failed");
+    }
+}
+
+/// Hands a resumed partition what was polled for it while it was paused (already counted in
+/// the budget when stashed).
+fn unstash(h: &mut PartitionHandle) {
+    let stash = std::mem::take(&mut h.stash);
+    if !stash.is_empty() {
+        let n = stash.len();
+        h.in_flight.fetch_add(n, Ordering::AcqRel);
+        let _ = h.tx.send(stash);
+    }
+}
+
+/// Marks the (budget-paused) partition holding the most unacknowledged records as stuck, so
+/// the others can resume without it. It is already paused.
+fn mark_fullest_stuck(state: &PollState) {
+    let Ok(mut map) = state.partitions.lock() else {
+        return;
     };
     let Some((key, h)) = map
         .iter_mut()
-        .filter(|(_, h)| !h.paused)
+        .filter(|(_, h)| h.pause != Pause::Stuck)
         .max_by_key(|(_, h)| h.in_flight.load(Ordering::Acquire))
     else {
-        return false;
+        return;
     };
-    h.paused = true;
-    state.metrics.paused.inc();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&key.0, key.1);
-    warn!(topic = %key.0, partition = key.1, records = h.in_flight.load(Ordering::Acquire), "nothing acknowledged for a while: pausing the fullest partition");
-    if let Err(e) = consumer.pause(&tpl) {
-        warn!(error = %e, "pause failed");
+    warn!(topic = %key.0, partition = key.1, records = h.in_flight.load(Ordering::Acquire), "nothing acknowledged for a while: holding the fullest partition paused so the others go on");
+    if h.pause == Pause::Flowing {
+        state.metrics.paused.inc();
     }
-    true
+    h.pause = Pause::Stuck;
 }
 
-/// Resumes the paused partitions that have drained to a quarter of the budget, handing them
-/// their stash first. Returns whether any partition is still paused.
-pub(super) fn resume_ready(
-    consumer: &BaseConsumer<ConsumerCtx>,
-    state: &PollState,
-    max_in_flight: usize,
-) -> bool {
+/// Resumes the stuck partitions that have drained to a quarter of the budget.
+fn resume_drained(consumer: &BaseConsumer<ConsumerCtx>, state: &PollState, max_in_flight: usize) {
     let Ok(mut map) = state.partitions.lock() else {
-        return false;
+        return;
     };
     let mut resume = TopicPartitionList::new();
-    let mut still_paused = false;
     for (key, h) in map.iter_mut() {
-        if !h.paused {
+        if h.pause != Pause::Stuck || h.in_flight.load(Ordering::Acquire) > max_in_flight / 4 {
             continue;
         }
-        if h.in_flight.load(Ordering::Acquire) > max_in_flight / 4 {
-            still_paused = true;
-            continue;
-        }
-        let stash = std::mem::take(&mut h.stash);
-        if !stash.is_empty() {
-            // Already counted in the budget when stashed.
-            h.in_flight.fetch_add(stash.len(), Ordering::AcqRel);
-            let _ = h.tx.send(stash);
-        }
-        h.paused = false;
+        unstash(h);
+        h.pause = Pause::Flowing;
         state.metrics.paused.dec();
         resume.add_partition(&key.0, key.1);
     }
     if resume.count() > 0 {
-        debug!(partitions = ?resume.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "resuming");
+        debug!(partitions = ?resume.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "resuming drained partitions");
         if let Err(e) = consumer.resume(&resume) {
             warn!(error = %e, "resume failed");
         }
     }
-    still_paused
 }

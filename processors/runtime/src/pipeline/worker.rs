@@ -1,41 +1,70 @@
-//! A partition's worker: decode, process and encode each record in offset order, retry
-//! transient errors in place, and hand outputs to the producer for the acker.
+//! A partition's worker: it opens the partition's state, then handles records and timers one at
+//! a time (decode, wait until due, process, encode, hand outputs to the producer), group-commits
+//! staged writes, and hands the state back when the partition is revoked.
+//!
+//! Everything it does is raced against the partition's cancel token: when a drain times out
+//! or the assignment is lost, its futures are dropped where they stand, so an abandoned
+//! partition produces and writes nothing more.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use eip_schemas::{Classify, ErrorClass};
 use futures_util::FutureExt as _;
 use rdkafka::consumer::BaseConsumer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, warn};
+use tracing::{Instrument, error, info, warn};
 
-use crate::processor::{Envelope, ProcessError, Processor, Record};
+use crate::processor::{Envelope, Position, ProcessError, Record};
+use crate::stateful::{Effects, Flush, PartitionId, Stateful, Timer, TimerChange, Timers, now_ms};
 use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 
 use super::deliver::*;
 use super::*;
 
-pub(super) fn spawn_partition<P: Processor>(
+/// Starts a partition's worker and acker; called when the partition is assigned.
+pub(super) fn spawn_partition<S: Stateful>(
     key: PartitionKey,
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    core: Arc<Core<P>>,
+    core: Arc<Core<S>>,
     runtime: &tokio::runtime::Handle,
 ) -> PartitionHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (acked_tx, acked_rx) = watch::channel(0u64);
     let (done_tx, done) = std::sync::mpsc::channel();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let fenced = Arc::new(AtomicBool::new(false));
     let cancel = core.stop.abandon.child_token();
-    runtime.spawn(worker(core.clone(), rx, ack_tx, cancel.clone()));
+    let worker = Worker {
+        core: core.clone(),
+        id: PartitionId {
+            topic: key.0.clone(),
+            partition: key.1,
+        },
+        acks: ack_tx,
+        acked: acked_rx,
+        cancel: cancel.clone(),
+        fenced: fenced.clone(),
+        seq: 0,
+        timers: Timers::default(),
+        changes: Vec::new(),
+        pending: 0,
+        up_to: None,
+        since: None,
+        applied: None,
+        consumed: None,
+    };
+    runtime.spawn(worker.run(rx));
     runtime.spawn(acker(
         core,
         key,
         consumer,
         ack_rx,
+        acked_tx,
         in_flight.clone(),
         cancel.clone(),
         done_tx,
@@ -45,62 +74,368 @@ pub(super) fn spawn_partition<P: Processor>(
         in_flight,
         done,
         cancel,
-        paused: false,
+        fenced,
+        pause: Pause::Flowing,
         stash: Vec::new(),
     }
 }
 
-pub(super) async fn worker<P: Processor>(
-    core: Arc<Core<P>>,
-    mut rx: mpsc::UnboundedReceiver<Vec<Record>>,
-    acks: mpsc::UnboundedSender<Ack>,
+/// One partition's worker. It owns the partition's state while it runs; see the module docs.
+pub(super) struct Worker<S: Stateful> {
+    core: Arc<Core<S>>,
+    id: PartitionId,
+    acks: mpsc::UnboundedSender<AckItem>,
+    /// The sequence number of the last record or timer whose deliveries the acker settled.
+    acked: watch::Receiver<u64>,
     cancel: CancellationToken,
-) {
-    let mut consumed_topic: Option<(Arc<str>, prometheus::IntCounter, prometheus::Histogram)> =
-        None;
-    let halt = core.stop.halt.clone();
-    while let Some(batch) = rx.recv().await {
-        for record in batch {
-            if cancel.is_cancelled() || halt.is_cancelled() {
+    fenced: Arc<AtomicBool>,
+    /// Sequence number of the last record or timer handed to the acker.
+    seq: u64,
+    timers: Timers,
+    /// Timer changes since the last flush.
+    changes: Vec<TimerChange>,
+    /// Records handled since the last flush.
+    pending: usize,
+    /// The highest offset handled since the last flush.
+    up_to: Option<i64>,
+    /// When the oldest unflushed change was made.
+    since: Option<Instant>,
+    /// Records at or below this offset are already in the state.
+    applied: Option<i64>,
+    consumed: Option<(prometheus::IntCounter, prometheus::Histogram)>,
+}
+
+/// What a worker is handling: a record, or a timer that fired.
+enum Work {
+    Record,
+    Timer(Timer),
+}
+
+impl<S: Stateful> Worker<S> {
+    /// The worker's whole life: open, then records and timers until the partition is revoked
+    /// (flush and close) or abandoned (drop everything).
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Record>>) {
+        let Some(mut state) = self.open().await else {
+            return;
+        };
+        let halt = self.core.stop.halt.clone();
+        let cancel = self.cancel.clone();
+        loop {
+            if self.flush_due() && !self.flush(&mut state).await {
                 return;
             }
-            let (consumed, latency) = match &consumed_topic {
-                Some((t, c, h)) if *t == record.position.topic => (c.clone(), h.clone()),
-                _ => {
-                    let t = record.position.topic.clone();
-                    let c = core
-                        .metrics
-                        .consumed
-                        .with_label_values(&[core.name.as_str(), &t]);
-                    let h = core
-                        .metrics
-                        .processing
-                        .with_label_values(&[core.name.as_str(), &t]);
-                    consumed_topic = Some((t, c.clone(), h.clone()));
-                    (c, h)
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = halt.cancelled() => return,
+                batch = rx.recv() => match batch {
+                    Some(batch) => {
+                        for record in batch {
+                            if halt.is_cancelled() || !self.record(&mut state, record).await {
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        // Revoked or stopping: everything handed over was handled.
+                        if self.flush(&mut state).await {
+                            let close = self.core.processor.close(&self.id, state);
+                            tokio::select! {
+                                _ = close => {}
+                                _ = cancel.cancelled() => {}
+                            }
+                        }
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => {
+                    if !self.fire_due(&mut state).await {
+                        return;
+                    }
                 }
-            };
-            consumed.inc();
-            let started = Instant::now();
-            let Some(ack) = handle(&core, record, &cancel).await else {
-                return;
-            };
-            latency.observe(started.elapsed().as_secs_f64());
-            if acks.send(ack).is_err() {
-                return;
             }
         }
     }
+
+    /// Opens the partition's state, retrying transient errors; `None` if it can't be opened
+    /// (a fatal error, recorded) or the partition was abandoned meanwhile.
+    async fn open(&mut self) -> Option<S::State> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let opened = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return None,
+                r = contained(&self.core, "open", self.core.processor.open(&self.id)) => r,
+            };
+            match opened {
+                Ok(opened) => {
+                    for t in opened.timers {
+                        self.timers.apply(&TimerChange::Set(t));
+                    }
+                    self.applied = opened.applied;
+                    self.core.metrics.timers.add(self.timers.len() as i64);
+                    return Some(opened.state);
+                }
+                Err(e) if e.class() == ErrorClass::Transient => {
+                    let delay = backoff(&self.core.pipeline.retry, attempts);
+                    warn!(topic = %self.id.topic, partition = self.id.partition, error = %e.chain(), "opening the partition's state failed: retrying");
+                    if !self.wait(delay).await {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    self.core.stop.fatal(format!(
+                        "opening {}[{}]: {}",
+                        self.id.topic,
+                        self.id.partition,
+                        e.chain()
+                    ));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `delay` unless the partition is abandoned or the process halts first.
+    async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.cancel.cancelled() => false,
+            _ = self.core.stop.halt.cancelled() => false,
+        }
+    }
+
+    fn flush_due(&self) -> bool {
+        self.since.is_some_and(|since| {
+            self.pending >= self.core.pipeline.flush_records
+                || since.elapsed() >= self.core.pipeline.flush_interval
+        })
+    }
+
+    /// How long until the next timer or the next flush is due.
+    fn next_wake(&self) -> Option<Duration> {
+        let timer = self
+            .timers
+            .next_at()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64));
+        let flush = self.since.map(|since| {
+            self.core
+                .pipeline
+                .flush_interval
+                .saturating_sub(since.elapsed())
+        });
+        match (timer, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Handles one record; false when the worker must stop.
+    async fn record(&mut self, state: &mut S::State, record: Record) -> bool {
+        let (consumed, latency) = match &self.consumed {
+            Some(m) => m.clone(),
+            None => {
+                let labels = [self.core.name.as_str(), &self.id.topic];
+                let m = (
+                    self.core.metrics.consumed.with_label_values(&labels),
+                    self.core.metrics.processing.with_label_values(&labels),
+                );
+                self.consumed = Some(m.clone());
+                m
+            }
+        };
+        consumed.inc();
+        let offset = record.position.offset;
+        if self.applied.is_some_and(|applied| offset <= applied) {
+            // The state already holds this record's effects (flushed before a crash or a
+            // handover, not yet committed): acknowledge it without handling it again.
+            return self.send(
+                Ack {
+                    record,
+                    deliveries: Vec::new(),
+                    seq: 0,
+                    commit: Commit::OnAck,
+                },
+                Vec::new(),
+            );
+        }
+        if let Some(due) = self.core.processor.not_before(&record) {
+            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+            if !wait.is_zero() && !self.wait(wait).await {
+                return false;
+            }
+        }
+        let started = Instant::now();
+        let cancel = self.cancel.clone();
+        let handled = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = handle(&self.core, state, record, Work::Record, &cancel) => r,
+        };
+        latency.observe(started.elapsed().as_secs_f64());
+        let Some((ack, changes)) = handled else {
+            return false;
+        };
+        if self.core.processor.stages_writes() {
+            self.pending += 1;
+            self.up_to = Some(offset);
+            self.since.get_or_insert_with(Instant::now);
+        }
+        self.send(ack, changes)
+    }
+
+    /// Fires every timer that is due; false when the worker must stop.
+    async fn fire_due(&mut self, state: &mut S::State) -> bool {
+        while let Some(timer) = self.timers.pop_due(now_ms()) {
+            self.core.metrics.timers.dec();
+            self.changes.push(TimerChange::Remove(timer.key.clone()));
+            self.since.get_or_insert_with(Instant::now);
+            // A timer has no record: its outputs and dead letter are told apart by offset -1.
+            let record = Record {
+                position: Position {
+                    topic: self.id.topic.clone(),
+                    partition: self.id.partition,
+                    offset: -1,
+                    timestamp_ms: Some(timer.at_ms),
+                },
+                key: Some(timer.key.clone()),
+                payload: None,
+                headers: Headers::new(),
+            };
+            let cancel = self.cancel.clone();
+            let handled = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                r = handle(&self.core, state, record, Work::Timer(timer), &cancel) => r,
+            };
+            let Some((ack, changes)) = handled else {
+                return false;
+            };
+            if !self.send(ack, changes) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands a record's or timer's deliveries to the acker and applies its timer changes.
+    fn send(&mut self, mut ack: Ack, changes: Vec<TimerChange>) -> bool {
+        for change in &changes {
+            let before = self.timers.len();
+            self.timers.apply(change);
+            self.core
+                .metrics
+                .timers
+                .add(self.timers.len() as i64 - before as i64);
+        }
+        if !changes.is_empty() {
+            self.changes.extend(changes);
+            self.since.get_or_insert_with(Instant::now);
+        }
+        self.seq += 1;
+        ack.seq = self.seq;
+        self.acks.send(AckItem::Handled(ack)).is_ok()
+    }
+
+    /// The group commit: waits until every output so far is acknowledged, then has the
+    /// processor make its staged writes, the timer changes and the offset durable together,
+    /// retrying transient failures; then lets the acker store the offset. False when the
+    /// worker must stop (fenced, fatal or abandoned).
+    async fn flush(&mut self, state: &mut S::State) -> bool {
+        if self.since.is_none() {
+            return true;
+        }
+        if !self.core.processor.stages_writes() {
+            self.since = None;
+            self.changes.clear();
+            return true;
+        }
+        let target = self.seq;
+        let mut acked = self.acked.clone();
+        let outputs_acked = tokio::select! {
+            r = acked.wait_for(|s| *s >= target) => r.is_ok(),
+            _ = self.cancel.cancelled() => false,
+        };
+        if !outputs_acked {
+            return false;
+        }
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let flush = Flush {
+                partition: &self.id,
+                up_to: self.up_to,
+                timers: &self.changes,
+            };
+            let result = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return false,
+                r = contained(&self.core, "flush", self.core.processor.flush(state, flush)) => r,
+            };
+            let outcome = match &result {
+                Ok(()) => "durable",
+                Err(ProcessError::Fenced { .. }) => "fenced",
+                Err(e) if e.class() == ErrorClass::Transient => "retried",
+                Err(_) => "failed",
+            };
+            self.core
+                .metrics
+                .group_commits
+                .with_label_values(&[self.core.name.as_str(), outcome])
+                .inc();
+            match result {
+                Ok(()) => break,
+                Err(ProcessError::Fenced { reason }) => {
+                    warn!(topic = %self.id.topic, partition = self.id.partition, %reason, "fenced: a newer owner claimed this partition; dropping it without committing");
+                    self.fenced.store(true, Ordering::Release);
+                    return false;
+                }
+                Err(e) if e.class() == ErrorClass::Transient => {
+                    let delay = backoff(&self.core.pipeline.retry, attempts);
+                    warn!(topic = %self.id.topic, partition = self.id.partition, error = %e.chain(), attempt = attempts, "group commit failed: retrying it");
+                    if !self.wait(delay).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.core.stop.fatal(format!(
+                        "group commit of {}[{}]: {}",
+                        self.id.topic,
+                        self.id.partition,
+                        e.chain()
+                    ));
+                    return false;
+                }
+            }
+        }
+        self.core
+            .metrics
+            .group_commit_seconds
+            .with_label_values(&[self.core.name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(offset) = self.up_to.take()
+            && self.acks.send(AckItem::Durable(offset)).is_err()
+        {
+            return false;
+        }
+        self.pending = 0;
+        self.since = None;
+        self.changes.clear();
+        true
+    }
 }
 
-/// Decodes, processes and hands one record's outputs to the producer. Returns `None` when the
-/// partition must stop (fatal error or abandoned); the record is then left uncommitted.
-/// Runs one stage of a record (`decode` or `process`) and contains a panic in it: the record
-/// becomes poison (dead-lettered with the panic's message), the panic is counted in
-/// `eip_panics_total` and in `/healthz`, and the partition goes on with its next record.
-/// A stateless processor has nothing a panic could leave half-changed, so going on is safe.
-async fn contained<P: Processor, T>(
-    core: &Core<P>,
+/// Runs one stage of a record (`decode`, `process`, `open`, `flush`) and contains a panic in it.
+/// A stateless processor has nothing a panic could leave half-changed: its record becomes
+/// poison (dead-lettered with the panic's message) and the partition goes on. A stateful
+/// processor's state may be half-changed: the panic is fatal, and the partition is reopened
+/// from the store after the restart. Either way it is counted in `eip_panics_total` and in
+/// `/healthz`.
+async fn contained<S: Stateful, T>(
+    core: &Core<S>,
     stage: &'static str,
     run: impl Future<Output = Result<T, ProcessError>>,
 ) -> Result<T, ProcessError> {
@@ -117,17 +452,30 @@ async fn contained<P: Processor, T>(
                 .with_label_values(&[core.name.as_str(), stage])
                 .inc();
             core.health.record_panic();
-            error!(stage, panic = %message, "the processor panicked: dead-lettering the record");
-            Err(ProcessError::poison(format!("{stage} panicked: {message}")))
+            let reason = format!("{stage} panicked: {message}");
+            if core.processor.stages_writes() {
+                error!(stage, panic = %message, "the processor panicked: its state may be half-changed, stopping");
+                Err(ProcessError::fatal(reason))
+            } else {
+                error!(stage, panic = %message, "the processor panicked: dead-lettering the record");
+                Err(ProcessError::poison(reason))
+            }
         }
     }
 }
 
-pub(super) async fn handle<P: Processor>(
-    core: &Arc<Core<P>>,
+/// Decodes and processes a record (or handles a timer), retrying transient errors in place;
+/// then encodes the outputs, retrying only the encoding when that fails for a reason that may
+/// pass; then hands them to the producer. Returns the acker's work and the timer changes, or
+/// `None` when the partition must stop (fatal error or abandoned); the record is then left
+/// uncommitted.
+async fn handle<S: Stateful>(
+    core: &Arc<Core<S>>,
+    state: &mut S::State,
     record: Record,
+    work: Work,
     cancel: &CancellationToken,
-) -> Option<Ack> {
+) -> Option<(Ack, Vec<TimerChange>)> {
     let trace = record
         .headers
         .get(TRACEPARENT)
@@ -148,46 +496,75 @@ pub(super) async fn handle<P: Processor>(
     );
     let mut attempts: u32 = 0;
     let mut first_failure: Option<time::OffsetDateTime> = None;
-    let outcome = loop {
+    let mut effects;
+    let failed = |attempts: u32, e: &ProcessError| {
+        core.metrics
+            .retried
+            .with_label_values(&[core.name.as_str(), &record.position.topic])
+            .inc();
+        let delay = backoff(&core.pipeline.retry, attempts);
+        warn!(
+            parent: &span,
+            error = %e.chain(),
+            attempt = attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            "transient error: retrying in place"
+        );
+        delay
+    };
+    let wait = |delay: Duration| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = cancel.cancelled() => false,
+            _ = core.stop.halt.cancelled() => false,
+        }
+    };
+    // Decode and process (or the timer's handler), retried as a whole on a transient error:
+    // the processor left its state as it was.
+    let processed = loop {
         attempts += 1;
+        effects = Effects::at(now_ms());
         let attempt = async {
-            let input =
-                contained(core, "decode", core.processor.decode(&core.codec, &record)).await?;
-            let envelope = Envelope {
-                value: input,
-                key: record.key.clone(),
-                headers: record.headers.clone(),
-                position: record.position.clone(),
-                trace,
-                correlation_id: correlation_id.clone(),
-            };
-            let outputs = contained(core, "process", core.processor.process(envelope)).await?;
-            encode_outputs(&core.codec, outputs).await
+            match &work {
+                Work::Record => {
+                    let input =
+                        contained(core, "decode", core.processor.decode(&core.codec, &record))
+                            .await?;
+                    let envelope = Envelope {
+                        value: input,
+                        key: record.key.clone(),
+                        headers: record.headers.clone(),
+                        position: record.position.clone(),
+                        trace,
+                        correlation_id: correlation_id.clone(),
+                    };
+                    contained(
+                        core,
+                        "process",
+                        core.processor.process(state, envelope, &mut effects),
+                    )
+                    .await
+                }
+                Work::Timer(timer) => {
+                    contained(
+                        core,
+                        "timer",
+                        core.processor.on_timer(state, timer.clone(), &mut effects),
+                    )
+                    .await
+                }
+            }
         }
         .instrument(span.clone())
         .await;
         match attempt {
-            Ok(encoded) => break Ok(encoded),
+            Ok(()) => break Ok(()),
             Err(e) => {
                 first_failure.get_or_insert_with(time::OffsetDateTime::now_utc);
                 match e.class() {
                     ErrorClass::Transient => {
-                        core.metrics
-                            .retried
-                            .with_label_values(&[core.name.as_str(), &record.position.topic])
-                            .inc();
-                        let delay = backoff(&core.pipeline.retry, attempts);
-                        warn!(
-                            parent: &span,
-                            error = %e.chain(),
-                            attempt = attempts,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "transient error: retrying in place"
-                        );
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => continue,
-                            _ = cancel.cancelled() => return None,
-                            _ = core.stop.halt.cancelled() => return None,
+                        if !wait(failed(attempts, &e)).await {
+                            return None;
                         }
                     }
                     class => break Err((class, e)),
@@ -195,12 +572,36 @@ pub(super) async fn handle<P: Processor>(
             }
         }
     };
+    // Encode, retried alone: a registry that is down must not run `process` (and its effects)
+    // again.
+    let encoded = match processed {
+        Ok(()) => loop {
+            match encode_outputs(&core.codec, &effects.outputs)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(encoded) => break Ok(encoded),
+                Err(e) => {
+                    first_failure.get_or_insert_with(time::OffsetDateTime::now_utc);
+                    match e.class() {
+                        ErrorClass::Transient => {
+                            attempts += 1;
+                            if !wait(failed(attempts, &e)).await {
+                                return None;
+                            }
+                        }
+                        class => break Err((class, e)),
+                    }
+                }
+            }
+        },
+        Err(failure) => Err(failure),
+    };
     let mut deliveries = Vec::new();
-    match outcome {
+    match encoded {
         Ok(encoded) => {
             let child = trace.child().to_header();
-            for out in encoded {
-                let mut out = out;
+            for mut out in encoded {
                 if out.headers.get(TRACEPARENT).is_none() {
                     out.headers.push(TRACEPARENT, child.clone());
                 }
@@ -212,13 +613,9 @@ pub(super) async fn handle<P: Processor>(
                 }
                 match send_output(core, &record, out, true, cancel).await {
                     Ok((topic, f)) => deliveries.push((Delivery::Output(topic), f)),
-                    Err((topic, SendError::Abandoned)) => {
-                        let _ = topic;
-                        return None;
-                    }
+                    Err((_, SendError::Abandoned)) => return None,
                     Err((topic, SendError::Permanent(reason))) => {
                         // The output can't ever be produced (too large, say): the input is poison.
-                        deliveries.clear();
                         let reason = format!("producing to {topic} failed: {reason}");
                         return dead_letter(
                             core,
@@ -230,7 +627,8 @@ pub(super) async fn handle<P: Processor>(
                             cancel,
                         )
                         .instrument(span)
-                        .await;
+                        .await
+                        .map(|ack| (ack, Vec::new()));
                     }
                     Err((topic, SendError::Fatal(reason) | SendError::Refused(reason))) => {
                         core.stop.fatal(format!("producing to {topic}: {reason}"));
@@ -251,6 +649,9 @@ pub(super) async fn handle<P: Processor>(
             return None;
         }
         Err((class, e)) => {
+            if let Work::Timer(timer) = &work {
+                info!(parent: &span, key = ?timer.key, "a timer's handler failed for good: dead-lettering a record of the timer");
+            }
             return dead_letter(
                 core,
                 record,
@@ -261,8 +662,22 @@ pub(super) async fn handle<P: Processor>(
                 cancel,
             )
             .instrument(span)
-            .await;
+            .await
+            .map(|ack| (ack, Vec::new()));
         }
     }
-    Some(Ack { record, deliveries })
+    let commit = match work {
+        Work::Record if core.processor.stages_writes() => Commit::OnFlush,
+        Work::Record => Commit::OnAck,
+        Work::Timer(_) => Commit::Never,
+    };
+    Some((
+        Ack {
+            record,
+            deliveries,
+            seq: 0,
+            commit,
+        },
+        effects.timers,
+    ))
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
 
 pub mod bench;
+pub mod plain;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use eip_passthrough::{Passthrough, PassthroughConfig};
 use eip_runtime::config::{Config, LogFormat};
-use eip_runtime::{Processor, Running, Section};
+use eip_runtime::{Processor, Running, Section, Stateful, Stateless};
 use eip_schemas::types::OrderPlaced;
 use eip_schemas::{Codec, Registry};
 pub use eipctl::{Endpoints, ProduceSpec, ReadRecord};
@@ -250,11 +251,19 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `processor` with `config` and waits until it is subscribed.
     pub async fn start<P: Processor, A: Section>(config: Config<A>, processor: P) -> InProcess {
+        InProcess::start_stateful(config, Stateless(processor)).await
+    }
+
+    /// [`InProcess::start`] for a stateful processor.
+    pub async fn start_stateful<S: Stateful, A: Section>(
+        config: Config<A>,
+        processor: S,
+    ) -> InProcess {
         init_logs();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            eip_runtime::run_until(
+            eip_runtime::run_stateful_until(
                 &config,
                 processor,
                 Default::default(),
@@ -774,4 +783,60 @@ impl<H: Hook> Processor for Hooked<H> {
             input.value,
         )])
     }
+}
+
+/// Produces sample orders (the same records as [`produce`], `keys` distinct keys) at
+/// `per_second`, from one idempotent producer, until `stop` is set; returns how many were
+/// produced, all acknowledged. For tests that need records flowing while something happens.
+pub async fn feed_steady(
+    ep: &Endpoints,
+    topic: &str,
+    per_second: u64,
+    keys: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let id = codec(ep).id_of::<OrderPlaced>().await.unwrap();
+    let producer: BaseProducer = eip_runtime::kafka::producer_config(&ep.kafka())
+        .create()
+        .unwrap();
+    let spec = ProduceSpec {
+        topic: topic.to_string(),
+        count: 0,
+        start: 0,
+        poison: 0,
+        keys,
+    };
+    tokio::task::spawn_blocking(move || {
+        let tick = Duration::from_millis(10);
+        let per_tick = (per_second / 100).max(1);
+        let started = Instant::now();
+        let mut seq = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            for _ in 0..per_tick {
+                let mut order = eip_schemas::types::samples::order_placed(seq);
+                let key = eipctl::sample_key(&spec, seq);
+                order.metadata.aggregate_id = key.clone();
+                let bytes = eip_schemas::codec::encode_with_id(id, &order).unwrap();
+                let mut record = BaseRecord::to(&spec.topic).key(&key).payload(&bytes);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((_, r)) => {
+                            producer.poll(Duration::from_millis(5));
+                            record = r;
+                        }
+                    }
+                }
+                seq += 1;
+            }
+            producer.poll(Duration::ZERO);
+            let due = tick * u32::try_from(seq / per_tick).unwrap_or(u32::MAX);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+        seq
+    })
 }

@@ -159,9 +159,10 @@ pub(super) enum End {
     /// A rebalance takes the partitions away: finish, then commit synchronously, so the next
     /// owner starts exactly where this member stopped.
     Handover,
-    /// Shutdown: finish, then commit asynchronously (the close commits again, within
-    /// `pipeline.close_timeout`; a synchronous commit to a broker that stopped answering would
-    /// hang).
+    /// Shutdown: finish, then commit synchronously too, so the members that take the
+    /// partitions over start where this one stopped. (A broker that stopped answering holds
+    /// that commit; `run_until` bounds the whole drain and close, and exits with an error
+    /// past `pipeline.close_timeout`.)
     Shutdown,
     /// The assignment is lost (another member already owns the partitions): abandon at once.
     Lost,
@@ -258,14 +259,12 @@ impl PollState {
             // Whatever was not acknowledged stays uncommitted; it no longer counts here.
             self.in_flight.sub(take(&in_flight, usize::MAX));
         }
-        let mode = match end {
-            End::Lost => return,
-            End::Handover => CommitMode::Sync,
-            End::Shutdown => CommitMode::Async,
-        };
+        if end == End::Lost {
+            return;
+        }
         // Every record finished above has its offset stored; commit them now, before the
         // partitions can go to another member.
-        match consumer.commit_consumer_state(mode) {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {

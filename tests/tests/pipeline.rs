@@ -236,15 +236,15 @@ async fn a_slow_processor_is_backpressure_not_memory_growth() {
     assert_eq!(read_all(&ep, &output).await.len(), 3_000);
 }
 
-/// Holds every record of one partition until released.
-struct StuckPartition {
-    stuck: i32,
+/// Holds every record of some partitions until released.
+struct StuckPartitions {
+    stuck: Vec<i32>,
     release: tokio::sync::watch::Receiver<bool>,
 }
 
-impl Hook for StuckPartition {
+impl Hook for StuckPartitions {
     async fn before(&self, input: &Envelope<OrderPlaced>) -> Result<(), ProcessError> {
-        if input.position.partition == self.stuck {
+        if self.stuck.contains(&input.position.partition) {
             let mut release = self.release.clone();
             let _ = release.wait_for(|go| *go).await;
         }
@@ -252,28 +252,45 @@ impl Hook for StuckPartition {
     }
 }
 
+/// The lag of `partition` as the member last reported it.
+fn lag_of(p: &InProcess, partition: i32) -> Option<f64> {
+    p.running
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("eip_consumer_lag{"))
+        .find(|l| l.contains(&format!("partition=\"{partition}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_partition_is_paused_and_the_others_keep_flowing() {
+async fn two_stuck_partitions_keep_the_member_in_its_group_while_the_others_flow_and_lag_updates() {
     let ep = endpoints();
-    let names = fresh_topics(&ep, "stuck", 2).await;
+    let names = fresh_topics(&ep, "stuck", 4).await;
     let (input, output) = (names.input.clone(), names.output.clone());
     produce(&ep, &input, 4_000, 0, 0, 0).await;
     let per_partition =
         |records: &[ReadRecord], p: i32| records.iter().filter(|r| r.partition == p).count();
     let inputs = read_all(&ep, &input).await;
-    let (n0, n1) = (per_partition(&inputs, 0), per_partition(&inputs, 1));
+    let count = |records: &[ReadRecord], ps: &[i32]| {
+        ps.iter().map(|p| per_partition(records, *p)).sum::<usize>()
+    };
     assert!(
-        n0 > 500 && n1 > 500,
-        "both partitions have records: {n0}/{n1}"
+        (0..4).all(|p| per_partition(&inputs, p) > 300),
+        "every partition has records"
     );
 
     let mut cfg = passthrough_config(&ep, &names);
-    cfg.pipeline.max_in_flight = 200;
+    // A share of 250 records per partition: the stuck ones hold 250 each.
+    cfg.pipeline.max_in_flight = 1_000;
     cfg.pipeline.max_batch = 50;
-    cfg.pipeline.pause_after = Duration::from_millis(300);
+    cfg.pipeline.drain_timeout = Duration::from_secs(2);
+    cfg.kafka.session_timeout = Duration::from_secs(6);
+    // The least the runtime accepts; the member must stay past it with its budget full.
+    cfg.kafka.max_poll_interval = Duration::from_secs(12);
     let (release, gate) = tokio::sync::watch::channel(false);
-    let stuck = StuckPartition {
-        stuck: 0,
+    let stuck = StuckPartitions {
+        stuck: vec![0, 1],
         release: gate,
     };
     let p = InProcess::start(
@@ -285,35 +302,63 @@ async fn a_stuck_partition_is_paused_and_the_others_keep_flowing() {
         },
     )
     .await;
-    // Partition 0 is stuck, so it fills the budget; it gets paused and partition 1 drains.
+    // Partitions 0 and 1 are stuck: each fills its share of the budget and is paused; 2 and 3
+    // flow.
+    let flowing = count(&inputs, &[2, 3]);
     eventually(
-        "partition 1 fully through while partition 0 is stuck",
+        "partitions 2 and 3 through while 0 and 1 are stuck",
         WAIT,
-        || async {
-            let out = read_all(&ep, &output).await;
-            (per_partition(&out, 1) == n1).then_some(())
-        },
+        || async { (count(&read_all(&ep, &output).await, &[2, 3]) == flowing).then_some(()) },
     )
     .await;
     assert!(
-        p.metric("eip_paused_partitions") >= 1.0,
-        "the stuck partition was paused"
+        p.metric("eip_paused_partitions") >= 2.0,
+        "both stuck partitions paused"
     );
-    // The flowing partitions keep the budget; the paused one keeps what it held; the total
-    // never passes twice the budget plus a poll batch.
-    assert!(p.metric("eip_records_in_flight") <= 2.0 * 200.0 + 50.0);
-    assert_eq!(per_partition(&read_all(&ep, &output).await, 0), 0);
-    // Released, partition 0 resumes and completes.
+    let lag_before = eventually("a lag figure for partition 0", WAIT, || async {
+        lag_of(&p, 0).filter(|l| *l > 0.0)
+    })
+    .await;
+    // More records, past max.poll.interval: the member keeps polling, so it stays in the
+    // group, the flowing partitions take the new records, and the lag keeps being reported.
+    produce(&ep, &input, 2_000, 4_000, 0, 0).await;
+    let inputs = read_all(&ep, &input).await;
+    let flowing = count(&inputs, &[2, 3]);
+    let stuck_new = per_partition(&inputs, 0) as f64 - lag_before;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    eventually("the new records of 2 and 3 through", WAIT, || async {
+        (count(&read_all(&ep, &output).await, &[2, 3]) == flowing).then_some(())
+    })
+    .await;
+    eventually(
+        "the lag of partition 0 follows the new records",
+        WAIT,
+        || async { lag_of(&p, 0).filter(|l| *l >= lag_before + stuck_new * 0.9) },
+    )
+    .await;
+    let text = p.running.metrics.render();
+    let revokes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("eip_rebalances_total") && l.contains("kind=\"revoke\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(revokes, 0.0, "never left the group:\n{text}");
+    assert_eq!(p.metric("eip_assigned_partitions"), 4.0);
+    assert!(
+        p.metric("eip_records_in_flight") <= 1_000.0 + 50.0,
+        "the total stays within the budget plus a poll batch"
+    );
+    assert_eq!(count(&read_all(&ep, &output).await, &[0, 1]), 0);
+    // Released, partitions 0 and 1 resume and complete.
     release.send(true).unwrap();
-    wait_for(&ep, &output, 4_000, WAIT).await;
+    wait_for(&ep, &output, 6_000, WAIT).await;
     eventually("resumed", WAIT, || async {
         Some(()).filter(|_| p.metric("eip_paused_partitions") == 0.0)
     })
     .await;
     p.stop().await.unwrap();
     let out = read_all(&ep, &output).await;
-    assert_eq!(out.len(), 4_000);
-    assert_eq!(per_partition(&out, 0), n0);
+    assert_eq!(out.len(), 6_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,10 +222,10 @@ where
 
     tokio::spawn(readiness(
         Arc::downgrade(&consumer),
+        state.clone(),
         config.pipeline.inputs[0].clone(),
         codec.registry().clone(),
         health.clone(),
-        metrics.clone(),
         config.telemetry.readiness_interval,
         stop.stopping.clone(),
     ));
@@ -347,14 +347,14 @@ async fn check_topics<S: Stateful, A: Section>(
     }
 }
 
-/// Probes the broker and the registry every `interval` until `stop`. It holds the consumer
-/// only while probing, so the poll thread closes it (see `pipeline::poll_thread`).
+/// Probes the broker and the registry every `interval` until `stop`, and measures the lag of
+/// paused partitions (librdkafka's statistics don't). It holds the consumer only while probing, so the poll thread closes it (see `pipeline::poll_thread`).
 async fn readiness(
     consumer: std::sync::Weak<BaseConsumer<ConsumerCtx>>,
+    state: Arc<PollState>,
     topic: String,
     registry: Arc<Registry>,
     health: Arc<Health>,
-    metrics: Metrics,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -367,8 +367,13 @@ async fn readiness(
         };
         let t = topic.clone();
         // Metadata of one input topic: cheap even on a cluster with many topics.
+        let lags = state.clone();
         let broker = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()
+            let up = c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok();
+            if up {
+                lags.paused_lag(&c);
+            }
+            up
         })
         .await
         .unwrap_or(false);
@@ -376,7 +381,7 @@ async fn readiness(
         let registry_ok = registry.subjects().await.is_ok();
         health.report("registry", registry_ok, "does not answer");
         let r = health.readiness();
-        metrics.ready.set(i64::from(r.ready));
+        state.metrics.ready.set(i64::from(r.ready));
         if !broker || !registry_ok {
             warn!(broker, registry = registry_ok, "not ready");
         }

@@ -215,20 +215,15 @@ pub struct PipelineConfig {
     pub inputs: Vec<String>,
     /// Each input topic `T` dead-letters into `T` + this suffix.
     pub dlq_suffix: String,
-    /// Records held between consume and commit by the flowing partitions. At this budget the
-    /// consumer takes no more records: a slow downstream becomes backpressure, not memory
-    /// growth. Paused (stuck) partitions keep what they hold, within a hard ceiling of twice
-    /// this budget, so memory stays under about 2 × this × the average record size, plus
-    /// librdkafka's prefetch queue, bounded at 16 MiB (`kafka::PREFETCH_KBYTES`).
+    /// Records held between consume and commit. Each assigned partition may hold its share
+    /// (this divided by the partitions assigned) and is paused at it, so a stuck partition
+    /// holds only its share and the others go on; at the whole budget every partition is
+    /// paused. A slow downstream becomes backpressure, not memory growth: memory stays under
+    /// about this × the average record size (plus one poll batch), plus librdkafka's prefetch
+    /// queue, bounded at 16 MiB (`kafka::PREFETCH_KBYTES`).
     pub max_in_flight: usize,
     /// Records taken from the consumer per dispatch round.
     pub max_batch: usize,
-    /// If nothing is acknowledged for this long while at the `max_in_flight` budget, the
-    /// partition holding the most records is paused, so one stuck partition does not hold up
-    /// the others. (Pausing makes librdkafka drop what it prefetched, so it is not the normal
-    /// backpressure path.)
-    #[serde(with = "humantime_serde")]
-    pub pause_after: Duration,
     /// Create missing input and DLQ topics at startup (local use); otherwise a missing topic
     /// stops startup with a message naming it.
     pub create_topics: bool,
@@ -262,7 +257,6 @@ impl Default for PipelineConfig {
             dlq_suffix: ".dlq".into(),
             max_in_flight: 20_000,
             max_batch: 500,
-            pause_after: Duration::from_secs(2),
             create_topics: false,
             topic_partitions: 4,
             drain_timeout: Duration::from_secs(20),
@@ -583,12 +577,6 @@ impl<A: Section> Config<A> {
             return Err(ConfigError::invalid(
                 "pipeline.max_in_flight",
                 "must be at least 1",
-            ));
-        }
-        if p.pause_after.is_zero() {
-            return Err(ConfigError::invalid(
-                "pipeline.pause_after",
-                "must be more than 0",
             ));
         }
         for (key, value) in [

@@ -21,12 +21,11 @@
 //!   awaits each record's deliveries in offset order and only then stores the next offset.
 //!   librdkafka commits stored offsets periodically, on revoke and at shutdown. So nothing is
 //!   committed before everything it caused is acknowledged.
-//! - At most `max_in_flight` records are held between consume and commit by the flowing
-//!   partitions. At the budget the poll loop stops taking records, so librdkafka's bounded
-//!   prefetch queue fills and its fetcher stops; nothing fetched is discarded. If the budget
-//!   stays full for `pause_after`, the partition holding the most records is paused so the
-//!   others go on; it resumes once it has drained. The total never passes twice the budget.
-
+//! - At most `max_in_flight` records are held between consume and commit. Each partition may
+//!   hold its share of that budget and is paused at it, so one stuck partition holds its share
+//!   and the others go on. The poll loop keeps polling either way, so rebalances, statistics and `max.poll.interval.ms` are served.
+//! - Stateful processors ([`crate::stateful`]) get their state opened when a partition is
+//!   assigned and handed back when it is revoked; their offsets wait for group commits.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,6 +146,7 @@ impl InFlight {
         self.gauge.sub(taken as i64);
     }
 
+    #[cfg(test)]
     fn get(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
@@ -263,12 +263,9 @@ pub(crate) fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
 pub(super) enum Pause {
     /// Fetched and dispatched.
     Flowing,
-    /// Paused because the whole budget is in use; resumed with the others.
-    Budget,
-    /// Paused because it held the most records while nothing was acknowledged for
-    /// `pause_after`; what it holds stops counting against the others' budget. Resumed once
-    /// it has drained.
-    Stuck,
+    /// Paused because it holds its share of the budget (a slow or stuck partition); resumed
+    /// once it has drained to half of it.
+    Full,
 }
 
 /// The poll thread's handle on one partition's tasks.
@@ -281,7 +278,6 @@ pub(super) struct PartitionHandle {
     /// claimed the partition: its records are dropped, uncommitted, until the revoke.
     pub(super) fenced: Arc<std::sync::atomic::AtomicBool>,
     pub(super) pause: Pause,
-    pub(super) stash: Vec<Record>,
 }
 
 #[cfg(test)]

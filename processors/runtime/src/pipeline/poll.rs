@@ -35,8 +35,12 @@ pub(crate) struct PollState {
     /// Partitions revoked by a callback since the poll loop last looked: records of theirs
     /// that it polled before the callback ran are dropped, not dispatched.
     pub(super) revoked: Mutex<Vec<PartitionKey>>,
+    /// Where this group stands on each assigned partition (its committed offset, or the start
+    /// of the log before any commit), from the last statistics: the lag of a paused partition
+    /// is measured from it.
+    pub(super) starts: Mutex<HashMap<(String, i32), i64>>,
     pub(super) in_flight: Arc<InFlight>,
-    pub(super) metrics: Metrics,
+    pub(crate) metrics: Metrics,
     pub(super) name: String,
     pub(super) stop: Arc<Stop>,
     pub(super) health: Arc<Health>,
@@ -50,14 +54,33 @@ pub(crate) struct ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, stats: Statistics) {
+        let paused: Vec<PartitionKey> = self.state.paused();
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                if *partition < 0 || !p.desired {
+                    continue;
+                }
+                let start = if p.committed_offset >= 0 {
+                    p.committed_offset
+                } else {
+                    p.lo_offset
+                };
+                if start >= 0
+                    && let Ok(mut starts) = self.state.starts.lock()
+                {
+                    starts.insert((topic.clone(), *partition), start);
+                }
+                // librdkafka stops refreshing the end of a paused partition's log; the
+                // readiness loop measures those (see `PollState::paused_lag`).
+                if paused.iter().any(|(t, n)| **t == **topic && n == partition) {
+                    continue;
+                }
+                if let Some(lag) = lag_of(p) {
                     self.state
                         .metrics
                         .lag
                         .with_label_values(&[&self.state.name, topic, &partition.to_string()])
-                        .set(p.consumer_lag);
+                        .set(lag);
                 }
             }
         }
@@ -70,6 +93,21 @@ impl ClientContext for ConsumerCtx {
             warn!(error = %error, reason, "consumer error");
         }
     }
+}
+
+/// A partition's lag: librdkafka's (the end of the log minus the committed offset), or, while
+/// this group has committed nothing on an assigned partition, the whole retained log, so a
+/// partition stuck on its first record shows its lag growing instead of nothing.
+fn lag_of(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    if p.consumer_lag >= 0 {
+        return Some(p.consumer_lag);
+    }
+    let end = if p.ls_offset >= 0 {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    (p.desired && end >= 0 && p.lo_offset >= 0 && p.committed_offset < 0).then(|| end - p.lo_offset)
 }
 
 impl ConsumerContext for ConsumerCtx {
@@ -181,6 +219,7 @@ impl PollState {
             partitions: Mutex::new(HashMap::new()),
             assigned: Mutex::new(Vec::new()),
             revoked: Mutex::new(Vec::new()),
+            starts: Mutex::new(HashMap::new()),
             in_flight,
             metrics,
             name,
@@ -188,6 +227,43 @@ impl PollState {
             health,
             drain_timeout,
         })
+    }
+
+    /// The partitions paused for backpressure.
+    pub(super) fn paused(&self) -> Vec<PartitionKey> {
+        self.partitions
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .filter(|(_, h)| h.pause != Pause::Flowing)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Measures the lag of the paused partitions, whose end of log librdkafka no longer
+    /// refreshes while they are not fetched: the high watermark from the broker, minus where
+    /// the group stands. Blocking (one request per paused partition); the readiness loop calls
+    /// it off the runtime's threads.
+    pub(crate) fn paused_lag(&self, consumer: &BaseConsumer<ConsumerCtx>) {
+        for (topic, partition) in self.paused() {
+            let start = self
+                .starts
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&(topic.to_string(), partition)).copied());
+            let Some(start) = start else { continue };
+            match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(3)) {
+                Ok((_, high)) if high >= start => self
+                    .metrics
+                    .lag
+                    .with_label_values(&[self.name.as_str(), &*topic, &partition.to_string()])
+                    .set(high - start),
+                Ok(_) => {}
+                Err(e) => debug!(%topic, partition, error = %e, "watermarks of a paused partition"),
+            }
+        }
     }
 
     pub(crate) fn context(self: &Arc<Self>) -> ConsumerCtx {
@@ -236,7 +312,6 @@ impl PollState {
             }
             // Dropping the sender lets the worker finish what it has, flush, then stop.
             drop(h.tx);
-            self.in_flight.sub(h.stash.len());
             waiting.push((key, h.done, h.cancel, h.in_flight));
         }
         for (key, done, cancel, in_flight) in waiting {
@@ -331,14 +406,12 @@ pub(crate) fn poll_thread<S: Stateful>(
 /// backpressure, so rebalances, statistics (the lag metric) and `max.poll.interval.ms` are
 /// always served; then it drains every partition and commits.
 ///
-/// Backpressure is by pausing, never by not polling:
-/// - When the flowing partitions hold `max_in_flight` unacknowledged records, all of them are
-///   paused (librdkafka stops fetching them and drops what it prefetched, which it fetches
-///   again on resume), and resumed together when the count is back to half the budget.
-/// - If the budget stays full for `pause_after` (nothing is being acknowledged), the partition
-///   holding the most records is marked stuck: what it holds stops counting against the
-///   others, which resume. It resumes once it has drained to a quarter of the budget. The total
-///   never passes twice the budget, plus one poll batch.
+/// Backpressure is by pausing, never by not polling (a paused partition is not fetched;
+/// librdkafka drops what it prefetched for it and fetches it again on resume):
+/// a partition holding its share of `max_in_flight` (the budget divided by the partitions
+/// assigned) is paused, and resumed once it has drained to half its share. A slow processor
+/// pauses every partition in turn; a stuck partition holds only its share while the others
+/// flow. The total stays within the budget plus one poll batch.
 pub(crate) fn poll_loop<S: Stateful>(
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
     state: Arc<PollState>,
@@ -347,27 +420,11 @@ pub(crate) fn poll_loop<S: Stateful>(
 ) {
     let max_batch = core.pipeline.max_batch;
     let max_in_flight = core.pipeline.max_in_flight;
-    let pause_after = core.pipeline.pause_after;
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut batches: HashMap<PartitionKey, Vec<Record>> = HashMap::new();
-    let mut full_since: Option<Instant> = None;
     while !core.stop.stopping.is_cancelled() {
         start_assigned(&consumer, &state, &core, &runtime);
-        let (active, total) = budget_use(&state);
-        if active >= max_in_flight || total >= 2 * max_in_flight {
-            let since = *full_since.get_or_insert_with(Instant::now);
-            set_budget_pause(&consumer, &state, true);
-            if since.elapsed() >= pause_after && total < 2 * max_in_flight {
-                mark_fullest_stuck(&state);
-                full_since = None;
-            }
-        } else {
-            full_since = None;
-            if active <= max_in_flight / 2 {
-                set_budget_pause(&consumer, &state, false);
-            }
-            resume_drained(&consumer, &state, max_in_flight);
-        }
+        apply_backpressure(&consumer, &state, max_in_flight);
         let mut taken = 0;
         let mut next = consumer.poll(Duration::from_millis(50));
         loop {
@@ -442,8 +499,8 @@ fn start_assigned<S: Stateful>(
 }
 
 /// Hands batches to their partitions' workers. A partition this member does not own (revoked
-/// meanwhile) gets nothing: its records are redelivered to its owner. Records of paused
-/// partitions wait in the partition's stash.
+/// meanwhile) gets nothing: its records are redelivered to its owner. A paused partition still
+/// gets what was polled for it before the pause took effect (counted, within one batch).
 pub(super) fn dispatch(state: &PollState, batches: &mut HashMap<PartitionKey, Vec<Record>>) {
     let Ok(mut map) = state.partitions.lock() else {
         state.stop.fatal("partition table poisoned".into());
@@ -461,11 +518,6 @@ pub(super) fn dispatch(state: &PollState, batches: &mut HashMap<PartitionKey, Ve
             // A newer owner claimed it in the store; the revoke is on its way.
             continue;
         }
-        if handle.pause != Pause::Flowing {
-            state.in_flight.add(batch.len());
-            handle.stash.extend(batch);
-            continue;
-        }
         let n = batch.len();
         handle.in_flight.fetch_add(n, Ordering::AcqRel);
         state.in_flight.add(n);
@@ -477,105 +529,45 @@ pub(super) fn dispatch(state: &PollState, batches: &mut HashMap<PartitionKey, Ve
     }
 }
 
-/// Records held by partitions that count against the budget (all but stuck ones), and by all
-/// partitions (stashes included).
-pub(super) fn budget_use(state: &PollState) -> (usize, usize) {
-    let total = state.in_flight.get();
-    let Ok(map) = state.partitions.lock() else {
-        return (total, total);
-    };
-    let stuck: usize = map
-        .values()
-        .filter(|h| h.pause == Pause::Stuck)
-        .map(|h| h.in_flight.load(Ordering::Acquire) + h.stash.len())
-        .sum();
-    (total.saturating_sub(stuck), total)
-}
-
-/// Pauses (`pause`) every flowing partition, or resumes every budget-paused one, handing them
-/// their stash first.
-fn set_budget_pause(consumer: &BaseConsumer<ConsumerCtx>, state: &PollState, pause: bool) {
+/// Pauses the partitions that hold their share of the budget and resumes those that have
+/// drained to half of it (see [`poll_loop`]).
+fn apply_backpressure(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    state: &PollState,
+    max_in_flight: usize,
+) {
     let Ok(mut map) = state.partitions.lock() else {
         return;
     };
-    let (from, to) = if pause {
-        (Pause::Flowing, Pause::Budget)
-    } else {
-        (Pause::Budget, Pause::Flowing)
-    };
-    let mut tpl = TopicPartitionList::new();
-    for (key, h) in map.iter_mut().filter(|(_, h)| h.pause == from) {
-        h.pause = to;
-        if !pause {
-            unstash(h);
-        }
-        tpl.add_partition(&key.0, key.1);
-    }
-    if tpl.count() == 0 {
-        return;
-    }
-    let result = if pause {
-        state.metrics.paused.add(tpl.count() as i64);
-        consumer.pause(&tpl)
-    } else {
-        state.metrics.paused.sub(tpl.count() as i64);
-        consumer.resume(&tpl)
-    };
-    if let Err(e) = result {
-        warn!(error = %e, pause, "pausing or resuming for backpressure failed");
-    }
-}
-
-/// Hands a resumed partition what was polled for it while it was paused (already counted in
-/// the budget when stashed).
-fn unstash(h: &mut PartitionHandle) {
-    let stash = std::mem::take(&mut h.stash);
-    if !stash.is_empty() {
-        let n = stash.len();
-        h.in_flight.fetch_add(n, Ordering::AcqRel);
-        let _ = h.tx.send(stash);
-    }
-}
-
-/// Marks the (budget-paused) partition holding the most unacknowledged records as stuck, so
-/// the others can resume without it. It is already paused.
-fn mark_fullest_stuck(state: &PollState) {
-    let Ok(mut map) = state.partitions.lock() else {
-        return;
-    };
-    let Some((key, h)) = map
-        .iter_mut()
-        .filter(|(_, h)| h.pause != Pause::Stuck)
-        .max_by_key(|(_, h)| h.in_flight.load(Ordering::Acquire))
-    else {
-        return;
-    };
-    warn!(topic = %key.0, partition = key.1, records = h.in_flight.load(Ordering::Acquire), "nothing acknowledged for a while: holding the fullest partition paused so the others go on");
-    if h.pause == Pause::Flowing {
-        state.metrics.paused.inc();
-    }
-    h.pause = Pause::Stuck;
-}
-
-/// Resumes the stuck partitions that have drained to a quarter of the budget.
-fn resume_drained(consumer: &BaseConsumer<ConsumerCtx>, state: &PollState, max_in_flight: usize) {
-    let Ok(mut map) = state.partitions.lock() else {
-        return;
-    };
+    let share = (max_in_flight / map.len().max(1)).max(1);
+    let mut pause = TopicPartitionList::new();
     let mut resume = TopicPartitionList::new();
     for (key, h) in map.iter_mut() {
-        if h.pause != Pause::Stuck || h.in_flight.load(Ordering::Acquire) > max_in_flight / 4 {
-            continue;
+        let held = h.in_flight.load(Ordering::Acquire);
+        match h.pause {
+            Pause::Flowing if held >= share => {
+                debug!(topic = %key.0, partition = key.1, held, share, "partition holds its share of the budget: paused");
+                h.pause = Pause::Full;
+                pause.add_partition(&key.0, key.1);
+                state.metrics.paused.inc();
+            }
+            Pause::Full if held <= share / 2 => {
+                h.pause = Pause::Flowing;
+                resume.add_partition(&key.0, key.1);
+                state.metrics.paused.dec();
+            }
+            _ => {}
         }
-        unstash(h);
-        h.pause = Pause::Flowing;
-        state.metrics.paused.dec();
-        resume.add_partition(&key.0, key.1);
     }
-    if resume.count() > 0 {
-        debug!(partitions = ?resume.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "resuming drained partitions");
-        if let Err(e) = consumer.resume(&resume) {
-            warn!(error = %e, "resume failed");
-        }
+    drop(map);
+    if pause.count() > 0
+        && let Err(e) = consumer.pause(&pause)
+    {
+        warn!(error = %e, "pausing for backpressure failed");
+    }
+    if resume.count() > 0
+        && let Err(e) = consumer.resume(&resume)
+    {
+        warn!(error = %e, "resuming after backpressure failed");
     }
 }

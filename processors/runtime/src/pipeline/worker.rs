@@ -76,7 +76,6 @@ pub(super) fn spawn_partition<S: Stateful>(
         cancel,
         fenced,
         pause: Pause::Flowing,
-        stash: Vec::new(),
     }
 }
 

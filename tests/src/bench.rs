@@ -105,9 +105,12 @@ pub fn send_blocking(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [
 }
 
 /// Raw idempotent produce of `n` framed sample records; returns records/s.
-pub fn raw_produce(ep: &Endpoints, topic: &str, n: usize, payload: &[u8]) -> f64 {
+/// With `distinct` keys, record `i` has key `i % distinct`; with 0, every record its own key.
+pub fn raw_produce(ep: &Endpoints, topic: &str, n: usize, payload: &[u8], distinct: usize) -> f64 {
     let producer: BaseProducer = kafka::producer_config(&bench_kafka(ep)).create().unwrap();
-    let keys: Vec<String> = (0..n).map(|i| format!("order-{i:08}")).collect();
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("order-{:08}", if distinct == 0 { i } else { i % distinct }))
+        .collect();
     let started = Instant::now();
     for key in &keys {
         // The headers a real producer (eipctl, the gateway) sends: both pass-throughs then
@@ -266,6 +269,8 @@ pub struct BenchArgs {
     pub partitions: i32,
     /// `--max-in-flight`, when given.
     pub max_in_flight: Option<usize>,
+    /// `--keys N`: distinct keys of the input records (0, the default: one per record).
+    pub keys: usize,
     /// The flags given, e.g. `--raw-only`.
     pub flags: Vec<String>,
 }
@@ -278,6 +283,7 @@ impl BenchArgs {
             rounds: 3,
             partitions: 4,
             max_in_flight: None,
+            keys: 0,
             flags: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
@@ -292,6 +298,7 @@ impl BenchArgs {
                 "--rounds" => a.rounds = value(),
                 "--partitions" => a.partitions = value() as i32,
                 "--max-in-flight" => a.max_in_flight = Some(value()),
+                "--keys" => a.keys = value(),
                 flag => a.flags.push(flag.to_string()),
             }
         }
@@ -319,12 +326,17 @@ pub struct Opening {
 /// workload, an input topic filled by raw rdkafka produce, and that produce printed as the
 /// broker's produce ceiling with its CPU per record.
 pub async fn opening(what: &str, prefix: &str, a: &BenchArgs) -> Opening {
-    let (records, partitions, rounds) = (a.records, a.partitions, a.rounds);
+    let (records, partitions, rounds, keys) = (a.records, a.partitions, a.rounds, a.keys);
     let ep = crate::endpoints();
     let (input, payload) = bench_input(&ep, prefix, partitions).await;
     println!(
-        "{what} benchmark: {records} records of {} bytes, {partitions} partitions, {rounds} rounds, broker {}",
+        "{what} benchmark: {records} records of {} bytes, {}, {partitions} partitions, {rounds} rounds, broker {}",
         payload.len(),
+        if keys == 0 {
+            "one key each".to_string()
+        } else {
+            format!("{keys} keys")
+        },
         ep.brokers
     );
     let cpu = Cpu {
@@ -332,7 +344,7 @@ pub async fn opening(what: &str, prefix: &str, a: &BenchArgs) -> Opening {
     };
     let (ep2, t2, p2) = (ep.clone(), input.clone(), payload.clone());
     let before = cpu.sample();
-    let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, records, &p2))
+    let produce = tokio::task::spawn_blocking(move || raw_produce(&ep2, &t2, records, &p2, keys))
         .await
         .unwrap_or(f64::NAN);
     println!(

@@ -330,6 +330,15 @@ impl Store {
         .await
     }
 
+    /// The sum of every durable count: how many records are counted.
+    pub fn total(&self) -> rusqlite::Result<u64> {
+        let conn = connect(&self.path)?;
+        let n: i64 = conn.query_row("SELECT COALESCE(SUM(n), 0) FROM counts", [], |row| {
+            row.get(0)
+        })?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Every durable count, for tests and reports.
     pub fn counts(&self) -> rusqlite::Result<HashMap<String, u64>> {
         let conn = connect(&self.path)?;

@@ -81,10 +81,8 @@ pub(super) async fn send_output<S: Stateful>(
             Redirect::Again => {
                 let delay = backoff(&core.pipeline.retry, attempts);
                 warn!(error = %error, topic = %out.topic, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "producer refused the record: sending again");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Err((out.topic, SendError::Abandoned)),
-                    _ = core.stop.halt.cancelled() => return Err((out.topic, SendError::Abandoned)),
+                if !wait_or_stop(delay, cancel, Some(&core.stop.halt)).await {
+                    return Err((out.topic, SendError::Abandoned));
                 }
             }
             Redirect::To(redirect) => {
@@ -164,10 +162,8 @@ pub(super) async fn send_record<S: Stateful>(
             Ok(f) => return Ok(f),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-                    _ = cancel.cancelled() => return Err(SendError::Abandoned),
-                    _ = core.stop.halt.cancelled() => return Err(SendError::Abandoned),
+                if !wait_or_stop(Duration::from_millis(2), cancel, Some(&core.stop.halt)).await {
+                    return Err(SendError::Abandoned);
                 }
             }
             Err((KafkaError::MessageProduction(code), _)) if record_is_unproducible(code) => {
@@ -258,9 +254,10 @@ pub(super) async fn settle<S: Stateful>(
             Redirect::Again => {
                 let delay = backoff(&core.pipeline.retry, attempt);
                 warn!(error = %e, topic = msg.topic(), attempt, retry_in_ms = delay.as_millis() as u64, "delivery failed: sending again");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Settled::Stop,
+                // Only abandonment stops this wait: after a fatal error, what was already
+                // produced is still seen through.
+                if !wait_or_stop(delay, cancel, None).await {
+                    return Settled::Stop;
                 }
                 Encoded {
                     // The failed message's own topic: a dead letter goes back to the DLQ.

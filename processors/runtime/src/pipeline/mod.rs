@@ -21,11 +21,14 @@
 //!   awaits each record's deliveries in offset order and only then stores the next offset.
 //!   librdkafka commits stored offsets periodically, on revoke and at shutdown. So nothing is
 //!   committed before everything it caused is acknowledged.
-//! - At most `max_in_flight` records are held between consume and commit. Each partition may
-//!   hold its share of that budget and is paused at it, so one stuck partition holds its share
-//!   and the others go on. The poll loop keeps polling either way, so rebalances, statistics and `max.poll.interval.ms` are served.
+//! - At most `max_in_flight` records are held between consume and commit by the partitions
+//!   that are not held back. When the budget stays full, the partitions holding their share
+//!   of it (slow or stuck ones) are held back (paused) so the others go on. The poll loop keeps
+//!   polling throughout, so rebalances, statistics and `max.poll.interval.ms` are served (see
+//!   [`poll::poll_loop`]).
 //! - Stateful processors ([`crate::stateful`]) get their state opened when a partition is
 //!   assigned and handed back when it is revoked; their offsets wait for group commits.
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,7 +149,6 @@ impl InFlight {
         self.gauge.sub(taken as i64);
     }
 
-    #[cfg(test)]
     fn get(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
@@ -247,6 +249,27 @@ pub(super) struct Encoded {
     pub(super) headers: Headers,
 }
 
+/// Sleeps for `delay` unless `cancel` fires first, or `halt` when given (a fatal error
+/// elsewhere); true when the whole delay passed. Every backoff, retry and due-time wait of the
+/// pipeline goes through it, so none outlives an abandoned partition.
+pub(super) async fn wait_or_stop(
+    delay: Duration,
+    cancel: &CancellationToken,
+    halt: Option<&CancellationToken>,
+) -> bool {
+    let halted = async {
+        match halt {
+            Some(h) => h.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = cancel.cancelled() => false,
+        _ = halted => false,
+    }
+}
+
 /// Backoff before retry `attempt` (1-based): exponential, capped, with jitter in [d/2, d].
 pub(crate) fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     let exp = retry
@@ -263,8 +286,11 @@ pub(crate) fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
 pub(super) enum Pause {
     /// Fetched and dispatched.
     Flowing,
-    /// Paused because it holds its share of the budget (a slow or stuck partition); resumed
-    /// once it has drained to half of it.
+    /// Paused while the budget stays full; resumed when it is back to half.
+    Budget,
+    /// Held back: it held its share of the budget while the budget stayed full (a slow or
+    /// stuck partition). Paused, and what it holds stops counting against the others' budget,
+    /// until it has drained to half its share.
     Full,
 }
 

@@ -402,16 +402,22 @@ pub(crate) fn poll_thread<S: Stateful>(
     polled.is_ok()
 }
 
-/// The poll loop: it polls without pause until `stop.stopping` fires, even under
-/// backpressure, so rebalances, statistics (the lag metric) and `max.poll.interval.ms` are
-/// always served; then it drains every partition and commits.
-///
-/// Backpressure is by pausing, never by not polling (a paused partition is not fetched;
-/// librdkafka drops what it prefetched for it and fetches it again on resume):
-/// a partition holding its share of `max_in_flight` (the budget divided by the partitions
-/// assigned) is paused, and resumed once it has drained to half its share. A slow processor
-/// pauses every partition in turn; a stuck partition holds only its share while the others
-/// flow. The total stays within the budget plus one poll batch.
+/// How long the budget may stay full before partitions are paused.
+const SATURATED: Duration = Duration::from_millis(200);
+
+/// The poll loop: it polls until `stop.stopping` fires, then drains every partition and
+/// commits. Backpressure never stops it for long, so rebalances, statistics (the lag metric)
+/// and `max.poll.interval.ms` are served:
+/// - When the partitions that are not held back hold `max_in_flight` records, the loop takes
+///   nothing more for a moment: what was fetched waits in librdkafka's queue, which costs
+///   nothing when the workers catch up within [`SATURATED`].
+/// - If the budget stays full that long, the partitions holding their share of it (the budget
+///   divided by the partitions assigned: slow or stuck ones) are held back, paused until they
+///   have drained to half their share, and what they hold stops counting against the others.
+///   If the rest still fill the budget, they are paused too until they are back to half of it.
+///   Pausing makes librdkafka drop what it prefetched for those partitions (fetched again on
+///   resume), which is also what lets rebalance and statistics events, queued behind fetched
+///   records, reach the poll. The total stays within twice the budget.
 pub(crate) fn poll_loop<S: Stateful>(
     consumer: Arc<BaseConsumer<ConsumerCtx>>,
     state: Arc<PollState>,
@@ -422,9 +428,14 @@ pub(crate) fn poll_loop<S: Stateful>(
     let max_in_flight = core.pipeline.max_in_flight;
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut batches: HashMap<PartitionKey, Vec<Record>> = HashMap::new();
+    let mut full_since: Option<Instant> = None;
     while !core.stop.stopping.is_cancelled() {
         start_assigned(&consumer, &state, &core, &runtime);
-        apply_backpressure(&consumer, &state, max_in_flight);
+        let active = apply_backpressure(&consumer, &state, max_in_flight, &mut full_since);
+        if active >= max_in_flight && full_since.is_some_and(|t| t.elapsed() < SATURATED) {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let mut taken = 0;
         let mut next = consumer.poll(Duration::from_millis(50));
         loop {
@@ -529,34 +540,71 @@ pub(super) fn dispatch(state: &PollState, batches: &mut HashMap<PartitionKey, Ve
     }
 }
 
-/// Pauses the partitions that hold their share of the budget and resumes those that have
-/// drained to half of it (see [`poll_loop`]).
+/// Pauses and resumes partitions for the budget (see [`poll_loop`]); returns the records
+/// held by partitions not held back, which count against the budget.
 fn apply_backpressure(
     consumer: &BaseConsumer<ConsumerCtx>,
     state: &PollState,
     max_in_flight: usize,
-) {
+    full_since: &mut Option<Instant>,
+) -> usize {
+    let total = state.in_flight.get();
     let Ok(mut map) = state.partitions.lock() else {
-        return;
+        return total;
     };
     let share = (max_in_flight / map.len().max(1)).max(1);
+    let held_back: usize = map
+        .values()
+        .filter(|h| h.pause == Pause::Full)
+        .map(|h| h.in_flight.load(Ordering::Acquire))
+        .sum();
+    let mut active = total.saturating_sub(held_back);
+    let saturated = active >= max_in_flight;
+    let since = if saturated {
+        *full_since.get_or_insert_with(Instant::now)
+    } else {
+        *full_since = None;
+        Instant::now()
+    };
+    let prolonged = saturated && since.elapsed() >= SATURATED;
     let mut pause = TopicPartitionList::new();
     let mut resume = TopicPartitionList::new();
-    for (key, h) in map.iter_mut() {
-        let held = h.in_flight.load(Ordering::Acquire);
-        match h.pause {
-            Pause::Flowing if held >= share => {
-                debug!(topic = %key.0, partition = key.1, held, share, "partition holds its share of the budget: paused");
+    if prolonged {
+        // Hold back the partitions at their share; then, if the rest still fill the budget,
+        // pause them too.
+        for (key, h) in map.iter_mut().filter(|(_, h)| h.pause != Pause::Full) {
+            let held = h.in_flight.load(Ordering::Acquire);
+            if held >= share {
+                warn!(topic = %key.0, partition = key.1, held, share, "the budget stayed full and this partition holds its share of it: held back until it drains to half");
+                if h.pause == Pause::Flowing {
+                    pause.add_partition(&key.0, key.1);
+                    state.metrics.paused.inc();
+                }
                 h.pause = Pause::Full;
+                active = active.saturating_sub(held);
+            }
+        }
+        if active >= max_in_flight {
+            for (key, h) in map.iter_mut().filter(|(_, h)| h.pause == Pause::Flowing) {
+                h.pause = Pause::Budget;
                 pause.add_partition(&key.0, key.1);
                 state.metrics.paused.inc();
             }
-            Pause::Full if held <= share / 2 => {
-                h.pause = Pause::Flowing;
-                resume.add_partition(&key.0, key.1);
-                state.metrics.paused.dec();
-            }
-            _ => {}
+        }
+        *full_since = None;
+    }
+    let budget_free = active <= max_in_flight / 2;
+    for (key, h) in map.iter_mut() {
+        let held = h.in_flight.load(Ordering::Acquire);
+        let resumes = match h.pause {
+            Pause::Budget => budget_free,
+            Pause::Full => held <= share / 2,
+            Pause::Flowing => false,
+        };
+        if resumes {
+            h.pause = Pause::Flowing;
+            resume.add_partition(&key.0, key.1);
+            state.metrics.paused.dec();
         }
     }
     drop(map);
@@ -570,4 +618,5 @@ fn apply_backpressure(
     {
         warn!(error = %e, "resuming after backpressure failed");
     }
+    active
 }

@@ -199,11 +199,7 @@ impl<S: Stateful> Worker<S> {
 
     /// Sleeps for `delay` unless the partition is abandoned or the process halts first.
     async fn wait(&self, delay: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = self.cancel.cancelled() => false,
-            _ = self.core.stop.halt.cancelled() => false,
-        }
+        wait_or_stop(delay, &self.cancel, Some(&self.core.stop.halt)).await
     }
 
     fn flush_due(&self) -> bool {
@@ -511,13 +507,7 @@ async fn handle<S: Stateful>(
         );
         delay
     };
-    let wait = |delay: Duration| async move {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = cancel.cancelled() => false,
-            _ = core.stop.halt.cancelled() => false,
-        }
-    };
+    let wait = |delay: Duration| wait_or_stop(delay, cancel, Some(&core.stop.halt));
     // Decode and process (or the timer's handler), retried as a whole on a transient error:
     // the processor left its state as it was.
     let processed = loop {

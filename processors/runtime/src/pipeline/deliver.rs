@@ -101,13 +101,14 @@ pub(super) async fn encode_redirect(
     redirect: Output,
 ) -> Result<Encoded, (Arc<str>, SendError)> {
     let to = redirect.topic.clone();
-    let mut encoded = encode_outputs(codec, &[redirect]).await.map_err(|e| {
+    let redirect = vec![redirect];
+    let payloads = encode_payloads(codec, &redirect).await.map_err(|e| {
         (
             from.clone(),
             SendError::Fatal(format!("redirect to {to} could not be encoded: {e}")),
         )
     })?;
-    encoded.pop().ok_or_else(|| {
+    encoded(redirect, payloads).pop().ok_or_else(|| {
         (
             from.clone(),
             SendError::Fatal(format!("redirect to {to} produced nothing")),
@@ -422,7 +423,12 @@ pub(super) async fn acker<S: Stateful>(
                 }
             }
         }
-        acked.send_replace(ack.seq);
+        // Only a group commit waits for this; publishing it is a lock, so a stateless
+        // processor skips it, and a stateful one publishes when it has caught up (a waiting
+        // worker sends nothing more, so the acker always catches up).
+        if core.processor.stages_writes() && (rx.is_empty() || ack.seq % 256 == 0) {
+            acked.send_replace(ack.seq);
+        }
         if ack.commit == Commit::Never {
             continue;
         }
@@ -455,15 +461,15 @@ pub(super) fn store_offset(consumer: &BaseConsumer<ConsumerCtx>, key: &Partition
     }
 }
 
-/// Encodes outputs without consuming them, so a transient failure (the registry down) can
-/// be retried without running `process` again.
-pub(super) async fn encode_outputs(
+/// Encodes the outputs' payloads without consuming the outputs, so a transient failure (the
+/// registry down) can be retried without running `process` again.
+pub(super) async fn encode_payloads(
     codec: &Codec,
     outputs: &[Output],
-) -> Result<Vec<Encoded>, ProcessError> {
-    let mut encoded = Vec::with_capacity(outputs.len());
+) -> Result<Vec<Option<Bytes>>, ProcessError> {
+    let mut payloads = Vec::with_capacity(outputs.len());
     for out in outputs {
-        let payload = match &out.payload {
+        payloads.push(match &out.payload {
             Payload::Bytes(b) => Some(b.clone()),
             Payload::Tombstone => None,
             Payload::Record(r) => {
@@ -474,15 +480,23 @@ pub(super) async fn encode_outputs(
             Payload::Value { schema, value } => Some(Bytes::from(
                 eip_schemas::codec::encode_value(schema.id, &schema.schema, value)?,
             )),
-        };
-        encoded.push(Encoded {
-            topic: out.topic.clone(),
-            key: out.key.clone(),
-            payload,
-            headers: out.headers.clone(),
         });
     }
-    Ok(encoded)
+    Ok(payloads)
+}
+
+/// The outputs with their encoded payloads, ready for the producer.
+pub(super) fn encoded(outputs: Vec<Output>, payloads: Vec<Option<Bytes>>) -> Vec<Encoded> {
+    outputs
+        .into_iter()
+        .zip(payloads)
+        .map(|(out, payload)| Encoded {
+            topic: out.topic,
+            key: out.key,
+            payload,
+            headers: out.headers,
+        })
+        .collect()
 }
 
 /// Sends a dead letter again without its payload and original headers, after the broker

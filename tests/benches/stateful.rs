@@ -155,7 +155,7 @@ fn sqlite_loop(dir: &std::path::Path, n: usize, keys: usize) -> f64 {
     drop(store);
     let mut conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
     let names: Vec<String> = (0..keys.max(1)).map(|k| format!("order-{k:08}")).collect();
     let started = Instant::now();
     let mut done = 0;

@@ -7,8 +7,9 @@
 //! timers(topic TEXT, partition INTEGER, key BLOB, at_ms INTEGER)
 //! ```
 //!
-//! WAL mode with `synchronous=NORMAL`: a committed transaction survives a killed process (not
-//! a power cut), and replicas on one machine share the file. Every blocking call runs on
+//! WAL mode with `synchronous=FULL`: a committed transaction is on disk before the commit
+//! returns, so it survives a killed process and a host crash (offsets are committed after it),
+//! and replicas on one machine share the file. Group commits make the fsync cheap per record. Every blocking call runs on
 //! tokio's blocking pool, so a partition's worker never blocks a runtime thread, and a
 //! transaction that was started finishes even if its worker is dropped: the epoch check is
 //! what keeps such a late write out.
@@ -119,7 +120,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 

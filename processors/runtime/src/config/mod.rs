@@ -215,12 +215,14 @@ pub struct PipelineConfig {
     pub inputs: Vec<String>,
     /// Each input topic `T` dead-letters into `T` + this suffix.
     pub dlq_suffix: String,
-    /// Records held between consume and commit. Each assigned partition may hold its share
-    /// (this divided by the partitions assigned) and is paused at it, so a stuck partition
-    /// holds only its share and the others go on; at the whole budget every partition is
-    /// paused. A slow downstream becomes backpressure, not memory growth: memory stays under
-    /// about this × the average record size (plus one poll batch), plus librdkafka's prefetch
-    /// queue, bounded at 16 MiB (`kafka::PREFETCH_KBYTES`).
+    /// Records held between consume and commit. When they fill this budget the consumer takes
+    /// nothing more for a moment; if it stays full, the partitions holding their share of it
+    /// (this divided by the partitions assigned: slow or stuck ones) are held back (paused) so
+    /// the others go on, and no partition ever holds more than four times its share. A slow
+    /// downstream becomes backpressure, not memory growth: with a slow processor or one stuck
+    /// partition, memory stays under about twice this × the average record size, and never
+    /// passes four times it, plus librdkafka's prefetch queue, bounded at 16 MiB
+    /// (`kafka::PREFETCH_KBYTES`).
     pub max_in_flight: usize,
     /// Records taken from the consumer per dispatch round.
     pub max_batch: usize,

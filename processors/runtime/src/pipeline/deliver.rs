@@ -318,6 +318,9 @@ pub(super) async fn acker<S: Stateful>(
     let mut produced: HashMap<Arc<str>, prometheus::IntCounter> = HashMap::new();
     let mut to_store: Option<i64> = None;
     let mut since_store = 0usize;
+    // The highest offset stored: a stored offset never goes back (a record the state already
+    // held, acknowledged before a group commit stored a later one, must not undo it).
+    let mut stored = -1i64;
     'acks: while let Some(item) = rx.recv().await {
         let ack = match item {
             AckItem::Handled(ack) => ack,
@@ -326,6 +329,7 @@ pub(super) async fn acker<S: Stateful>(
                     break 'acks;
                 }
                 store_offset(&consumer, &key, offset);
+                stored = stored.max(offset);
                 continue;
             }
         };
@@ -439,7 +443,10 @@ pub(super) async fn acker<S: Stateful>(
             to_store = Some(offset);
             since_store += 1;
             if since_store >= 256 || rx.is_empty() {
-                store_offset(&consumer, &key, offset);
+                if offset > stored {
+                    store_offset(&consumer, &key, offset);
+                    stored = offset;
+                }
                 to_store = None;
                 since_store = 0;
             }
@@ -447,6 +454,7 @@ pub(super) async fn acker<S: Stateful>(
     }
     if let Some(offset) = to_store
         && !cancel.is_cancelled()
+        && offset > stored
     {
         store_offset(&consumer, &key, offset);
     }

@@ -288,6 +288,9 @@ pub(super) enum Pause {
     Flowing,
     /// Paused while the budget stays full; resumed when it is back to half.
     Budget,
+    /// Paused because it holds four times its share of the budget; it still counts against the
+    /// budget. Resumed once it has drained to half its share.
+    Capped,
     /// Held back: it held its share of the budget while the budget stayed full (a slow or
     /// stuck partition). Paused, and what it holds stops counting against the others' budget,
     /// until it has drained to half its share.

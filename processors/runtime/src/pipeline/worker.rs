@@ -49,6 +49,7 @@ pub(super) fn spawn_partition<S: Stateful>(
         acked: acked_rx,
         cancel: cancel.clone(),
         fenced: fenced.clone(),
+        _done: done_tx.clone(),
         seq: 0,
         timers: Timers::default(),
         changes: Vec::new(),
@@ -88,6 +89,9 @@ pub(super) struct Worker<S: Stateful> {
     acked: watch::Receiver<u64>,
     cancel: CancellationToken,
     fenced: Arc<AtomicBool>,
+    /// Dropped when the worker ends: the poll thread's `done` fires only once both the worker
+    /// and the acker have ended.
+    _done: std::sync::mpsc::Sender<()>,
     /// Sequence number of the last record or timer handed to the acker.
     seq: u64,
     timers: Timers,
@@ -102,6 +106,13 @@ pub(super) struct Worker<S: Stateful> {
     /// Records at or below this offset are already in the state.
     applied: Option<i64>,
     consumed: Option<(prometheus::IntCounter, prometheus::Histogram)>,
+}
+
+impl<S: Stateful> Drop for Worker<S> {
+    /// The partition's timers leave this member with its worker.
+    fn drop(&mut self) {
+        self.core.metrics.timers.sub(self.timers.len() as i64);
+    }
 }
 
 /// What a worker is handling: a record, or a timer that fired.
@@ -121,6 +132,12 @@ impl<S: Stateful> Worker<S> {
         let cancel = self.cancel.clone();
         loop {
             if self.flush_due() && !self.flush(&mut state).await {
+                return;
+            }
+            // Due timers go before more records, so a backlog can't hold them back.
+            if self.timers.next_at().is_some_and(|at| at <= now_ms())
+                && !self.fire_due(&mut state).await
+            {
                 return;
             }
             let wake = self.next_wake();
@@ -384,8 +401,16 @@ impl<S: Stateful> Worker<S> {
             match result {
                 Ok(()) => break,
                 Err(ProcessError::Fenced { reason }) => {
-                    warn!(topic = %self.id.topic, partition = self.id.partition, %reason, "fenced: a newer owner claimed this partition; dropping it without committing");
+                    // A claim newer than ours exists while the group still has this member
+                    // working on the partition: a former owner's late claim, or our own from
+                    // an abandoned open. What this worker handled since its last flush can't
+                    // be handled again without rewinding the consumer, so the member stops;
+                    // the restart reopens every partition from the store.
                     self.fenced.store(true, Ordering::Release);
+                    self.core.stop.fatal(format!(
+                        "fenced on {}[{}]: {reason}; restarting reopens it from the store",
+                        self.id.topic, self.id.partition
+                    ));
                     return false;
                 }
                 Err(e) if e.class() == ErrorClass::Transient => {
@@ -580,6 +605,9 @@ async fn handle<S: Stateful>(
     };
     // Encode, retried alone: a registry that is down must not run `process` (and its effects)
     // again.
+    // Once `process` succeeded its state change stands, whatever happens to the outputs: its
+    // timer changes stand with it, even if the record ends in the DLQ.
+    let processed_ok = processed.is_ok();
     let payloads = match processed {
         Ok(()) => loop {
             match encode_payloads(&core.codec, &effects.outputs)
@@ -634,7 +662,7 @@ async fn handle<S: Stateful>(
                         )
                         .instrument(span)
                         .await
-                        .map(|ack| (ack, Vec::new()));
+                        .map(|ack| (ack, std::mem::take(&mut effects.timers)));
                     }
                     Err((topic, SendError::Fatal(reason) | SendError::Refused(reason))) => {
                         core.stop.fatal(format!("producing to {topic}: {reason}"));
@@ -669,7 +697,14 @@ async fn handle<S: Stateful>(
             )
             .instrument(span)
             .await
-            .map(|ack| (ack, Vec::new()));
+            .map(|ack| {
+                let changes = if processed_ok {
+                    std::mem::take(&mut effects.timers)
+                } else {
+                    Vec::new()
+                };
+                (ack, changes)
+            });
         }
     }
     let commit = match work {

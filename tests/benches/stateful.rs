@@ -25,49 +25,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use eip_counter::{Counter, CounterConfig, Partition};
+use eip_counter::{Counter, CounterConfig};
 use eip_passthrough::{Passthrough, PassthroughConfig};
-use eip_runtime::{
-    Effects, Envelope, Flush, Opened, PartitionId, ProcessError, Raw, Record, Stateful,
-};
-use eip_schemas::Codec;
+use eip_runtime::{Envelope, Raw};
 use eip_tests::bench::*;
 use eip_tests::*;
 
-/// The counter, noting when it took its first record.
-struct FirstRecord {
-    inner: Counter,
-    first: Arc<OnceLock<Instant>>,
-}
+/// Notes when the counter took its first record.
+struct FirstRecord(Arc<OnceLock<Instant>>);
 
-impl Stateful for FirstRecord {
-    type Input = Raw;
-    type State = Partition;
-
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<Raw, ProcessError> {
-        self.inner.decode(codec, record).await
-    }
-
-    async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
-        self.inner.open(partition).await
-    }
-
-    async fn process(
-        &self,
-        state: &mut Partition,
-        input: Envelope<Raw>,
-        effects: &mut Effects,
-    ) -> Result<(), ProcessError> {
-        self.first.get_or_init(Instant::now);
-        self.inner.process(state, input, effects).await
-    }
-
-    async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
-        self.inner.flush(state, flush).await
+impl CounterHook for FirstRecord {
+    async fn before(&self, _: &Envelope<Raw>) {
+        self.0.get_or_init(Instant::now);
     }
 }
 
@@ -89,9 +58,10 @@ async fn counter(ep: &Endpoints, input: &str, n: usize, dir: &std::path::Path) -
     let first = Arc::new(OnceLock::new());
     let p = InProcess::start_stateful(
         cfg,
-        FirstRecord {
+        HookedCounter {
+            name: "counter",
             inner,
-            first: first.clone(),
+            hook: FirstRecord(first.clone()),
         },
     )
     .await;

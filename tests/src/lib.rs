@@ -840,3 +840,73 @@ pub async fn feed_steady(
         seq
     })
 }
+
+/// What a test does around the counter's `process` (see [`HookedCounter`]).
+pub trait CounterHook: Send + Sync + 'static {
+    /// Runs before the record is counted (a delay, a timestamp).
+    fn before(
+        &self,
+        input: &eip_runtime::Envelope<eip_runtime::Raw>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Runs after the record was staged in the state (a panic, to leave it half-changed).
+    fn after(&self, key: Option<&[u8]>) {
+        let _ = key;
+    }
+}
+
+/// The reference counter (`eip-counter`) with a [`CounterHook`] around `process`: the
+/// stateful test and benchmark processors' shared shape.
+pub struct HookedCounter<H> {
+    /// Metric label.
+    pub name: &'static str,
+    /// The counter.
+    pub inner: eip_counter::Counter,
+    /// What happens around each record.
+    pub hook: H,
+}
+
+impl<H: CounterHook> Stateful for HookedCounter<H> {
+    type Input = eip_runtime::Raw;
+    type State = eip_counter::Partition;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn decode(
+        &self,
+        codec: &Codec,
+        record: &eip_runtime::Record,
+    ) -> Result<eip_runtime::Raw, eip_runtime::ProcessError> {
+        self.inner.decode(codec, record).await
+    }
+
+    async fn open(
+        &self,
+        partition: &eip_runtime::PartitionId,
+    ) -> Result<eip_runtime::Opened<eip_counter::Partition>, eip_runtime::ProcessError> {
+        self.inner.open(partition).await
+    }
+
+    async fn process(
+        &self,
+        state: &mut eip_counter::Partition,
+        input: eip_runtime::Envelope<eip_runtime::Raw>,
+        effects: &mut eip_runtime::Effects,
+    ) -> Result<(), eip_runtime::ProcessError> {
+        self.hook.before(&input).await;
+        let key = input.key.clone();
+        self.inner.process(state, input, effects).await?;
+        self.hook.after(key.as_deref());
+        Ok(())
+    }
+
+    async fn flush(
+        &self,
+        state: &mut eip_counter::Partition,
+        flush: eip_runtime::Flush<'_>,
+    ) -> Result<(), eip_runtime::ProcessError> {
+        self.inner.flush(state, flush).await
+    }
+}

@@ -8,15 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use eip_counter::{Counter, CounterConfig, Partition};
+use eip_counter::{Counter, CounterConfig};
 use eip_runtime::config::Config;
-use eip_runtime::{
-    Effects, Envelope, Flush, Opened, PartitionId, ProcessError, Raw, Record, Stateful,
-};
-use eip_schemas::Codec;
+use eip_runtime::{Envelope, ProcessError, Raw};
 use eip_schemas::types::OrderPlaced;
 use eip_tests::*;
 
@@ -104,50 +101,22 @@ async fn a_former_owner_frozen_in_a_group_commit_is_fenced_and_the_counts_stay_e
     );
 }
 
-/// The counter, with one slow `process`: the first record of `slow_key` takes `delay`.
+/// One slow `process`: the first record of `slow_key` takes `delay`.
 struct SlowOnce {
-    inner: Counter,
     slow_key: &'static str,
     delay: Duration,
     slowed: AtomicBool,
-    started: AtomicBool,
 }
 
-impl Stateful for SlowOnce {
-    type Input = Raw;
-    type State = Partition;
-
-    fn name(&self) -> &str {
-        "slow-once"
-    }
-
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<Raw, ProcessError> {
-        self.inner.decode(codec, record).await
-    }
-
-    async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
-        self.inner.open(partition).await
-    }
-
-    async fn process(
-        &self,
-        state: &mut Partition,
-        input: Envelope<Raw>,
-        effects: &mut Effects,
-    ) -> Result<(), ProcessError> {
+impl CounterHook for SlowOnce {
+    async fn before(&self, input: &Envelope<Raw>) {
         if input.key.as_deref() == Some(self.slow_key.as_bytes())
             && !self.slowed.swap(true, Ordering::AcqRel)
         {
-            self.started.store(true, Ordering::Release);
             // Cancellable, as async work is: the runtime drops this future when it abandons
             // the partition.
             tokio::time::sleep(self.delay).await;
         }
-        self.inner.process(state, input, effects).await
-    }
-
-    async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
-        self.inner.flush(state, flush).await
     }
 }
 
@@ -159,12 +128,14 @@ async fn a_slow_process_at_revoke_is_abandoned_counts_once_and_the_member_keeps_
     let cfg = counter_config(&ep, &names, &dir.path().join("counts.db"));
     produce(&ep, &names.input, 2_000, 0, 0, 40).await;
     let counter = Counter::new(&cfg.processor).unwrap();
-    let slow = SlowOnce {
+    let slow = HookedCounter {
+        name: "slow-once",
         inner: counter.clone(),
-        slow_key: "order-00000007",
-        delay: Duration::from_secs(30),
-        slowed: AtomicBool::new(false),
-        started: AtomicBool::new(false),
+        hook: SlowOnce {
+            slow_key: "order-00000007",
+            delay: Duration::from_secs(30),
+            slowed: AtomicBool::new(false),
+        },
     };
     let a = InProcess::start_stateful(cfg.clone(), slow).await;
     eventually("the other partition counted", WAIT, || async {
@@ -363,45 +334,16 @@ async fn a_transient_encode_failure_retries_the_encoding_not_process() {
     );
 }
 
-/// The counter, panicking on one key.
-struct PanicsOn {
-    inner: Counter,
-    key: &'static str,
-    calls: AtomicU64,
-}
+/// Panics on one key, after the record was staged in the state.
+struct PanicsOn(&'static str);
 
-impl Stateful for PanicsOn {
-    type Input = Raw;
-    type State = Partition;
+impl CounterHook for PanicsOn {
+    async fn before(&self, _: &Envelope<Raw>) {}
 
-    fn name(&self) -> &str {
-        "panics"
-    }
-
-    async fn decode(&self, codec: &Codec, record: &Record) -> Result<Raw, ProcessError> {
-        self.inner.decode(codec, record).await
-    }
-
-    async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
-        self.inner.open(partition).await
-    }
-
-    async fn process(
-        &self,
-        state: &mut Partition,
-        input: Envelope<Raw>,
-        effects: &mut Effects,
-    ) -> Result<(), ProcessError> {
-        self.calls.fetch_add(1, Ordering::AcqRel);
-        self.inner.process(state, input.clone(), effects).await?;
-        if input.key.as_deref() == Some(self.key.as_bytes()) {
+    fn after(&self, key: Option<&[u8]>) {
+        if key == Some(self.0.as_bytes()) {
             panic!("state half-changed on purpose");
         }
-        Ok(())
-    }
-
-    async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
-        self.inner.flush(state, flush).await
     }
 }
 
@@ -415,10 +357,10 @@ async fn a_panic_in_a_stateful_process_is_fatal_counted_and_leaves_no_half_chang
     let counter = Counter::new(&cfg.processor).unwrap();
     let p = InProcess::start_stateful(
         cfg,
-        PanicsOn {
+        HookedCounter {
+            name: "panics",
             inner: counter.clone(),
-            key: "order-00000005",
-            calls: AtomicU64::new(0),
+            hook: PanicsOn("order-00000005"),
         },
     )
     .await;

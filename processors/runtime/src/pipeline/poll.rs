@@ -348,19 +348,47 @@ impl PollState {
         }
         // Every record finished above has its offset stored; commit them now, before the
         // partitions can go to another member.
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                self.metrics
-                    .commit_failures
-                    .with_label_values(&[&self.name])
-                    .inc();
-                warn!(error = %e, "commit on release failed");
+        self.commit_released(consumer, end);
+    }
+
+    /// Commits the offsets a release stored.
+    ///
+    /// At shutdown the member is still in its group while it drains, and librdkafka rejoins
+    /// on its own when another member joins or leaves meanwhile: a commit sent with the
+    /// generation the drain started in is then refused (`IllegalGeneration`, or
+    /// `RebalanceInProgress` until the new generation is synced), and everything since the
+    /// last periodic commit would be redelivered to the next owner. So a shutdown commit
+    /// refused for the generation is retried, polling (which lets the rejoin finish; records it
+    /// returns are left uncommitted, for the next owner) for up to [`COMMIT_RETRY`]. A
+    /// handover commit runs inside the revoke callback, where the group cannot move on without
+    /// this member, so it is not retried.
+    fn commit_released(&self, consumer: &BaseConsumer<ConsumerCtx>, end: End) {
+        let deadline = Instant::now() + COMMIT_RETRY;
+        loop {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
+                Err(KafkaError::ConsumerCommit(
+                    code @ (RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::RebalanceInProgress),
+                )) if end == End::Shutdown && Instant::now() < deadline => {
+                    debug!(error = %code, "shutdown commit refused while the group rebalances: retrying");
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    self.metrics
+                        .commit_failures
+                        .with_label_values(&[&self.name])
+                        .inc();
+                    warn!(error = %e, "commit on release failed");
+                    return;
+                }
             }
         }
     }
 }
+
+/// How long a shutdown commit refused because the group is rebalancing is retried.
+const COMMIT_RETRY: Duration = Duration::from_secs(5);
 
 /// Copies a consumed message into an owned record.
 pub(super) fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) -> Record {

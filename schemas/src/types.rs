@@ -103,6 +103,78 @@ pub struct CancelOrder {
     pub reason: String,
 }
 
+/// Command: add a line to an open order (`eip.orders.AddOrderLine`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddOrderLine {
+    /// Command envelope.
+    pub metadata: CommandMetadata,
+    /// The line to add.
+    pub line: OrderLine,
+}
+
+/// Command: remove a line from an open order (`eip.orders.RemoveOrderLine`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveOrderLine {
+    /// Command envelope.
+    pub metadata: CommandMetadata,
+    /// SKU of the line to remove.
+    pub sku: String,
+}
+
+/// Command: confirm an open order (`eip.orders.ConfirmOrder`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmOrder {
+    /// Command envelope.
+    pub metadata: CommandMetadata,
+}
+
+/// Event: a line was added to an open order (`eip.orders.OrderLineAdded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLineAdded {
+    /// Event envelope.
+    pub metadata: EventMetadata,
+    /// The line added.
+    pub line: OrderLine,
+    /// The order's total after the change, in minor units.
+    pub total_cents: i64,
+}
+
+/// Event: a line was removed from an open order (`eip.orders.OrderLineRemoved`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLineRemoved {
+    /// Event envelope.
+    pub metadata: EventMetadata,
+    /// The line removed, as it was on the order.
+    pub line: OrderLine,
+    /// The order's total after the change, in minor units.
+    pub total_cents: i64,
+}
+
+/// What became of one command (`eip.orders.CommandOutcome`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// The command's id.
+    pub command_id: String,
+    /// The command's correlation id.
+    pub correlation_id: String,
+    /// The aggregate addressed; also the Kafka key.
+    pub aggregate_id: String,
+    /// The command's type, e.g. `PlaceOrder`.
+    pub command: String,
+    /// True when the command's event was emitted.
+    pub accepted: bool,
+    /// Accepted: the version of its event. Rejected: the aggregate's version then (0: none).
+    pub version: i64,
+    /// Rejected: a stable code.
+    pub reason_code: Option<String>,
+    /// Rejected: why, for people.
+    pub reason: Option<String>,
+    /// True when this is a duplicate's repeated outcome.
+    pub duplicate: bool,
+    /// When the command was first decided, in milliseconds since the Unix epoch.
+    pub decided_at: i64,
+}
+
 /// Event: an order was accepted (`eip.orders.OrderPlaced`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPlaced {
@@ -221,6 +293,12 @@ macro_rules! avro_records {
 avro_records! {
     PlaceOrder => "eip.orders.PlaceOrder",
     CancelOrder => "eip.orders.CancelOrder",
+    AddOrderLine => "eip.orders.AddOrderLine",
+    RemoveOrderLine => "eip.orders.RemoveOrderLine",
+    ConfirmOrder => "eip.orders.ConfirmOrder",
+    OrderLineAdded => "eip.orders.OrderLineAdded",
+    OrderLineRemoved => "eip.orders.OrderLineRemoved",
+    CommandOutcome => "eip.orders.CommandOutcome",
     OrderPlaced => "eip.orders.OrderPlaced",
     OrderConfirmed => "eip.orders.OrderConfirmed",
     OrderCancelled => "eip.orders.OrderCancelled",
@@ -336,6 +414,39 @@ mod tests {
             reason: "changed my mind".into(),
         });
         round_trip(order.clone());
+        round_trip(AddOrderLine {
+            metadata: cmd("order-1"),
+            line: order.lines[0].clone(),
+        });
+        round_trip(RemoveOrderLine {
+            metadata: cmd("order-1"),
+            sku: "SKU-0001".into(),
+        });
+        round_trip(ConfirmOrder {
+            metadata: cmd("order-1"),
+        });
+        round_trip(OrderLineAdded {
+            metadata: meta.clone(),
+            line: order.lines[0].clone(),
+            total_cents: 1234,
+        });
+        round_trip(OrderLineRemoved {
+            metadata: meta.clone(),
+            line: order.lines[0].clone(),
+            total_cents: 0,
+        });
+        round_trip(CommandOutcome {
+            command_id: "cmd-1".into(),
+            correlation_id: "corr-1".into(),
+            aggregate_id: "order-1".into(),
+            command: "AddOrderLine".into(),
+            accepted: false,
+            version: 3,
+            reason_code: Some("not_open".into()),
+            reason: Some("order-1 is confirmed".into()),
+            duplicate: true,
+            decided_at: 1_767_225_600_000,
+        });
         round_trip(OrderConfirmed {
             metadata: meta.clone(),
         });

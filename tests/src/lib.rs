@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
 
 pub mod bench;
+pub mod orders;
 pub mod plain;
 
 use std::collections::HashMap;

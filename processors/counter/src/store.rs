@@ -1,5 +1,6 @@
-//! The counter's SQLite store: counts per key, each partition's owner epoch and applied
-//! offset, and pending timers. Plain tables an analyst can read with `sqlite3`:
+//! The counter's SQLite store: counts per key, beside eip-store's partition ledger (each
+//! partition's owner epoch and applied offset, and pending timers). Plain tables an analyst
+//! can read with `sqlite3`:
 //!
 //! ```sql
 //! counts(key TEXT PRIMARY KEY, n INTEGER)
@@ -20,8 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use eip_runtime::{Flush, Opened, PartitionId, ProcessError, Timer, TimerChange};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use eip_runtime::{Flush, Opened, PartitionId, ProcessError};
+use eip_store::sqlite::{
+    Claim, LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
+};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// One partition's state: the epoch it was claimed with, and what it has staged since the last
 /// group commit.
@@ -94,45 +98,6 @@ pub struct Store {
     fenced: Arc<AtomicU64>,
 }
 
-fn classify(what: &str, e: rusqlite::Error) -> ProcessError {
-    let transient = matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-                | ErrorCode::CannotOpen
-                | ErrorCode::OutOfMemory
-        )
-    );
-    if transient {
-        ProcessError::Transient {
-            reason: what.to_string(),
-            source: Some(Arc::new(e)),
-        }
-    } else {
-        ProcessError::fatal_from(what.to_string(), e)
-    }
-}
-
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
-}
-
-/// Runs `f` on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ProcessError> + Send + 'static,
-) -> Result<T, ProcessError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProcessError::fatal_from("store task", e))?
-}
-
 impl Store {
     /// Opens (creating if missing) the file at `path` with its tables.
     pub fn open(path: &Path, hold_commit_open: Duration) -> rusqlite::Result<Store> {
@@ -141,22 +106,9 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS counts (
                  key TEXT PRIMARY KEY,
                  n INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS partitions (
-                 topic TEXT NOT NULL,
-                 partition INTEGER NOT NULL,
-                 epoch INTEGER NOT NULL,
-                 applied INTEGER,
-                 PRIMARY KEY (topic, partition)
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS timers (
-                 topic TEXT NOT NULL,
-                 partition INTEGER NOT NULL,
-                 key BLOB NOT NULL,
-                 at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (topic, partition, key)
              ) WITHOUT ROWID;",
         )?;
+        conn.execute_batch(LEDGER_DDL)?;
         Ok(Store {
             path: Arc::from(path),
             hold_commit_open,
@@ -179,37 +131,19 @@ impl Store {
     /// in one transaction.
     pub async fn claim(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
         let path = self.path.clone();
-        let (topic, number) = (partition.topic.to_string(), partition.partition);
+        let partition = partition.clone();
         blocking(move || {
             let mut conn = connect(&path).map_err(|e| classify("opening the store", e))?;
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| classify("claiming a partition", e))?;
-            let (epoch, applied): (i64, Option<i64>) = tx
-                .query_row(
-                    "INSERT INTO partitions (topic, partition, epoch, applied) VALUES (?1, ?2, 1, NULL)
-                     ON CONFLICT (topic, partition) DO UPDATE SET epoch = epoch + 1
-                     RETURNING epoch, applied",
-                    params![topic, number],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+            let Claim {
+                epoch,
+                applied,
+                timers,
+            } = claim(&tx, &partition)?;
+            tx.commit()
                 .map_err(|e| classify("claiming a partition", e))?;
-            let timers: Vec<Timer> = {
-                let mut stmt = tx
-                    .prepare("SELECT key, at_ms FROM timers WHERE topic = ?1 AND partition = ?2")
-                    .map_err(|e| classify("loading timers", e))?;
-                let rows = stmt
-                    .query_map(params![topic, number], |row| {
-                        Ok(Timer {
-                            key: row.get::<_, Vec<u8>>(0)?.into(),
-                            at_ms: row.get(1)?,
-                        })
-                    })
-                    .map_err(|e| classify("loading timers", e))?;
-                rows.collect::<Result<_, _>>()
-                    .map_err(|e| classify("loading timers", e))?
-            };
-            tx.commit().map_err(|e| classify("claiming a partition", e))?;
             let conn = Arc::new(Mutex::new(conn));
             let timer_keys = timers
                 .iter()
@@ -238,7 +172,7 @@ impl Store {
         flush: &Flush<'_>,
     ) -> Result<(), ProcessError> {
         let conn = state.conn.clone();
-        let (topic, number) = (flush.partition.topic.to_string(), flush.partition.partition);
+        let partition = flush.partition.clone();
         let epoch = state.epoch;
         let deltas: Vec<(String, u64)> =
             state.staged.iter().map(|(k, n)| (k.clone(), *n)).collect();
@@ -255,21 +189,9 @@ impl Store {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| classify("group commit", e))?;
-            let current: Option<i64> = tx
-                .query_row(
-                    "SELECT epoch FROM partitions WHERE topic = ?1 AND partition = ?2",
-                    params![topic, number],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(|e| classify("group commit", e))?;
-            if current != Some(epoch) {
+            if let Err(e) = check_epoch(&tx, &partition, epoch) {
                 fenced.fetch_add(1, Ordering::AcqRel);
-                return Err(ProcessError::Fenced {
-                    reason: format!(
-                        "{topic}[{number}] is at epoch {current:?}, this owner claimed {epoch}"
-                    ),
-                });
+                return Err(e);
             }
             {
                 let mut add = tx
@@ -282,29 +204,10 @@ impl Store {
                     add.execute(params![key, *n as i64])
                         .map_err(|e| classify("group commit", e))?;
                 }
-                for change in &timers {
-                    match change {
-                        TimerChange::Set(t) => tx.execute(
-                            "INSERT OR REPLACE INTO timers (topic, partition, key, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                            params![topic, number, t.key.as_ref(), t.at_ms],
-                        ),
-                        TimerChange::Remove(key) => tx.execute(
-                            "DELETE FROM timers WHERE topic = ?1 AND partition = ?2 AND key = ?3",
-                            params![topic, number, key.as_ref()],
-                        ),
-                    }
-                    .map_err(|e| classify("group commit", e))?;
-                }
-                if let Some(offset) = up_to {
-                    tx.execute(
-                        "UPDATE partitions SET applied = ?3 WHERE topic = ?1 AND partition = ?2",
-                        params![topic, number, offset],
-                    )
-                    .map_err(|e| classify("group commit", e))?;
-                }
             }
+            write_ledger(&tx, &partition, &timers, up_to)?;
             if !hold.is_zero() {
-                tracing::info!(topic, partition = number, "group commit holding its transaction open (fault injection)");
+                tracing::info!(topic = %partition.topic, partition = partition.partition, "group commit holding its transaction open (fault injection)");
                 std::thread::sleep(hold);
             }
             tx.commit().map_err(|e| classify("group commit", e))

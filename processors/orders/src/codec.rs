@@ -1,0 +1,58 @@
+//! Avro glue: a command record decoded by its writer schema's name, an event decoded the same
+//! way (the read-back), and an event as the output record that publishes it.
+
+use bytes::Bytes;
+use eip_runtime::{Output, ProcessError};
+use eip_schemas::codec::decode_with;
+use eip_schemas::frame;
+use eip_schemas::types::{
+    AddOrderLine, CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderLineAdded,
+    OrderLineRemoved, OrderPlaced, PlaceOrder, RemoveOrderLine,
+};
+use eip_schemas::{AvroRecord, Codec};
+
+use crate::aggregate::{Command, Event};
+
+/// Decodes a command: the writer schema's name picks the type. Any other record is poison.
+pub async fn command(codec: &Codec, payload: Option<&[u8]>) -> Result<Command, ProcessError> {
+    let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;
+    let writer = codec.registry().schema_by_id(id).await?;
+    Ok(match writer.full_name.as_str() {
+        PlaceOrder::FULL_NAME => Command::Place(decode_with(&writer, body)?),
+        AddOrderLine::FULL_NAME => Command::AddLine(decode_with(&writer, body)?),
+        RemoveOrderLine::FULL_NAME => Command::RemoveLine(decode_with(&writer, body)?),
+        ConfirmOrder::FULL_NAME => Command::Confirm(decode_with(&writer, body)?),
+        CancelOrder::FULL_NAME => Command::Cancel(decode_with(&writer, body)?),
+        other => {
+            return Err(ProcessError::poison(format!(
+                "{other} (schema id {id}) is not an order command"
+            )));
+        }
+    })
+}
+
+/// Decodes an order event; None for a record of another type.
+pub async fn event(codec: &Codec, payload: Option<&[u8]>) -> Result<Option<Event>, ProcessError> {
+    let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;
+    let writer = codec.registry().schema_by_id(id).await?;
+    Ok(Some(match writer.full_name.as_str() {
+        OrderPlaced::FULL_NAME => Event::Placed(decode_with(&writer, body)?),
+        OrderLineAdded::FULL_NAME => Event::LineAdded(decode_with(&writer, body)?),
+        OrderLineRemoved::FULL_NAME => Event::LineRemoved(decode_with(&writer, body)?),
+        OrderConfirmed::FULL_NAME => Event::Confirmed(decode_with(&writer, body)?),
+        OrderCancelled::FULL_NAME => Event::Cancelled(decode_with(&writer, body)?),
+        _ => return Ok(None),
+    }))
+}
+
+/// The output record that publishes `event` to `topic`, keyed by its aggregate id.
+pub fn publish(topic: &std::sync::Arc<str>, event: &Event) -> Output {
+    let key = Some(Bytes::from(event.metadata().aggregate_id.clone()));
+    match event.clone() {
+        Event::Placed(e) => Output::record(topic.clone(), key, e),
+        Event::LineAdded(e) => Output::record(topic.clone(), key, e),
+        Event::LineRemoved(e) => Output::record(topic.clone(), key, e),
+        Event::Confirmed(e) => Output::record(topic.clone(), key, e),
+        Event::Cancelled(e) => Output::record(topic.clone(), key, e),
+    }
+}

@@ -1,0 +1,137 @@
+//! The read-back: what a previous owner published to an events partition but did not live to
+//! record in the journal.
+//!
+//! An event is published (and acknowledged) before the group commit that journals it. A
+//! process killed between the two has published events its journal lacks; the next owner
+//! reads the events partition from where the last group commit said publication stood, and
+//! adopts what it finds: the events go into the journal and their commands count as decided.
+//! So the commands, redelivered, are duplicates, and no version is published twice.
+//!
+//! This works because an order's commands and events live on partitions with the same number:
+//! both topics are keyed by order id with the same partitioner and partition count (checked
+//! at open), and only the owner of command partition p publishes to events partition p.
+
+use std::time::{Duration, Instant};
+
+use eip_runtime::ProcessError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// How long a read-back may take before the open fails (and is retried).
+const READ_BACK: Duration = Duration::from_secs(30);
+const META: Duration = Duration::from_secs(10);
+
+fn transient(what: &str, e: rdkafka::error::KafkaError) -> ProcessError {
+    ProcessError::Transient {
+        reason: what.to_string(),
+        source: Some(std::sync::Arc::new(e)),
+    }
+}
+
+/// One record read back.
+#[derive(Debug)]
+pub struct ReadBack {
+    /// Its value.
+    pub payload: Option<Vec<u8>>,
+    /// The header asked for, as a number.
+    pub header: Option<i64>,
+}
+
+/// A blocking client for the read-back and for publication watermarks.
+pub struct Reader {
+    consumer: BaseConsumer,
+}
+
+impl Reader {
+    /// A consumer that reads by assignment (no group membership, no commits).
+    pub fn new(mut config: ClientConfig) -> Result<Reader, rdkafka::error::KafkaError> {
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed");
+        Ok(Reader {
+            consumer: config.create()?,
+        })
+    }
+
+    /// The partition count of `topic`.
+    pub fn partitions(&self, topic: &str) -> Result<usize, ProcessError> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), META)
+            .map_err(|e| transient("reading topic metadata", e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len()))
+    }
+
+    /// The next offset to be written to `topic[partition]`.
+    pub fn end(&self, topic: &str, partition: i32) -> Result<i64, ProcessError> {
+        self.consumer
+            .fetch_watermarks(topic, partition, META)
+            .map(|(_, high)| high)
+            .map_err(|e| transient("reading a high watermark", e))
+    }
+
+    /// Every record of `topic[partition]` from `from` (its start when None) up to its end
+    /// now, as (payload, the value of header `header` as a number), with the end.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: Option<i64>,
+        header: &str,
+    ) -> Result<(Vec<ReadBack>, i64), ProcessError> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, META)
+            .map_err(|e| transient("reading watermarks", e))?;
+        let start = from.unwrap_or(low).max(low);
+        if start >= high {
+            return Ok((Vec::new(), high));
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(|e| transient("assigning the read-back", e))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| transient("assigning the read-back", e))?;
+        let deadline = Instant::now() + READ_BACK;
+        let mut payloads = Vec::new();
+        let mut next = start;
+        while next < high {
+            if Instant::now() > deadline {
+                let _ = self.consumer.unassign();
+                return Err(ProcessError::transient(format!(
+                    "read-back of {topic}[{partition}] stopped at {next} of {high}"
+                )));
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    let number = m.headers().and_then(|hs| {
+                        hs.iter()
+                            .find(|h| h.key == header)
+                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                    });
+                    payloads.push(ReadBack {
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        header: number,
+                    });
+                }
+                Some(Err(e)) => {
+                    let _ = self.consumer.unassign();
+                    return Err(transient("reading back published events", e));
+                }
+                None => {}
+            }
+        }
+        let _ = self.consumer.unassign();
+        Ok((payloads, high))
+    }
+}

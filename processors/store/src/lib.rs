@@ -1,0 +1,23 @@
+//! # eip-store
+//!
+//! The stores of eip's stateful processors, one module per concern:
+//! - [`sqlite`]: the SQLite plumbing every processor shares: connections in WAL mode with
+//!   `synchronous=FULL`, error classification (busy or I/O is transient, the rest fatal), the
+//!   blocking pool, and the **partition ledger**: claiming a partition raises its epoch, a
+//!   group commit writes only while the epoch is still its own, and the applied offset and the
+//!   durable timers are written in the same transaction.
+//! - [`journal`]: event sourcing: each aggregate's events by version, its snapshots with the
+//!   schema version they were written with, and each command's outcome by command id.
+//!
+//! SQLite is the embedded default: one file an analyst opens with `sqlite3`, shared by every
+//! replica on one machine. docs/cqrs.md says where ScyllaDB takes over.
+
+pub mod journal;
+pub mod sqlite;
+
+pub use journal::{
+    JOURNAL_DDL, Journal, JournalEvent, JournalRows, Publication, Snapshot, StoredOutcome,
+};
+pub use sqlite::{
+    Claim, LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
+};

@@ -1,0 +1,164 @@
+//! The orders write side against the real local stack: commands in, events and outcomes out,
+//! every outcome and version as the scripts say; duplicates applied once across a restart;
+//! and a kill -9 mid-run that neither repeats nor skips a version.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
+
+use std::path::Path;
+use std::time::Duration;
+
+use eip_orders::{Orders, OrdersConfig};
+use eip_runtime::config::Config;
+use eip_tests::orders::{WAIT, check_script, event_versions, outcomes, produce_script};
+use eip_tests::*;
+
+struct Topics {
+    names: Names,
+    events: String,
+    outcomes: String,
+}
+
+async fn topics(ep: &Endpoints, prefix: &str, partitions: i32) -> Topics {
+    let names = fresh_topics(ep, prefix, partitions).await;
+    let events = format!("{}-events", names.input);
+    let outcomes = format!("{}-outcomes", names.input);
+    create_topics(ep, &[&events, &outcomes], partitions).await;
+    Topics {
+        names,
+        events,
+        outcomes,
+    }
+}
+
+fn orders_config(ep: &Endpoints, t: &Topics, db: &Path) -> Config<OrdersConfig> {
+    config(
+        ep,
+        &t.names.input,
+        &t.names.group,
+        OrdersConfig {
+            db: db.to_path_buf(),
+            events_topic: t.events.clone(),
+            outcomes_topic: t.outcomes.clone(),
+            snapshot_every: 2,
+            ..OrdersConfig::default()
+        },
+    )
+}
+
+async fn start(cfg: &Config<OrdersConfig>) -> InProcess {
+    InProcess::start_stateful(cfg.clone(), Orders::new(cfg).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_decided_once_with_consecutive_versions_even_when_sent_again_after_a_restart()
+{
+    let ep = endpoints();
+    let t = topics(&ep, "orders", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = orders_config(&ep, &t, &dir.path().join("orders.db"));
+    let codec = codec(&ep);
+    let member = start(&cfg).await;
+    let script = produce_script(&ep, &codec, &t.names.input, "ord", 600, 6).await;
+    let decided = script.records - script.poison;
+    wait_for(&ep, &t.outcomes, decided, WAIT).await;
+    wait_for(&ep, &t.names.dlq, script.poison, WAIT).await;
+    member.stop().await.unwrap();
+    let first = outcomes(&ep, &codec, &t.outcomes).await;
+    let events = event_versions(&ep, &codec, &t.events).await;
+    check_script(&script, &first, &events);
+    assert_eq!(
+        first.values().map(Vec::len).sum::<usize>() as u64,
+        decided,
+        "one outcome per command record"
+    );
+    assert_eq!(
+        read_all(&ep, &t.names.dlq).await.len() as u64,
+        script.poison
+    );
+
+    // The same commands again, to a restarted member: every one is a duplicate by now.
+    let member = start(&cfg).await;
+    let again = produce_script(&ep, &codec, &t.names.input, "ord", 600, 0).await;
+    wait_for(&ep, &t.outcomes, decided + again.records, WAIT).await;
+    member.stop().await.unwrap();
+    let second = outcomes(&ep, &codec, &t.outcomes).await;
+    for (command, seen) in &second {
+        let before = first[command].len();
+        assert!(seen.len() > before, "{command} was decided again");
+        assert!(
+            seen[before..].iter().all(|o| o.duplicate),
+            "{command}: {seen:?}"
+        );
+    }
+    assert_eq!(
+        event_versions(&ep, &codec, &t.events).await,
+        events,
+        "no event for a duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_publishes_every_version_once() {
+    let ep = endpoints();
+    let t = topics(&ep, "orders-kill", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let codec = codec(&ep);
+    let script = produce_script(&ep, &codec, &t.names.input, "kill", 3_000, 0).await;
+    let env: Vec<(String, String)> = [
+        ("EIP__KAFKA__BROKERS", ep.brokers.clone()),
+        ("EIP__KAFKA__GROUP_ID", t.names.group.clone()),
+        ("EIP__KAFKA__CLIENT_ID", t.names.group.clone()),
+        ("EIP__REGISTRY__URL", ep.registry.clone()),
+        ("EIP__PIPELINE__INPUTS", format!("[\"{}\"]", t.names.input)),
+        ("EIP__PROCESSOR__DB", db.display().to_string()),
+        ("EIP__PROCESSOR__EVENTS_TOPIC", t.events.clone()),
+        ("EIP__PROCESSOR__OUTCOMES_TOPIC", t.outcomes.clone()),
+        ("EIP__PROCESSOR__SNAPSHOT_EVERY", "2".to_string()),
+        ("EIP__PROCESSOR__HOLD_COMMIT_OPEN", "200ms".to_string()),
+        (
+            "EIP__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    // Kill it three times inside a group commit: its events are published and acknowledged,
+    // and not yet journaled.
+    let marker = "group commit holding its transaction open";
+    let mut logs = String::new();
+    for round in 0..3 {
+        let mut member = ChildProcess::spawn(&bin("eip-orders"), &[], &env);
+        eventually("a group commit in progress", WAIT, || async {
+            (member.log_text().matches(marker).count() >= 2 + round).then_some(())
+        })
+        .await;
+        member.signal("KILL");
+        assert!(!member.wait(Duration::from_secs(30)).await.success());
+        logs.push_str(&member.log_text());
+    }
+    let mut last = ChildProcess::spawn(&bin("eip-orders"), &[], &env);
+    let ids = script.outcomes.len() as u64;
+    eventually("an outcome for every command", WAIT, || async {
+        let seen = outcomes(&ep, &codec, &t.outcomes).await;
+        (seen.len() as u64 >= ids).then_some(())
+    })
+    .await;
+    last.signal("TERM");
+    assert!(
+        last.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        last.log_text()
+    );
+    logs.push_str(&last.log_text());
+    println!(
+        "{} commands; owners adopted unjournaled events {} times after the kills",
+        script.records,
+        logs.matches("adopted events a previous owner published")
+            .count()
+    );
+    let seen = outcomes(&ep, &codec, &t.outcomes).await;
+    let events = event_versions(&ep, &codec, &t.events).await;
+    check_script(&script, &seen, &events);
+}

@@ -12,7 +12,7 @@
 //!   applied offset, so a replay after a crash skips what is already counted.
 //!
 //! It is the subject of the rebalance, kill -9 and fencing tests and of the stateful
-//! benchmark. The CQRS store crate takes over its SQLite plumbing.
+//! benchmark. Its SQLite plumbing and partition ledger come from eip-store.
 
 pub mod store;
 

@@ -6,6 +6,8 @@
 //!   blocking pool, and the **partition ledger**: claiming a partition raises its epoch, a
 //!   group commit writes only while the epoch is still its own, and the applied offset and the
 //!   durable timers are written in the same transaction.
+//! - [`views`]: the read side's views, each defined once (columns, keys, clustering), from
+//!   which both backends take their DDL and statements; [`view_sqlite`] runs them on SQLite.
 //! - [`journal`]: event sourcing: each aggregate's events by version, its snapshots with the
 //!   schema version they were written with, and each command's outcome by command id.
 //!
@@ -14,6 +16,8 @@
 
 pub mod journal;
 pub mod sqlite;
+pub mod view_sqlite;
+pub mod views;
 
 pub use journal::{
     JOURNAL_DDL, Journal, JournalEvent, JournalRows, Publication, Snapshot, StoredOutcome,

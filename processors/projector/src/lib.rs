@@ -1,0 +1,403 @@
+//! # eip-projector
+//!
+//! The CQRS read side. It reads the order events and the command outcomes that `eip-orders`
+//! publishes, and keeps the views of [`eip_store::views`] up to date: order summaries, each
+//! customer's orders, product sales per day, and every command's status.
+//!
+//! Per partition it holds the orders it has seen ([`Projection`]), folds each event into its
+//! order's view ([`projection::fold`]), and at each group commit writes, in one SQLite
+//! transaction after the epoch check, the difference between each touched order's rows before
+//! and after, the outcomes, and the partition's applied offset. A replay after a crash skips
+//! what the ledger holds; anything else repeated is skipped by version. docs/cqrs.md has the
+//! argument and the tables.
+
+pub mod projection;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use eip_orders::aggregate::Event;
+use eip_runtime::config::{Config, ConfigError, Section};
+use eip_runtime::{Effects, Envelope, Flush, Opened, PartitionId, ProcessError, Record, Stateful};
+use eip_schemas::codec::decode_with;
+use eip_schemas::types::CommandOutcome;
+use eip_schemas::{AvroRecord, Codec, frame};
+use eip_store::sqlite::{
+    LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
+};
+use eip_store::view_sqlite::{self, Versions, load_order};
+use eip_store::views::{
+    ORDER_LINES, ORDER_SUMMARY, OrderView, OutcomeView, Value, Write, diff, order_rows,
+    outcome_rows,
+};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::projection::{Step, fold};
+
+/// `[processor]` settings of the projector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorConfig {
+    /// The views' SQLite file (created if missing); every replica on one machine shares it,
+    /// and the query API reads it.
+    pub db: PathBuf,
+    /// Orders whose view is kept in memory per partition between group commits; past this,
+    /// the cache is emptied after a commit and orders are read from the store again.
+    pub cached_orders: usize,
+    /// Fault injection only: hold every group commit open this long before committing.
+    #[serde(with = "humantime_serde")]
+    pub hold_commit_open: std::time::Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            db: PathBuf::from("eip-views.db"),
+            cached_orders: 100_000,
+            hold_commit_open: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Section for ProjectorConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.db.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("db", "must name a file"));
+        }
+        if self.cached_orders == 0 {
+            return Err(ConfigError::invalid("cached_orders", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A decoded input: an order event or a command outcome.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// An order event.
+    Event(Event),
+    /// A command's outcome.
+    Outcome(CommandOutcome),
+}
+
+/// Decodes an order event or a command outcome by its writer schema's name; any other record
+/// is poison.
+pub async fn decode(codec: &Codec, payload: Option<&[u8]>) -> Result<Input, ProcessError> {
+    if let Some(event) = eip_orders::codec::event(codec, payload).await? {
+        return Ok(Input::Event(event));
+    }
+    let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;
+    let writer = codec.registry().schema_by_id(id).await?;
+    if writer.full_name == CommandOutcome::FULL_NAME {
+        return Ok(Input::Outcome(decode_with(&writer, body)?));
+    }
+    Err(ProcessError::poison(format!(
+        "{} (schema id {id}) is neither an order event nor a command outcome",
+        writer.full_name
+    )))
+}
+
+/// What a partition's projection did, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Events applied.
+    pub applied: u64,
+    /// Events the views already held.
+    pub duplicates: u64,
+    /// Outcomes staged.
+    pub outcomes: u64,
+}
+
+/// One partition's projection: the orders it knows, and what changed since the last commit.
+#[derive(Debug, Default)]
+pub struct Projection {
+    orders: HashMap<String, OrderView>,
+    /// Each order touched since the last commit, with its view before (None: not stored).
+    touched: HashMap<String, Option<OrderView>>,
+    outcomes: Vec<OutcomeView>,
+    counts: Counts,
+}
+
+impl Projection {
+    /// Folds `event` into its order's view, reading the order from the live tables through
+    /// `conn` when it is not known yet. A version gap is poison: the event goes to the DLQ
+    /// with the versions in its reason, and the view keeps waiting for the missing one.
+    pub fn event(
+        &mut self,
+        conn: &Connection,
+        versions: &Versions,
+        event: &Event,
+    ) -> Result<(), ProcessError> {
+        let id = &event.metadata().aggregate_id;
+        if !self.orders.contains_key(id) {
+            let stored = load_order(
+                conn,
+                &ORDER_SUMMARY.physical(versions.live_of(&ORDER_SUMMARY)),
+                &ORDER_LINES.physical(versions.live_of(&ORDER_LINES)),
+                id,
+            )
+            .map_err(|e| classify("reading an order's view", e))?;
+            if let Some(order) = stored {
+                self.orders.insert(id.clone(), order);
+            }
+        }
+        match fold(self.orders.get(id), event) {
+            Step::Applied(next) => {
+                check_rows(&next)?;
+                if !self.touched.contains_key(id) {
+                    self.touched
+                        .insert(id.clone(), self.orders.get(id).cloned());
+                }
+                self.orders.insert(id.clone(), next);
+                self.counts.applied += 1;
+                Ok(())
+            }
+            Step::Duplicate => {
+                self.counts.duplicates += 1;
+                Ok(())
+            }
+            Step::Gap { have, got } => Err(ProcessError::poison(format!(
+                "order {id} is at version {have} in the views; this event is version {got}, so \
+                 versions {}..{got} are missing",
+                have + 1
+            ))),
+        }
+    }
+
+    /// Stages a command's outcome (a duplicate's report changes nothing).
+    pub fn outcome(&mut self, outcome: &CommandOutcome) -> Result<(), ProcessError> {
+        if let Some(view) = projection::outcome(outcome) {
+            for row in outcome_rows(&view) {
+                check_key(row.table.name, row.key())?;
+            }
+            self.outcomes.push(view);
+            self.counts.outcomes += 1;
+        }
+        Ok(())
+    }
+
+    /// The writes that bring the store from the last commit to now; the staged changes stay
+    /// until [`Projection::committed`].
+    pub fn writes(&self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (id, before) in &self.touched {
+            let Some(after) = self.orders.get(id) else {
+                continue;
+            };
+            let before = before.as_ref().map(order_rows).unwrap_or_default();
+            writes.extend(diff(&before, &order_rows(after), after.version));
+        }
+        for outcome in &self.outcomes {
+            writes.extend(diff(&[], &outcome_rows(outcome), outcome.version));
+        }
+        writes
+    }
+
+    /// The writes were committed: start the next batch, emptying the cache past `cap`.
+    pub fn committed(&mut self, cap: usize) {
+        self.touched.clear();
+        self.outcomes.clear();
+        if self.orders.len() > cap {
+            self.orders.clear();
+        }
+    }
+
+    /// Forgets every order (a crash, in tests).
+    pub fn forget(&mut self) {
+        self.orders.clear();
+        self.touched.clear();
+        self.outcomes.clear();
+    }
+
+    /// What it did so far.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+}
+
+/// The largest key value either backend takes (a CQL partition key is at most 64 KiB).
+pub const MAX_KEY_BYTES: usize = 65_535;
+
+fn check_key(table: &str, key: &[Value]) -> Result<(), ProcessError> {
+    for value in key {
+        let bad = match value {
+            Value::Null => Some("is missing".to_string()),
+            Value::Text(s) if s.is_empty() => Some("is empty".to_string()),
+            Value::Text(s) if s.len() > MAX_KEY_BYTES => Some(format!(
+                "is {} bytes, more than the store's {MAX_KEY_BYTES}",
+                s.len()
+            )),
+            _ => None,
+        };
+        if let Some(why) = bad {
+            return Err(ProcessError::poison(format!(
+                "the store refuses this row for good: a key of {table} {why}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is staged, a view whose rows the store would refuse for good
+/// (an empty or oversized key): the record goes to the DLQ with the reason.
+fn check_rows(order: &OrderView) -> Result<(), ProcessError> {
+    for row in order_rows(order) {
+        check_key(row.table.name, row.key())?;
+    }
+    Ok(())
+}
+
+/// One group commit: the epoch check, the view writes on the live tables, the ledger.
+pub fn commit(
+    conn: &mut Connection,
+    partition: &PartitionId,
+    epoch: i64,
+    writes: &[Write],
+    timers: &[eip_runtime::TimerChange],
+    up_to: Option<i64>,
+    hold: std::time::Duration,
+) -> Result<Versions, ProcessError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| classify("group commit", e))?;
+    check_epoch(&tx, partition, epoch)?;
+    let versions = view_sqlite::versions(&tx).map_err(|e| classify("group commit", e))?;
+    view_sqlite::execute(&tx, &versions, writes)?;
+    write_ledger(&tx, partition, timers, up_to)?;
+    if !hold.is_zero() {
+        tracing::info!(topic = %partition.topic, partition = partition.partition, "group commit holding its transaction open (fault injection)");
+        std::thread::sleep(hold);
+    }
+    tx.commit().map_err(|e| classify("group commit", e))?;
+    Ok(versions)
+}
+
+/// One partition's state.
+pub struct Partition {
+    conn: Arc<Mutex<Connection>>,
+    epoch: i64,
+    versions: Versions,
+    projection: Projection,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("epoch", &self.epoch)
+            .field("projection", &self.projection.counts())
+            .finish()
+    }
+}
+
+/// The projector. See the crate docs.
+#[derive(Debug, Clone)]
+pub struct Projector {
+    db: Arc<std::path::Path>,
+    cached_orders: usize,
+    hold_commit_open: std::time::Duration,
+}
+
+impl Projector {
+    /// The projector for `config`: creates the views' tables if missing.
+    pub fn new(config: &Config<ProjectorConfig>) -> Result<Projector, ConfigError> {
+        let p = &config.processor;
+        connect(&p.db)
+            .and_then(|c| {
+                c.execute_batch(LEDGER_DDL)?;
+                view_sqlite::migrate(&c)
+            })
+            .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?;
+        Ok(Projector {
+            db: Arc::from(p.db.as_path()),
+            cached_orders: p.cached_orders,
+            hold_commit_open: p.hold_commit_open,
+        })
+    }
+}
+
+fn locked(conn: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>, ProcessError> {
+    conn.lock()
+        .map_err(|_| ProcessError::fatal("views connection poisoned"))
+}
+
+impl Stateful for Projector {
+    type Input = Input;
+    type State = Partition;
+
+    fn name(&self) -> &str {
+        "projector"
+    }
+
+    async fn decode(&self, codec: &Codec, record: &Record) -> Result<Input, ProcessError> {
+        decode(codec, record.payload.as_deref()).await
+    }
+
+    async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
+        let db = self.db.clone();
+        let part = partition.clone();
+        blocking(move || {
+            let mut conn = connect(&db).map_err(|e| classify("opening the views", e))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| classify("claiming a partition", e))?;
+            let claimed = claim(&tx, &part)?;
+            let versions =
+                view_sqlite::versions(&tx).map_err(|e| classify("claiming a partition", e))?;
+            tx.commit()
+                .map_err(|e| classify("claiming a partition", e))?;
+            Ok(Opened {
+                state: Partition {
+                    conn: Arc::new(Mutex::new(conn)),
+                    epoch: claimed.epoch,
+                    versions,
+                    projection: Projection::default(),
+                },
+                timers: claimed.timers,
+                applied: claimed.applied,
+            })
+        })
+        .await
+    }
+
+    async fn process(
+        &self,
+        state: &mut Partition,
+        input: Envelope<Input>,
+        _effects: &mut Effects,
+    ) -> Result<(), ProcessError> {
+        match &input.value {
+            Input::Event(event) => {
+                let conn = locked(&state.conn)?;
+                state.projection.event(&conn, &state.versions, event)
+            }
+            Input::Outcome(outcome) => state.projection.outcome(outcome),
+        }
+    }
+
+    async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
+        let writes = state.projection.writes();
+        let conn = state.conn.clone();
+        let partition = flush.partition.clone();
+        let epoch = state.epoch;
+        let timers = flush.timers.to_vec();
+        let up_to = flush.up_to;
+        let hold = if writes.is_empty() {
+            std::time::Duration::ZERO
+        } else {
+            self.hold_commit_open
+        };
+        let versions = blocking(move || {
+            let mut conn = locked(&conn)?;
+            commit(&mut conn, &partition, epoch, &writes, &timers, up_to, hold)
+        })
+        .await?;
+        state.versions = versions;
+        state.projection.committed(self.cached_orders);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

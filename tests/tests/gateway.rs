@@ -197,9 +197,13 @@ impl Contract {
         }
     }
 
-    /// A JSON-schema subset: type, required, properties, items, enum, minimum, maxItems.
+    /// A JSON-schema subset: type, nullable, required, properties, items, enum, minimum,
+    /// maxItems.
     fn validate(&self, schema: &Json, v: &Json, at: &str, problems: &mut Vec<String>) {
         let schema = self.resolve(schema);
+        if v.is_null() && schema["nullable"] == json!(true) {
+            return;
+        }
         if let Some(ty) = schema["type"].as_str() {
             let ok = match ty {
                 "object" => v.is_object(),
@@ -256,6 +260,57 @@ impl Contract {
 
 // ---------------------------------------------------------------------------------------------
 // An embedded gateway and a client that checks every answer against the contract
+
+const ORDER: &str = "/v1/orders/{order_id}";
+const CUSTOMER: &str = "/v1/customers/{customer_id}/orders";
+const SALES: &str = "/v1/sales/{day}";
+const COMMAND: &str = "/v1/commands/{command_id}";
+const COMMANDS: &str = "/v1/commands";
+
+/// Writes two orders of customer c-1 (o-2 the newer, confirmed on 2026-11-30) and a rejected
+/// command, through the store's own definitions, as the projector does.
+fn write_sample_views(path: &std::path::Path) {
+    use eip_store::view_sqlite::{execute, migrate, versions};
+    use eip_store::views::{LineView, OrderView, OutcomeView, diff, order_rows, outcome_rows};
+    let mut conn = eip_store::sqlite::connect(path).unwrap();
+    migrate(&conn).unwrap();
+    let v = versions(&conn).unwrap();
+    let tx = conn.transaction().unwrap();
+    for (id, at, status) in [("o-1", 10, "open"), ("o-2", 20, "confirmed")] {
+        let order = OrderView {
+            order_id: id.into(),
+            customer_id: "c-1".into(),
+            status: status.into(),
+            currency: "EUR".into(),
+            total_cents: 500,
+            units: 2,
+            version: 2,
+            placed_at: at,
+            updated_at: at,
+            confirmed_day: (status == "confirmed").then(|| "2026-11-30".into()),
+            lines: vec![LineView {
+                sku: "A".into(),
+                quantity: 2,
+                unit_price_cents: 250,
+                version: 1,
+            }],
+        };
+        execute(&tx, &v, &diff(&[], &order_rows(&order), 2)).unwrap();
+    }
+    let outcome = OutcomeView {
+        command_id: "cmd-1".into(),
+        correlation_id: "corr-1".into(),
+        aggregate_id: "o-9".into(),
+        command: "PlaceOrder".into(),
+        accepted: false,
+        version: 0,
+        reason_code: Some("empty_order".into()),
+        reason: Some("an order needs at least one line".into()),
+        decided_at: 1,
+    };
+    execute(&tx, &v, &diff(&[], &outcome_rows(&outcome), 0)).unwrap();
+    tx.commit().unwrap();
+}
 
 struct Gw {
     addr: SocketAddr,
@@ -414,6 +469,12 @@ impl Gw {
             .header("content-type", content_type)
             .body(body);
         self.send("post", RECORDS, extra(req)).await
+    }
+
+    /// GETs `path`, checked against the contract's `template`.
+    async fn get_as(&self, template: &str, path: &str) -> Observed {
+        self.send("get", template, self.client.get(self.url(path)))
+            .await
     }
 
     async fn get(&self, path: &str) -> Observed {
@@ -1185,6 +1246,83 @@ async fn the_openapi_document_matches_the_running_server() {
     .await;
     note("/readyz", "get", &not_ready);
     std::sync::Arc::into_inner(gw).unwrap().stop().await;
+
+    // The query API over a views file the projector's own store code wrote, with tokens.
+    let views = tempfile::tempdir().unwrap();
+    let views_db = views.path().join("views.db");
+    write_sample_views(&views_db);
+    let mut cfg = gw_config(&ep, &[(PLACE_ORDER, &topic)]);
+    cfg.gateway.views_db = Some(views_db);
+    cfg.gateway.auth_tokens = vec!["contract-token".into()];
+    let gw = Gw::start(cfg).await;
+    let get = |path: String| {
+        let req = gw.client.get(gw.url(&path)).bearer_auth("contract-token");
+        (path, req)
+    };
+    let cases: Vec<(&str, String, u16)> = vec![
+        (ORDER, "/v1/orders/o-1".into(), 200),
+        (ORDER, "/v1/orders/o-404".into(), 404),
+        (CUSTOMER, "/v1/customers/c-1/orders?limit=1".into(), 200),
+        (CUSTOMER, "/v1/customers/c-1/orders?cursor=nope".into(), 400),
+        (CUSTOMER, "/v1/customers/c-1/orders?limit=0".into(), 400),
+        (SALES, "/v1/sales/2026-11-30".into(), 200),
+        (SALES, "/v1/sales/30-11-2026".into(), 400),
+        (COMMAND, "/v1/commands/cmd-1".into(), 200),
+        (COMMAND, "/v1/commands/cmd-404".into(), 404),
+        (COMMANDS, "/v1/commands?correlation_id=corr-1".into(), 200),
+        (COMMANDS, "/v1/commands".into(), 400),
+    ];
+    for (template, path, status) in cases {
+        let (path, req) = get(path);
+        let obs = gw.send("get", template, req).await;
+        assert_eq!(obs.status, status, "{path}: {}", obs.body);
+        note(template, "get", &obs);
+    }
+    // Paging: the first page's cursor leads to the second, and the last page has none.
+    let (_, req) = get("/v1/customers/c-1/orders?limit=1".into());
+    let first = gw.send("get", CUSTOMER, req).await.json();
+    assert_eq!(first["items"][0]["order_id"], json!("o-2"), "newest first");
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let (_, req) = get(format!("/v1/customers/c-1/orders?limit=1&cursor={cursor}"));
+    let second = gw.send("get", CUSTOMER, req).await.json();
+    assert_eq!(second["items"][0]["order_id"], json!("o-1"));
+    let (_, req) = get(format!(
+        "/v1/customers/c-1/orders?limit=1&cursor={}",
+        second["next_cursor"].as_str().unwrap()
+    ));
+    let last = gw.send("get", CUSTOMER, req).await.json();
+    assert_eq!(last["items"], json!([]));
+    assert!(last["next_cursor"].is_null());
+    let (_, req) = get("/v1/commands/cmd-1".into());
+    let outcome = gw.send("get", COMMAND, req).await.json();
+    assert_eq!(outcome["reason_code"], json!("empty_order"));
+    // Without the token: 401 with its challenge.
+    for (template, path) in [
+        (ORDER, "/v1/orders/o-1"),
+        (CUSTOMER, "/v1/customers/c-1/orders"),
+        (SALES, "/v1/sales/2026-11-30"),
+        (COMMAND, "/v1/commands/cmd-1"),
+        (COMMANDS, "/v1/commands?correlation_id=corr-1"),
+    ] {
+        let obs = gw.get_as(template, path).await;
+        assert_eq!(obs.status, 401, "{path}");
+        assert!(obs.header("www-authenticate").is_some());
+        note(template, "get", &obs);
+    }
+    gw.stop().await;
+    // A gateway without views: 404 with the setting named.
+    let gw = Gw::start(gw_config(&ep, &[(PLACE_ORDER, &topic)])).await;
+    for (template, path) in [
+        (CUSTOMER, "/v1/customers/c-1/orders"),
+        (SALES, "/v1/sales/2026-11-30"),
+        (COMMANDS, "/v1/commands?correlation_id=corr-1"),
+    ] {
+        let obs = gw.get_as(template, path).await;
+        assert_eq!(obs.status, 404, "{path}");
+        assert!(obs.error().contains("gateway.views_db"), "{}", obs.body);
+        note(template, "get", &obs);
+    }
+    gw.stop().await;
 
     // A registry without our schema and no auto-registration: 500.
     let (gw, _empty) = gateway_over_an_empty_registry(&ep, &topic).await;

@@ -88,6 +88,12 @@ pub struct GatewaySettings {
     /// read before a request takes its in-flight permit, so a slow upload never holds one.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// The projector's views file (SQLite). When set, the query API serves it under
+    /// `/v1/orders`, `/v1/customers`, `/v1/sales` and `/v1/commands`, behind the same bearer
+    /// tokens as `/v1/records`.
+    pub views_db: Option<std::path::PathBuf>,
+    /// Read connections to `views_db`, used in turn.
+    pub query_connections: usize,
 }
 
 impl Default for GatewaySettings {
@@ -102,6 +108,8 @@ impl Default for GatewaySettings {
             auth_tokens: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(10),
+            views_db: None,
+            query_connections: 4,
         }
     }
 }
@@ -173,6 +181,9 @@ impl GatewayConfig {
             self.telemetry.readiness_interval,
         )?;
         let g = &self.gateway;
+        if !(1..=64).contains(&g.query_connections) {
+            return Err(invalid("gateway.query_connections", "must be 1 to 64"));
+        }
         if g.routes.is_empty() {
             return Err(invalid(
                 "gateway.routes",

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: GatewayMetrics,
     /// Liveness and readiness, in the runtime's shape: the checks are [`GATEWAY_CHECKS`].
     pub(crate) health: Arc<Health>,
+    /// The views the query API serves (`gateway.views_db`), if any.
+    pub(crate) views: Option<Arc<eip_store::view_sqlite::Reader>>,
 }
 
 /// The gateway's readiness checks: the broker answers metadata for the routed topics, the
@@ -117,6 +119,15 @@ impl Shared {
                 .map(|t| t.as_bytes().to_vec())
                 .collect(),
             metrics,
+            views: match &config.gateway.views_db {
+                Some(path) => Some(Arc::new(
+                    eip_store::view_sqlite::Reader::open(path, config.gateway.query_connections)
+                        .map_err(|e| {
+                            StartupError::new(format!("the views at {}", path.display()), e)
+                        })?,
+                )),
+                None => None,
+            },
             health: {
                 let health = Health::new(GATEWAY_CHECKS);
                 health.pass("serving");
@@ -136,6 +147,14 @@ impl Shared {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/records/{type}", post(post_record))
+        .route("/v1/orders/{order_id}", get(crate::query::order))
+        .route(
+            "/v1/customers/{customer_id}/orders",
+            get(crate::query::customer_orders),
+        )
+        .route("/v1/sales/{day}", get(crate::query::sales))
+        .route("/v1/commands/{command_id}", get(crate::query::command))
+        .route("/v1/commands", get(crate::query::commands))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
@@ -215,7 +234,7 @@ struct Accepted {
     offset: i64,
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
@@ -321,6 +340,15 @@ fn authorize(tokens: &[Vec<u8>], headers: &HeaderMap) -> Result<(), Reject> {
             "Bearer realm=\"eip-gateway\", error=\"invalid_token\"",
         ))
     }
+}
+
+/// The bearer-token check of `/v1/records`, for other routes: a 401 with its challenge.
+pub(crate) fn check_token(s: &Shared, headers: &HeaderMap) -> Result<(), crate::query::Problem> {
+    authorize(&s.tokens, headers).map_err(|reject| crate::query::Problem {
+        status: reject.status,
+        error: reject.error,
+        challenge: reject.www_authenticate,
+    })
 }
 
 /// The correlation id a request carries, or a new one.

@@ -22,6 +22,7 @@
 pub mod config;
 mod http;
 pub mod metrics;
+mod query;
 mod readiness;
 
 use std::future::Future;

@@ -48,7 +48,12 @@ fn command(id: &str, n: usize, kind: u8, sku: &str, qty: i32, customer: u8) -> C
             metadata: meta(id, n),
             customer_id: format!("c-{customer}"),
             lines: vec![line(sku, qty, 100), line("Z", 1, 5)],
-            currency: if customer.is_multiple_of(2) { "EUR" } else { "USD" }.into(),
+            currency: if customer.is_multiple_of(2) {
+                "EUR"
+            } else {
+                "USD"
+            }
+            .into(),
             shipping_address: samples::order_placed(1).shipping_address,
         }),
         1 => Command::AddLine(AddOrderLine {

@@ -1,0 +1,321 @@
+//! The query API over the views the projector keeps (`gateway.views_db`):
+//!
+//! - `GET /v1/orders/{order_id}`: an order's summary and lines;
+//! - `GET /v1/customers/{customer_id}/orders?limit=&cursor=`: a customer's orders, newest first;
+//! - `GET /v1/sales/{day}?limit=&cursor=`: a day's units and revenue per SKU and currency;
+//! - `GET /v1/commands/{command_id}`: a command's outcome;
+//! - `GET /v1/commands?correlation_id=`: the outcomes of every command with that correlation id.
+//!
+//! A missing key is 404, a bad parameter or cursor 400, each with a reason. Pages end with
+//! `next_cursor`, an opaque token for the next page (absent on the last one). Queries run on
+//! the blocking pool over a few read connections to the SQLite file.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use eip_store::view_sqlite::Reader;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::http::{Shared, check_token, json_response};
+
+/// The page size when `limit` is not given, and the largest one allowed.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// The largest `limit`.
+pub const MAX_LIMIT: u32 = 500;
+
+/// `limit` and `cursor` of a paged query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `correlation_id` of the commands query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CorrelationQuery {
+    correlation_id: Option<String>,
+}
+
+/// A refused query: its status, its reason, and the authentication challenge of a 401.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    pub(crate) status: StatusCode,
+    pub(crate) error: String,
+    pub(crate) challenge: Option<&'static str>,
+}
+
+fn problem(status: StatusCode, error: impl Into<String>) -> Problem {
+    Problem {
+        status,
+        error: error.into(),
+        challenge: None,
+    }
+}
+
+fn views(s: &Shared, headers: &HeaderMap) -> Result<Arc<Reader>, Problem> {
+    check_token(s, headers)?;
+    s.views.clone().ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "this gateway serves no views: set gateway.views_db to the projector's file",
+        )
+    })
+}
+
+/// Runs a read on the blocking pool; a store error is a 503 with its reason.
+async fn read<T: Send + 'static>(
+    reader: Arc<Reader>,
+    f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, Problem> {
+    match tokio::task::spawn_blocking(move || f(&reader)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the views could not be read: {e}"),
+        )),
+        Err(e) => Err(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the query failed: {e}"),
+        )),
+    }
+}
+
+fn limit(page: &PageQuery) -> Result<u32, Problem> {
+    match page.limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            format!("limit {n} is out of range: give 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// An opaque cursor: the last row's key, as URL-safe base64 of JSON.
+pub fn encode_cursor<T: Serialize>(key: &T) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).unwrap_or_default())
+}
+
+fn decode_cursor<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, Problem> {
+    let Some(text) = cursor else {
+        return Ok(None);
+    };
+    let bad = || {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "the cursor is not one this API gave out: pass next_cursor from the previous page \
+             unchanged",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    q.map(|Query(v)| v)
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+fn result(r: Result<Response, Problem>) -> Response {
+    r.unwrap_or_else(|p| {
+        let mut response = json_response(p.status, json!({ "error": p.error }));
+        if let Some(challenge) = p.challenge {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    })
+}
+
+/// `GET /v1/orders/{order_id}`.
+pub(crate) async fn order(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    result(
+        async {
+            let reader = views(&s, &headers)?;
+            let key = id.clone();
+            match read(reader, move |r| r.order(&key)).await? {
+                Some(order) => Ok(json_response(StatusCode::OK, json!(order))),
+                None => Err(problem(
+                    StatusCode::NOT_FOUND,
+                    format!("no order {id:?} in the views"),
+                )),
+            }
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/customers/{customer_id}/orders`.
+pub(crate) async fn customer_orders(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(customer): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    result(
+        async {
+            let reader = views(&s, &headers)?;
+            let page = query(q)?;
+            let limit = limit(&page)?;
+            let after: Option<(i64, String)> = decode_cursor(page.cursor.as_deref())?;
+            let who = customer.clone();
+            let items = read(reader, move |r| {
+                r.customer_orders(&who, after.as_ref(), limit)
+            })
+            .await?;
+            let next = (items.len() == limit as usize)
+                .then(|| {
+                    items
+                        .last()
+                        .map(|o| encode_cursor(&(o.placed_at, &o.order_id)))
+                })
+                .flatten();
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "customer_id": customer, "items": items, "next_cursor": next }),
+            ))
+        }
+        .await,
+    )
+}
+
+/// True for a `YYYY-MM-DD` calendar date.
+fn is_day(day: &str) -> bool {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    day.len() == 10 && time::Date::parse(day, format).is_ok()
+}
+
+/// `GET /v1/sales/{day}`.
+pub(crate) async fn sales(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(day): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    result(
+        async {
+            let reader = views(&s, &headers)?;
+            if !is_day(&day) {
+                return Err(problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("{day:?} is not a day: give it as YYYY-MM-DD (UTC)"),
+                ));
+            }
+            let page = query(q)?;
+            let limit = limit(&page)?;
+            let after: Option<(String, String)> = decode_cursor(page.cursor.as_deref())?;
+            let d = day.clone();
+            let items = read(reader, move |r| r.product_sales(&d, after.as_ref(), limit)).await?;
+            let next = (items.len() == limit as usize)
+                .then(|| items.last().map(|i| encode_cursor(&(&i.sku, &i.currency))))
+                .flatten();
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "day": day, "items": items, "next_cursor": next }),
+            ))
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/commands/{command_id}`.
+pub(crate) async fn command(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    result(
+        async {
+            let reader = views(&s, &headers)?;
+            let key = id.clone();
+            match read(reader, move |r| r.command(&key)).await? {
+                Some(outcome) => Ok(json_response(StatusCode::OK, json!(outcome))),
+                None => Err(problem(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no outcome for command {id:?} yet: it is unknown, or not decided and \
+                     projected yet"
+                    ),
+                )),
+            }
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/commands?correlation_id=`.
+pub(crate) async fn commands(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    q: Result<Query<CorrelationQuery>, QueryRejection>,
+) -> Response {
+    result(
+        async {
+            let reader = views(&s, &headers)?;
+            let Some(correlation) = query(q)?.correlation_id.filter(|c| !c.is_empty()) else {
+                return Err(problem(
+                    StatusCode::BAD_REQUEST,
+                    "give correlation_id, or ask for one command at /v1/commands/{command_id}",
+                ));
+            };
+            let key = correlation.clone();
+            let items = read(reader, move |r| r.commands_by_correlation(&key)).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "correlation_id": correlation, "items": items }),
+            ))
+        }
+        .await,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        let c = encode_cursor(&(17_i64, "o-1"));
+        let back: Option<(i64, String)> = decode_cursor(Some(&c)).unwrap();
+        assert_eq!(back, Some((17, "o-1".to_string())));
+        assert!(decode_cursor::<(i64, String)>(Some("%%%")).is_err());
+        let other = encode_cursor(&("a", "b"));
+        assert!(decode_cursor::<(i64, String)>(Some(&other)).is_err());
+        assert!(decode_cursor::<(i64, String)>(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn days_are_calendar_dates() {
+        assert!(is_day("2026-11-30"));
+        assert!(!is_day("2026-02-30"));
+        assert!(!is_day("2026-1-3"));
+        assert!(!is_day("yesterday"));
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let page = |limit| PageQuery {
+            limit,
+            cursor: None,
+        };
+        assert_eq!(limit(&page(None)).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(limit(&page(Some(MAX_LIMIT))).unwrap(), MAX_LIMIT);
+        assert!(limit(&page(Some(0))).is_err());
+        assert!(limit(&page(Some(MAX_LIMIT + 1))).is_err());
+    }
+}

@@ -32,6 +32,39 @@ pub struct Script {
     pub records: u64,
     /// Poison records among them.
     pub poison: u64,
+    /// Each placed order's final state, by its story.
+    pub finals: BTreeMap<String, Final>,
+}
+
+/// An order's final state as its story says (every unit price is 250 cents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Final {
+    /// The customer.
+    pub customer: String,
+    /// `open`, `confirmed` or `cancelled`.
+    pub status: &'static str,
+    /// Units per SKU.
+    pub lines: BTreeMap<String, i64>,
+}
+
+/// The price of every line of the scripts.
+pub const UNIT_PRICE: i64 = 250;
+
+/// The final state of order `i`'s story; None for one never placed.
+fn final_state(i: u64) -> Option<Final> {
+    let (status, lines): (&'static str, &[(&str, i64)]) = match i % 6 {
+        0 => ("confirmed", &[("B", 1), ("C", 3)]),
+        1 => ("cancelled", &[("A", 1)]),
+        2 => return None,
+        3 => ("confirmed", &[("A", 1)]),
+        4 => ("open", &[("A", 1), ("B", 2)]),
+        _ => ("cancelled", &[("A", 1)]),
+    };
+    Some(Final {
+        customer: samples::order_placed(i).customer_id,
+        status,
+        lines: lines.iter().map(|(s, q)| (s.to_string(), *q)).collect(),
+    })
 }
 
 fn meta(order: &str, n: u32, expected: Option<i64>) -> CommandMetadata {
@@ -184,6 +217,9 @@ pub async fn produce_script(
     for i in 0..orders {
         let (id, steps, version) = story(codec, prefix, i).await;
         script.versions.insert(id.clone(), version);
+        if let Some(f) = final_state(i) {
+            script.finals.insert(id.clone(), f);
+        }
         for s in steps {
             if script
                 .outcomes

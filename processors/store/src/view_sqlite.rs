@@ -128,20 +128,46 @@ pub fn execute(
     Ok(())
 }
 
+/// Statement texts by (table, version, upsert?).
+type SqlCache = HashMap<(&'static str, i64, bool), std::rc::Rc<str>>;
+
+thread_local! {
+    /// The statement texts, so a write does not build its SQL again.
+    static SQL: std::cell::RefCell<SqlCache> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// The SQL text `make` builds for (`table`, `version`, `upsert`), built once per thread.
+fn sql(
+    table: &'static str,
+    version: i64,
+    upsert: bool,
+    make: impl FnOnce() -> String,
+) -> std::rc::Rc<str> {
+    SQL.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry((table, version, upsert))
+            .or_insert_with(|| std::rc::Rc::from(make()))
+            .clone()
+    })
+}
+
 /// Executes one write on version `version` of its table.
 pub fn execute_at(
     tx: &Transaction<'_>,
-    table: &Table,
+    table: &'static Table,
     version: i64,
     write: &Write,
 ) -> rusqlite::Result<()> {
     match write {
         Write::Upsert { row, .. } => {
-            let mut stmt = tx.prepare_cached(&table.sqlite_upsert(version))?;
+            let text = sql(table.name, version, true, || table.sqlite_upsert(version));
+            let mut stmt = tx.prepare_cached(&text)?;
             stmt.execute(rusqlite::params_from_iter(row.values.iter()))?;
         }
         Write::Delete { key, stamp, .. } => {
-            let mut stmt = tx.prepare_cached(&table.sqlite_delete(version))?;
+            let text = sql(table.name, version, false, || table.sqlite_delete(version));
+            let mut stmt = tx.prepare_cached(&text)?;
             let stamp = Value::Int(*stamp);
             stmt.execute(rusqlite::params_from_iter(key.iter().chain([&stamp])))?;
         }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use eip_store::view_sqlite::Reader;
-use eip_tests::orders::{UNIT_PRICE, WAIT, check_script, event_versions, outcomes, produce_script};
+use eip_tests::orders::{
+    Script, UNIT_PRICE, WAIT, check_script, event_versions, outcomes, produce_script,
+};
 use eip_tests::*;
 use rusqlite::Connection;
 use serde_json::Value as Json;
@@ -30,6 +32,86 @@ fn outcomes_in(db: &Path) -> usize {
         r.get::<_, i64>(0)
     })
     .map_or(0, |n| n as usize)
+}
+
+/// Checks every view in `views_db` against what `script` says: each order's summary and
+/// lines, each customer's pages, units and revenue per SKU, and every command's status.
+fn check_views(views_db: &Path, script: &Script) {
+    let decided = script.outcomes.len();
+    let reader = Reader::open(views_db, 1).unwrap();
+    let mut by_customer: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut sold: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, version) in &script.versions {
+        let view = reader.order(id).unwrap();
+        let Some(want) = script.finals.get(id) else {
+            assert_eq!(view, None, "{id} was never placed");
+            continue;
+        };
+        let view = view.unwrap_or_else(|| panic!("{id} is missing from the views"));
+        assert_eq!(view.version, *version, "{id}");
+        assert_eq!(view.status, want.status, "{id}");
+        let lines: BTreeMap<String, i64> = view
+            .lines
+            .iter()
+            .map(|l| (l.sku.clone(), l.quantity))
+            .collect();
+        assert_eq!(lines, want.lines, "{id}");
+        let units: i64 = want.lines.values().sum();
+        assert_eq!((view.units, view.total_cents), (units, units * UNIT_PRICE));
+        assert_eq!(view.customer_id, want.customer);
+        assert_eq!(
+            view.confirmed_day.is_some(),
+            want.status == "confirmed",
+            "{id}"
+        );
+        by_customer
+            .entry(want.customer.clone())
+            .or_default()
+            .insert(id.clone());
+        if want.status == "confirmed" {
+            for (sku, q) in &want.lines {
+                *sold.entry(sku.clone()).or_default() += q;
+            }
+        }
+    }
+    for (customer, want) in &by_customer {
+        let mut got = BTreeSet::new();
+        let mut after = None;
+        loop {
+            let page = reader.customer_orders(customer, after.as_ref(), 7).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.placed_at, last.order_id.clone()));
+            for o in page {
+                assert!(got.insert(o.order_id), "an order on two pages");
+            }
+        }
+        assert_eq!(&got, want, "{customer}'s orders");
+    }
+    let conn = Connection::open(views_db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT sku, SUM(units), SUM(revenue_cents) FROM product_sales_daily GROUP BY sku")
+        .unwrap();
+    let stored: BTreeMap<String, (i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want: BTreeMap<String, (i64, i64)> = sold
+        .iter()
+        .map(|(s, u)| (s.clone(), (*u, u * UNIT_PRICE)))
+        .collect();
+    assert_eq!(stored, want, "units and revenue per SKU");
+    for (command, expected) in &script.outcomes {
+        let status = reader
+            .command(command)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no status for {command}"));
+        match expected {
+            Ok(()) => assert!(status.accepted, "{command}: {status:?}"),
+            Err(code) => assert_eq!(status.reason_code.as_deref(), Some(*code), "{command}"),
+        }
+    }
+    assert_eq!(outcomes_in(views_db), decided, "one status per command id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,80 +223,7 @@ async fn views_are_exact_after_kill_9s_of_both_processors_and_the_query_api_serv
     check_script(&script, &published, &versions);
 
     // ...and the views say exactly what the scripts say.
-    let reader = Reader::open(&views_db, 1).unwrap();
-    let mut by_customer: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut sold: BTreeMap<String, i64> = BTreeMap::new();
-    for (id, version) in &script.versions {
-        let view = reader.order(id).unwrap();
-        let Some(want) = script.finals.get(id) else {
-            assert_eq!(view, None, "{id} was never placed");
-            continue;
-        };
-        let view = view.unwrap_or_else(|| panic!("{id} is missing from the views"));
-        assert_eq!(view.version, *version, "{id}");
-        assert_eq!(view.status, want.status, "{id}");
-        let lines: BTreeMap<String, i64> = view
-            .lines
-            .iter()
-            .map(|l| (l.sku.clone(), l.quantity))
-            .collect();
-        assert_eq!(lines, want.lines, "{id}");
-        let units: i64 = want.lines.values().sum();
-        assert_eq!((view.units, view.total_cents), (units, units * UNIT_PRICE));
-        assert_eq!(view.customer_id, want.customer);
-        assert_eq!(
-            view.confirmed_day.is_some(),
-            want.status == "confirmed",
-            "{id}"
-        );
-        by_customer
-            .entry(want.customer.clone())
-            .or_default()
-            .insert(id.clone());
-        if want.status == "confirmed" {
-            for (sku, q) in &want.lines {
-                *sold.entry(sku.clone()).or_default() += q;
-            }
-        }
-    }
-    for (customer, want) in &by_customer {
-        let mut got = BTreeSet::new();
-        let mut after = None;
-        loop {
-            let page = reader.customer_orders(customer, after.as_ref(), 7).unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some((last.placed_at, last.order_id.clone()));
-            for o in page {
-                assert!(got.insert(o.order_id), "an order on two pages");
-            }
-        }
-        assert_eq!(&got, want, "{customer}'s orders");
-    }
-    let conn = Connection::open(&views_db).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT sku, SUM(units), SUM(revenue_cents) FROM product_sales_daily GROUP BY sku")
-        .unwrap();
-    let stored: BTreeMap<String, (i64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let want: BTreeMap<String, (i64, i64)> = sold
-        .iter()
-        .map(|(s, u)| (s.clone(), (*u, u * UNIT_PRICE)))
-        .collect();
-    assert_eq!(stored, want, "units and revenue per SKU");
-    for (command, expected) in &script.outcomes {
-        let status = reader
-            .command(command)
-            .unwrap()
-            .unwrap_or_else(|| panic!("no status for {command}"));
-        match expected {
-            Ok(()) => assert!(status.accepted, "{command}: {status:?}"),
-            Err(code) => assert_eq!(status.reason_code.as_deref(), Some(*code), "{command}"),
-        }
-    }
-    assert_eq!(outcomes_in(&views_db), decided, "one status per command id");
+    check_views(&views_db, &script);
     assert!(
         logs.matches(marker).count() >= 4,
         "the kills landed inside held group commits"
@@ -262,4 +271,273 @@ async fn views_are_exact_after_kill_9s_of_both_processors_and_the_query_api_serv
     projector.signal("TERM");
     assert!(orders.wait(Duration::from_secs(60)).await.success());
     assert!(projector.wait(Duration::from_secs(60)).await.success());
+}
+
+/// The topics and files of one in-process orders + projector pair.
+struct Stack {
+    names: Names,
+    events: String,
+    outcomes: String,
+    orders_db: std::path::PathBuf,
+    views_db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn stack(ep: &Endpoints, prefix: &str) -> Stack {
+    let names = fresh_topics(ep, prefix, 3).await;
+    let events = format!("{}-events", names.input);
+    let outcomes = format!("{}-outcomes", names.input);
+    let dlqs = (format!("{events}.dlq"), format!("{outcomes}.dlq"));
+    create_topics(ep, &[&events, &outcomes, &dlqs.0, &dlqs.1], 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    Stack {
+        orders_db: dir.path().join("orders.db"),
+        views_db: dir.path().join("views.db"),
+        names,
+        events,
+        outcomes,
+        _dir: dir,
+    }
+}
+
+async fn start_orders(ep: &Endpoints, s: &Stack) -> InProcess {
+    let cfg = config(
+        ep,
+        &s.names.input,
+        &s.names.group,
+        eip_orders::OrdersConfig {
+            db: s.orders_db.clone(),
+            events_topic: s.events.clone(),
+            outcomes_topic: s.outcomes.clone(),
+            ..Default::default()
+        },
+    );
+    let orders = eip_orders::Orders::new(&cfg).unwrap();
+    InProcess::start_stateful(cfg, orders).await
+}
+
+async fn start_projector(ep: &Endpoints, s: &Stack) -> InProcess {
+    let mut cfg = config(
+        ep,
+        &s.events,
+        &unique("g-proj"),
+        eip_projector::ProjectorConfig {
+            db: s.views_db.clone(),
+            ..Default::default()
+        },
+    );
+    cfg.pipeline.inputs = vec![s.events.clone(), s.outcomes.clone()];
+    let projector = eip_projector::Projector::new(&cfg).unwrap();
+    InProcess::start_stateful(cfg, projector).await
+}
+
+fn eipctl(ep: &Endpoints, args: &[&str]) -> ChildProcess {
+    ChildProcess::spawn(
+        &bin("eipctl"),
+        args,
+        &env(&[
+            ("EIP_KAFKA_BROKERS", ep.brokers.clone()),
+            ("EIP_REGISTRY_URL", ep.registry.clone()),
+        ]),
+    )
+}
+
+/// Runs eipctl to its end: (exit code, output).
+async fn eipctl_run(ep: &Endpoints, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = eipctl(ep, args);
+    let status = child.wait(WAIT).await;
+    (status.code(), child.log_text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_half_built_view() {
+    let ep = endpoints();
+    let s = stack(&ep, "rebuild").await;
+    let codec = codec(&ep);
+    let orders = start_orders(&ep, &s).await;
+    let projector = start_projector(&ep, &s).await;
+    let first = produce_script(&ep, &codec, &s.names.input, "rb1", 1_200, 0).await;
+    eventually("the first script in the views", WAIT, || async {
+        (outcomes_in(&s.views_db) >= first.outcomes.len()).then_some(())
+    })
+    .await;
+    let db = s.views_db.display().to_string();
+
+    // A rebuild that was killed leaves its version marked as building: a new one is refused
+    // with the way out named, and `projection cancel` discards it.
+    {
+        let mut conn = eip_store::sqlite::connect(&s.views_db).unwrap();
+        let view = eip_store::view_sqlite::find_view("order_summary").unwrap();
+        assert_eq!(
+            eip_store::view_sqlite::begin_rebuild(&mut conn, view).unwrap(),
+            2
+        );
+    }
+    let (code, out) = eipctl_run(
+        &ep,
+        &["projection", "rebuild", "order_summary", "--db", &db],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("eipctl projection cancel order_summary"),
+        "{out}"
+    );
+    let (code, out) =
+        eipctl_run(&ep, &["projection", "cancel", "order_summary", "--db", &db]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("discarded the rebuild of version 2"), "{out}");
+
+    // Queries run all along: none fails, and the number of orders they see never drops (a
+    // half-built view would show fewer).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let readers = {
+        let (stop, path) = (stop.clone(), s.views_db.clone());
+        let sample: Vec<String> = first.finals.keys().take(50).cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            let reader = Reader::open(&path, 2).unwrap();
+            let (mut queries, mut last) = (0u64, 0i64);
+            while !stop.is_cancelled() {
+                let seen: i64 = reader
+                    .with(|c| c.query_row("SELECT COUNT(*) FROM order_summary", [], |r| r.get(0)))
+                    .expect("a query failed during the rebuild");
+                assert!(seen >= last, "the view went from {last} orders to {seen}");
+                last = seen;
+                let id = &sample[queries as usize % sample.len()];
+                let order = reader.order(id).expect("a query failed during the rebuild");
+                assert!(order.is_some(), "{id} vanished during the rebuild");
+                queries += 2;
+            }
+            queries
+        })
+    };
+    // Load: more commands while the rebuild runs.
+    let load = {
+        let (ep, codec, topic) = (ep.clone(), codec.clone(), s.names.input.clone());
+        tokio::spawn(async move { produce_script(&ep, &codec, &topic, "rb2", 1_200, 0).await })
+    };
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "projection",
+            "rebuild",
+            "order_summary",
+            "--db",
+            &db,
+            "--events-topic",
+            &s.events,
+            "--outcomes-topic",
+            &s.outcomes,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("switched readers from version 1 to 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("% ") && out.contains("/s, ETA"),
+        "a progress bar: {out}"
+    );
+    let second = load.await.unwrap();
+    eventually("the second script in the views", WAIT, || async {
+        (outcomes_in(&s.views_db) >= first.outcomes.len() + second.outcomes.len()).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let queries = readers.await.unwrap();
+    assert!(queries > 100, "queries ran during the rebuild: {queries}");
+
+    // The projector writes to version 2 since the switch: every view is exact.
+    check_views(&s.views_db, &merge(first, second));
+    let (_, out) = eipctl_run(&ep, &["projection", "status", "--db", &db]).await;
+    assert!(
+        out.contains("order_summary        live 2 building - stored [1, 2]"),
+        "{out}"
+    );
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "projection",
+            "drop",
+            "order_summary",
+            "--version",
+            "2",
+            "--db",
+            &db,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "the live version is never dropped: {out}");
+    assert!(out.contains("it is the live version"), "{out}");
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "projection",
+            "drop",
+            "order_summary",
+            "--version",
+            "1",
+            "--db",
+            &db,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+
+    // eipctl answers what the API answers, and shows an order at any version.
+    let (code, out) = eipctl_run(&ep, &["query", "order", "rb2-000000", "--db", &db]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let json: Json = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (json["status"].as_str(), json["version"].as_i64()),
+        (Some("confirmed"), Some(4))
+    );
+    let (code, out) = eipctl_run(&ep, &["query", "order", "nope", "--db", &db]).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains("no order \"nope\" in the views"), "{out}");
+    let orders_db = s.orders_db.display().to_string();
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "aggregate",
+            "state",
+            "rb2-000000",
+            "--at-version",
+            "2",
+            "--db",
+            &orders_db,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let state: Json = serde_json::from_str(out.trim()).unwrap();
+    // Story 0: placed with A and B, then C added: three lines at version 2, still open.
+    assert_eq!(state["version"], 2);
+    assert_eq!(state["status"], "Open");
+    assert_eq!(state["lines"].as_array().map(Vec::len), Some(3));
+    let (code, out) = eipctl_run(
+        &ep,
+        &["aggregate", "history", "rb2-000000", "--db", &orders_db],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('{')).count(),
+        4,
+        "{out}"
+    );
+    orders.stop().await.unwrap();
+    projector.stop().await.unwrap();
+}
+
+/// Two scripts of different order prefixes as one.
+fn merge(mut a: Script, b: Script) -> Script {
+    a.outcomes.extend(b.outcomes);
+    a.versions.extend(b.versions);
+    a.finals.extend(b.finals);
+    a.records += b.records;
+    a.poison += b.poison;
+    a
 }

@@ -5,6 +5,7 @@
 //!
 //! Dead-letter tooling (list, show, redrive) lives in [`dlq`].
 
+pub mod cqrs;
 pub mod dlq;
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eip_schemas::ErrorClass;
 use eipctl::dlq::ListLine;
-use eipctl::{Endpoints, ProduceSpec};
+use eipctl::{Endpoints, ProduceSpec, cqrs};
 
 /// Operate an eip deployment: schemas, topics, sample data, dead letters.
 #[derive(Debug, Parser)]
@@ -80,6 +80,137 @@ enum Command {
     /// Dead-letter topics.
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// The projector's views: rebuild one with no downtime, cancel, drop old versions.
+    #[command(subcommand)]
+    Projection(ProjectionCmd),
+    /// Ask the views what the gateway's query API answers, as JSON.
+    #[command(subcommand)]
+    Query(QueryCmd),
+    /// An order's history and its state at any version, from the orders journal.
+    #[command(subcommand)]
+    Aggregate(AggregateCmd),
+}
+
+/// The views file, for `projection` and `query`.
+#[derive(Debug, clap::Args)]
+struct ViewsDb {
+    /// The projector's SQLite file.
+    #[arg(long, env = "EIP_VIEWS_DB", default_value = "eip-views.db")]
+    db: std::path::PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionCmd {
+    /// Build a new version of VIEW from offset 0 while the live one serves, then switch
+    /// readers to it atomically. Ctrl-C cancels; the old version is kept until dropped.
+    Rebuild {
+        /// order_summary, orders_by_customer, product_sales or command_status.
+        view: String,
+        #[command(flatten)]
+        views: ViewsDb,
+        /// The events topic the projector reads.
+        #[arg(long, default_value = "order-events")]
+        events_topic: String,
+        /// The outcomes topic the projector reads.
+        #[arg(long, default_value = "order-outcomes")]
+        outcomes_topic: String,
+    },
+    /// Discard a rebuild that was interrupted (its tables are dropped).
+    Cancel {
+        /// The view.
+        view: String,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// Drop an old version of a view (never the live one).
+    Drop {
+        /// The view.
+        view: String,
+        /// The version to drop.
+        #[arg(long)]
+        version: i64,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// Each view's live version, the one being built, and the versions stored.
+    Status {
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryCmd {
+    /// An order's summary and lines.
+    Order {
+        /// The order id.
+        id: String,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// A customer's orders, newest first.
+    Customer {
+        /// The customer id.
+        id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// A day's units and revenue per SKU and currency.
+    Sales {
+        /// The UTC day, YYYY-MM-DD.
+        day: String,
+        /// Page size.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// A command's outcome.
+    Command {
+        /// The command id.
+        id: String,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// The outcomes of every command with a correlation id.
+    Correlation {
+        /// The correlation id.
+        id: String,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AggregateCmd {
+    /// An order's events, oldest first, one JSON line each.
+    History {
+        /// The order id.
+        id: String,
+        /// The orders processor's journal.
+        #[arg(long, env = "EIP_ORDERS_DB", default_value = "eip-orders.db")]
+        db: std::path::PathBuf,
+    },
+    /// An order's state after a version (the latest by default).
+    State {
+        /// The order id.
+        id: String,
+        /// The version.
+        #[arg(long)]
+        at_version: Option<i64>,
+        /// The orders processor's journal.
+        #[arg(long, env = "EIP_ORDERS_DB", default_value = "eip-orders.db")]
+        db: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,6 +570,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{topic} holds {n} records");
         }
         Command::Dlq(cmd) => dlq(ep, cmd).await?,
+        Command::Projection(cmd) => match cmd {
+            ProjectionCmd::Rebuild {
+                view,
+                views,
+                events_topic,
+                outcomes_topic,
+            } => {
+                cqrs::rebuild_view(&ep, &views.db, &view, vec![events_topic, outcomes_topic])
+                    .await?
+            }
+            ProjectionCmd::Cancel { view, views } => cqrs::cancel_view(&views.db, &view)?,
+            ProjectionCmd::Drop {
+                view,
+                version,
+                views,
+            } => cqrs::drop_view_version(&views.db, &view, version)?,
+            ProjectionCmd::Status { views } => cqrs::status(&views.db)?,
+        },
+        Command::Query(cmd) => {
+            let (db, q) = match cmd {
+                QueryCmd::Order { id, views } => (views.db, cqrs::Query::Order(id)),
+                QueryCmd::Customer {
+                    id,
+                    limit,
+                    cursor,
+                    views,
+                } => (views.db, cqrs::Query::Customer { id, limit, cursor }),
+                QueryCmd::Sales {
+                    day,
+                    limit,
+                    cursor,
+                    views,
+                } => (views.db, cqrs::Query::Sales { day, limit, cursor }),
+                QueryCmd::Command { id, views } => (views.db, cqrs::Query::Command(id)),
+                QueryCmd::Correlation { id, views } => (views.db, cqrs::Query::Correlation(id)),
+            };
+            cqrs::query(&db, q)?
+        }
+        Command::Aggregate(AggregateCmd::History { id, db }) => cqrs::aggregate_history(&db, &id)?,
+        Command::Aggregate(AggregateCmd::State { id, at_version, db }) => {
+            cqrs::aggregate_state(&db, &id, at_version)?
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! argument and the tables.
 
 pub mod projection;
+pub mod rebuild;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -113,6 +114,8 @@ pub struct Counts {
 /// One partition's projection: the orders it knows, and what changed since the last commit.
 #[derive(Debug, Default)]
 pub struct Projection {
+    /// True when every order is in `orders` (a rebuild from offset 0): the store is not read.
+    in_memory: bool,
     orders: HashMap<String, OrderView>,
     /// Each order touched since the last commit, with its view before (None: not stored).
     touched: HashMap<String, Option<OrderView>>,
@@ -121,6 +124,15 @@ pub struct Projection {
 }
 
 impl Projection {
+    /// A projection that replays from offset 0 and so knows every order itself: it never reads
+    /// the store (whose live version it is not writing) and never empties its cache.
+    pub fn in_memory() -> Projection {
+        Projection {
+            in_memory: true,
+            ..Projection::default()
+        }
+    }
+
     /// Folds `event` into its order's view, reading the order from the live tables through
     /// `conn` when it is not known yet. A version gap is poison: the event goes to the DLQ
     /// with the versions in its reason, and the view keeps waiting for the missing one.
@@ -130,18 +142,33 @@ impl Projection {
         versions: &Versions,
         event: &Event,
     ) -> Result<(), ProcessError> {
-        let id = &event.metadata().aggregate_id;
-        if !self.orders.contains_key(id) {
-            let stored = load_order(
+        self.fold_with(event, |id| {
+            load_order(
                 conn,
                 &ORDER_SUMMARY.physical(versions.live_of(&ORDER_SUMMARY)),
                 &ORDER_LINES.physical(versions.live_of(&ORDER_LINES)),
                 id,
             )
-            .map_err(|e| classify("reading an order's view", e))?;
-            if let Some(order) = stored {
-                self.orders.insert(id.clone(), order);
-            }
+            .map_err(|e| classify("reading an order's view", e))
+        })
+    }
+
+    /// [`Projection::event`] for an [`in_memory`](Projection::in_memory) projection.
+    pub fn event_in_memory(&mut self, event: &Event) -> Result<(), ProcessError> {
+        self.fold_with(event, |_| Ok(None))
+    }
+
+    fn fold_with(
+        &mut self,
+        event: &Event,
+        load: impl FnOnce(&str) -> Result<Option<OrderView>, ProcessError>,
+    ) -> Result<(), ProcessError> {
+        let id = &event.metadata().aggregate_id;
+        if !self.in_memory
+            && !self.orders.contains_key(id)
+            && let Some(order) = load(id)?
+        {
+            self.orders.insert(id.clone(), order);
         }
         match fold(self.orders.get(id), event) {
             Step::Applied(next) => {
@@ -199,7 +226,7 @@ impl Projection {
     pub fn committed(&mut self, cap: usize) {
         self.touched.clear();
         self.outcomes.clear();
-        if self.orders.len() > cap {
+        if !self.in_memory && self.orders.len() > cap {
             self.orders.clear();
         }
     }
@@ -370,7 +397,16 @@ impl Stateful for Projector {
         match &input.value {
             Input::Event(event) => {
                 let conn = locked(&state.conn)?;
-                state.projection.event(&conn, &state.versions, event)
+                match state.projection.event(&conn, &state.versions, event) {
+                    Err(ProcessError::Fatal { .. } | ProcessError::Transient { .. }) => {
+                        // A rebuild may have switched the view and dropped the version this
+                        // partition last read: read the versions again, and try once more.
+                        state.versions = view_sqlite::versions(&conn)
+                            .map_err(|e| classify("reading the view versions", e))?;
+                        state.projection.event(&conn, &state.versions, event)
+                    }
+                    done => done,
+                }
             }
             Input::Outcome(outcome) => state.projection.outcome(outcome),
         }

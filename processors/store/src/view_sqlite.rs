@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::sqlite::{classify, connect};
-use crate::views::{LineView, OrderView, OutcomeView, Table, VIEWS, Value, Write, view_of};
+use crate::views::{LineView, OrderView, OutcomeView, Table, VIEWS, Value, View, Write, view_of};
 
 impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -172,6 +172,189 @@ pub fn execute_at(
             stmt.execute(rusqlite::params_from_iter(key.iter().chain([&stamp])))?;
         }
     }
+    Ok(())
+}
+
+/// Why a rebuild step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// No view has that name.
+    #[error("no view {0:?}: the views are {1}")]
+    UnknownView(String, String),
+    /// A rebuild is already under way (or was killed).
+    #[error(
+        "a rebuild of {view} to version {version} is in progress or was interrupted: run \
+         `eipctl projection cancel {view}` to discard it first"
+    )]
+    InProgress {
+        /// The view.
+        view: String,
+        /// The version being built.
+        version: i64,
+    },
+    /// The version can't be dropped.
+    #[error("version {version} of {view} can't be dropped: {why}")]
+    NotDroppable {
+        /// The view.
+        view: String,
+        /// The version.
+        version: i64,
+        /// Why not.
+        why: &'static str,
+    },
+    /// SQLite failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The view named `name`, or the error listing them.
+pub fn find_view(name: &str) -> Result<&'static View, RebuildError> {
+    crate::views::view(name).ok_or_else(|| {
+        let names: Vec<&str> = VIEWS.iter().map(|v| v.name).collect();
+        RebuildError::UnknownView(name.to_string(), names.join(", "))
+    })
+}
+
+/// Starts a rebuild of `view`: creates its tables at the live version + 1 and records that
+/// version as `building`. The live version keeps serving.
+pub fn begin_rebuild(conn: &mut Connection, view: &View) -> Result<i64, RebuildError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let v = versions(&tx)?;
+    if let Some(version) = v.building.get(view.name) {
+        return Err(RebuildError::InProgress {
+            view: view.name.to_string(),
+            version: *version,
+        });
+    }
+    let next = v.live.get(view.name).copied().unwrap_or(1) + 1;
+    for table in view.tables {
+        // A version left from an earlier rebuild that was dropped half-way is replaced.
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {};", table.physical(next)))?;
+        tx.execute_batch(&table.sqlite_ddl(next))?;
+    }
+    tx.execute(
+        "UPDATE view_versions SET building = ?2 WHERE view = ?1",
+        params![view.name, next],
+    )?;
+    tx.commit()?;
+    Ok(next)
+}
+
+/// The applied offset the live projector's ledger holds for each (topic, partition) of
+/// `topics`.
+pub fn applied(
+    conn: &Connection,
+    topics: &[String],
+) -> rusqlite::Result<HashMap<(String, i32), i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT topic, partition, applied FROM partitions WHERE applied IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i32>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (topic, partition, applied) = row?;
+        if topics.contains(&topic) {
+            out.insert((topic, partition), applied);
+        }
+    }
+    Ok(out)
+}
+
+/// Switches readers of `view` to `version` in one transaction, if `caught_up` says the new
+/// version holds everything the live projector has committed (it gets the ledger's applied
+/// offsets). Returns false, changing nothing, if not.
+pub fn switch(
+    conn: &mut Connection,
+    view: &View,
+    version: i64,
+    topics: &[String],
+    caught_up: impl FnOnce(&HashMap<(String, i32), i64>) -> bool,
+) -> Result<bool, RebuildError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !caught_up(&applied(&tx, topics)?) {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE view_versions SET live = ?2, building = NULL WHERE view = ?1",
+        params![view.name, version],
+    )?;
+    for table in view.tables {
+        tx.execute_batch(&table.sqlite_alias(version))?;
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Discards the rebuild of `view` under way, if any: its tables go, the live version stays.
+/// Returns the version discarded.
+pub fn cancel_rebuild(conn: &mut Connection, view: &View) -> Result<Option<i64>, RebuildError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let building = versions(&tx)?.building.get(view.name).copied();
+    if let Some(version) = building {
+        for table in view.tables {
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {};",
+                table.physical(version)
+            ))?;
+        }
+        tx.execute(
+            "UPDATE view_versions SET building = NULL WHERE view = ?1",
+            params![view.name],
+        )?;
+    }
+    tx.commit()?;
+    Ok(building)
+}
+
+/// The versions of `view` whose tables are in the file, ascending.
+pub fn stored_versions(conn: &Connection, view: &View) -> rusqlite::Result<Vec<i64>> {
+    let first = view.tables[0];
+    let prefix = format!("{}_v", first.name);
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?2) = ?1",
+    )?;
+    let names = stmt.query_map(params![prefix, prefix.len()], |r| r.get::<_, String>(0))?;
+    let mut out: Vec<i64> = Vec::new();
+    for name in names {
+        if let Ok(v) = name?[prefix.len()..].parse() {
+            out.push(v);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Drops version `version` of `view`: never the live one, nor one being built.
+pub fn drop_version(conn: &mut Connection, view: &View, version: i64) -> Result<(), RebuildError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let v = versions(&tx)?;
+    let refuse = |why| RebuildError::NotDroppable {
+        view: view.name.to_string(),
+        version,
+        why,
+    };
+    if v.live.get(view.name) == Some(&version) {
+        return Err(refuse("it is the live version"));
+    }
+    if v.building.get(view.name) == Some(&version) {
+        return Err(refuse("it is being built; cancel the rebuild instead"));
+    }
+    if !stored_versions(&tx, view)?.contains(&version) {
+        return Err(refuse("the file has no such version"));
+    }
+    for table in view.tables {
+        tx.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {};",
+            table.physical(version)
+        ))?;
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -397,6 +580,87 @@ impl Reader {
     }
 }
 
+/// One page of a paged query, as the query API and `eipctl query` give it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// The cursor of the next page; None on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A cursor this API did not give out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the cursor is not one this API gave out: pass next_cursor from the previous page unchanged"
+)]
+pub struct BadCursor;
+
+/// An opaque cursor: the last row's key, as URL-safe base64 of JSON.
+pub fn encode_cursor<T: Serialize>(key: &T) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(key).unwrap_or_default())
+}
+
+/// The key in a cursor of [`encode_cursor`].
+pub fn decode_cursor<T: serde::de::DeserializeOwned>(
+    cursor: Option<&str>,
+) -> Result<Option<T>, BadCursor> {
+    use base64::Engine;
+    let Some(text) = cursor else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| BadCursor)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|_| BadCursor)
+}
+
+impl Reader {
+    /// A page of `customer`'s orders, newest first, after `cursor`.
+    pub fn customer_orders_page(
+        &self,
+        customer: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Result<Page<CustomerOrder>, BadCursor>, rusqlite::Error> {
+        let after: Option<(i64, String)> = match decode_cursor(cursor) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        let items = self.customer_orders(customer, after.as_ref(), limit)?;
+        let next_cursor = (items.len() == limit as usize)
+            .then(|| {
+                items
+                    .last()
+                    .map(|o| encode_cursor(&(o.placed_at, &o.order_id)))
+            })
+            .flatten();
+        Ok(Ok(Page { items, next_cursor }))
+    }
+
+    /// A page of `day`'s sales per SKU and currency, after `cursor`.
+    pub fn product_sales_page(
+        &self,
+        day: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Result<Page<Sales>, BadCursor>, rusqlite::Error> {
+        let after: Option<(String, String)> = match decode_cursor(cursor) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        let items = self.product_sales(day, after.as_ref(), limit)?;
+        let next_cursor = (items.len() == limit as usize)
+            .then(|| items.last().map(|i| encode_cursor(&(&i.sku, &i.currency))))
+            .flatten();
+        Ok(Ok(Page { items, next_cursor }))
+    }
+}
+
 fn outcome(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutcomeView> {
     Ok(OutcomeView {
         command_id: r.get(0)?,
@@ -520,6 +784,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(units, 6);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        let c = encode_cursor(&(17_i64, "o-1"));
+        let back: Option<(i64, String)> = decode_cursor(Some(&c)).unwrap();
+        assert_eq!(back, Some((17, "o-1".to_string())));
+        assert!(decode_cursor::<(i64, String)>(Some("%%%")).is_err());
+        let other = encode_cursor(&("a", "b"));
+        assert!(decode_cursor::<(i64, String)>(Some(&other)).is_err());
+        assert!(decode_cursor::<(i64, String)>(None).unwrap().is_none());
     }
 
     #[test]

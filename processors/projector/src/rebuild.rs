@@ -1,0 +1,281 @@
+//! Zero-downtime rebuild of one view: a new version of its tables is filled from offset 0 of
+//! the events and outcomes topics while the live version keeps serving, then readers switch to
+//! it in one transaction.
+//!
+//! 1. **Begin.** The view's tables are created at the live version + 1, which is recorded as
+//!    `building`. A second rebuild of the same view is refused until this one ends.
+//! 2. **Fill.** The topics are read from their first offset by a consumer outside any group.
+//!    Every order is folded in memory ([`Projection::in_memory`]: the store is never read),
+//!    and every 5,000 records the rows of this view's tables are written to the new version
+//!    in one transaction. Records the live projector dead-letters (undecodable, a version gap)
+//!    are skipped and counted.
+//! 3. **Switch.** Once the rebuild has read every partition to its end, it switches in one
+//!    `BEGIN IMMEDIATE` transaction, and only if it has read past everything the live
+//!    projector has committed (the ledger's applied offsets): `live` becomes the new version
+//!    and the plain-name SQL views point at it. Otherwise it reads on and tries again. The
+//!    live projector reads the versions in each group commit and writes to the new version
+//!    from its next one; its rows are newest-wins, so what both wrote agrees.
+//! 4. **Cancel** (Ctrl-C, or [`cancel_rebuild`](eip_store::view_sqlite::cancel_rebuild) after
+//!    a kill): the new tables are dropped; the live version was never touched.
+//!
+//! The old version is kept until `eipctl projection drop` is asked to drop it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use eip_schemas::Codec;
+use eip_store::sqlite::connect;
+use eip_store::view_sqlite::{self, RebuildError};
+use eip_store::views::{View, view_of};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Input, Projection, decode};
+
+/// Records per write transaction.
+const BATCH: u64 = 5_000;
+
+/// What to rebuild, from where.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The views file.
+    pub db: PathBuf,
+    /// The view.
+    pub view: &'static View,
+    /// The topics the projector reads: events and outcomes.
+    pub topics: Vec<String>,
+    /// Kafka client settings (brokers); the consumer joins no group.
+    pub kafka: ClientConfig,
+    /// The codec.
+    pub codec: Codec,
+}
+
+/// Where a rebuild stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Records read.
+    pub done: u64,
+    /// Records to read before the first switch attempt (grows while the topics grow).
+    pub total: u64,
+    /// Records per second so far.
+    pub rate: f64,
+    /// The version being built.
+    pub version: i64,
+}
+
+/// How a rebuild ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Readers now use `to`; `from` is kept until dropped.
+    Switched {
+        /// The version readers used before.
+        from: i64,
+        /// The version readers use now.
+        to: i64,
+        /// Records read.
+        records: u64,
+        /// Records skipped because the live projector dead-letters them too.
+        skipped: u64,
+    },
+    /// Cancelled: the new version's tables are gone; readers kept `live` throughout.
+    Cancelled {
+        /// The version that keeps serving.
+        live: i64,
+    },
+}
+
+/// A failed rebuild (its new tables are dropped before this is returned).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A store step was refused or failed.
+    #[error(transparent)]
+    Store(#[from] RebuildError),
+    /// Kafka failed.
+    #[error("reading the topics: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The store's blocking task failed.
+    #[error("the store task failed: {0}")]
+    Task(String),
+}
+
+type Positions = HashMap<(String, i32), i64>;
+
+fn targets(consumer: &StreamConsumer, topics: &[String]) -> Result<Positions, Error> {
+    let mut out = HashMap::new();
+    for topic in topics {
+        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in meta.topics() {
+            for p in t.partitions() {
+                let (_, high) =
+                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                out.insert((topic.clone(), p.id()), high);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RebuildError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::from)
+}
+
+/// Rebuilds `plan.view`, calling `progress` about every 200 ms, until it switches or `cancel`
+/// fires.
+pub async fn rebuild(
+    plan: Plan,
+    cancel: CancellationToken,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Outcome, Error> {
+    let view = plan.view;
+    let db = plan.db.clone();
+    let (version, live) = blocking(move || {
+        let mut conn = connect(&db)?;
+        view_sqlite::migrate(&conn)?;
+        let live = view_sqlite::versions(&conn)?.live_of(view.tables[0]);
+        Ok((view_sqlite::begin_rebuild(&mut conn, view)?, live))
+    })
+    .await?;
+    let result = fill_and_switch(&plan, version, live, &cancel, &mut progress).await;
+    if !matches!(result, Ok(Outcome::Switched { .. })) {
+        let db = plan.db.clone();
+        blocking(move || {
+            let mut conn = connect(&db)?;
+            view_sqlite::cancel_rebuild(&mut conn, view)?;
+            Ok(())
+        })
+        .await?;
+    }
+    result
+}
+
+async fn fill_and_switch(
+    plan: &Plan,
+    version: i64,
+    live: i64,
+    cancel: &CancellationToken,
+    progress: &mut impl FnMut(&Progress),
+) -> Result<Outcome, Error> {
+    let mut client = plan.kafka.clone();
+    client
+        .set("group.id", "eipctl-rebuild")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = client.create()?;
+    let mut want = targets(&consumer, &plan.topics)?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in want.keys() {
+        tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut next: Positions = want.keys().map(|k| (k.clone(), 0)).collect();
+    let mut conn = connect(&plan.db).map_err(RebuildError::from)?;
+    let mut projection = Projection::in_memory();
+    let (mut records, mut skipped, mut staged) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    let total = |want: &Positions| want.values().map(|v| *v as u64).sum::<u64>();
+    loop {
+        let caught_up = want
+            .iter()
+            .all(|(k, end)| next.get(k).copied().unwrap_or(0) >= *end);
+        if caught_up {
+            write(&mut conn, &mut projection, plan.view, version)?;
+            staged = 0;
+            let read = next.clone();
+            let switched =
+                view_sqlite::switch(&mut conn, plan.view, version, &plan.topics, |applied| {
+                    applied
+                        .iter()
+                        .all(|(k, a)| read.get(k).copied().unwrap_or(0) > *a)
+                })?;
+            if switched {
+                progress(&Progress {
+                    done: records,
+                    total: records,
+                    rate: records as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                    version,
+                });
+                return Ok(Outcome::Switched {
+                    from: live,
+                    to: version,
+                    records,
+                    skipped,
+                });
+            }
+            // The live projector is ahead of what the topics held when we looked: read on.
+            want = targets(&consumer, &plan.topics)?;
+            if want
+                .iter()
+                .all(|(k, end)| next.get(k).copied().unwrap_or(0) >= *end)
+            {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(Outcome::Cancelled { live }),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                continue;
+            }
+        }
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(Outcome::Cancelled { live }),
+            m = tokio::time::timeout(Duration::from_millis(200), consumer.recv()) => m,
+        };
+        if let Ok(message) = message {
+            let m = message?;
+            next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+            records += 1;
+            staged += 1;
+            let applied = match decode(&plan.codec, m.payload()).await {
+                Ok(Input::Event(e)) => projection.event_in_memory(&e),
+                Ok(Input::Outcome(o)) => projection.outcome(&o),
+                Err(e) => Err(e),
+            };
+            if applied.is_err() {
+                skipped += 1;
+            }
+            if staged >= BATCH {
+                write(&mut conn, &mut projection, plan.view, version)?;
+                staged = 0;
+            }
+        }
+        if shown.elapsed() >= Duration::from_millis(200) {
+            shown = Instant::now();
+            progress(&Progress {
+                done: records,
+                total: total(&want).max(records),
+                rate: records as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                version,
+            });
+        }
+    }
+}
+
+/// Writes the rows of `view`'s tables that changed since the last write, at `version`.
+fn write(
+    conn: &mut rusqlite::Connection,
+    projection: &mut Projection,
+    view: &View,
+    version: i64,
+) -> Result<(), Error> {
+    let writes = projection.writes();
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(RebuildError::from)?;
+    for w in writes
+        .iter()
+        .filter(|w| view_of(w.table()).name == view.name)
+    {
+        view_sqlite::execute_at(&tx, w.table(), version, w).map_err(RebuildError::from)?;
+    }
+    tx.commit().map_err(RebuildError::from)?;
+    projection.committed(usize::MAX);
+    Ok(())
+}

@@ -290,3 +290,37 @@ async fn clustering_order_and_paging_give_newest_first_pages() {
     assert_eq!(all, expected, "newest first, every row once");
     drop_keyspace(&s, &ks).await;
 }
+
+/// The ScyllaDB view store against the CQL server: the same conformance suite SQLite passes.
+#[tokio::test]
+async fn the_cql_view_store_passes_the_conformance_suite_and_refuses_an_oversized_key_for_good() {
+    use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
+    use eip_store::view_store::{StoreError, ViewStore};
+    use eip_store::views::{OutcomeView, diff, outcome_rows};
+    let mut settings = ScyllaSettings::new(nodes());
+    settings.keyspace = unique("views").replace(['-', '.'], "_");
+    let store = ScyllaViews::connect(&settings).await.unwrap();
+    // Connecting again runs the migrations again: they are idempotent.
+    let again = ScyllaViews::connect(&settings).await.unwrap();
+    drop(again);
+    eip_store::conformance::run(&store).await;
+
+    // A partition key over 64 KiB is refused by the server itself: a permanent error, which
+    // the projector dead-letters instead of retrying.
+    let huge = OutcomeView {
+        command_id: "k".repeat(70_000),
+        correlation_id: "r".into(),
+        aggregate_id: "o".into(),
+        command: "PlaceOrder".into(),
+        accepted: true,
+        version: 1,
+        reason_code: None,
+        reason: None,
+        decided_at: 1,
+    };
+    match store.apply(&diff(&[], &outcome_rows(&huge), 1)).await {
+        Err(StoreError::Permanent(reason)) => assert!(!reason.is_empty()),
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+    store.drop_keyspace().await.unwrap();
+}

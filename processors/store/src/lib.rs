@@ -7,16 +7,21 @@
 //!   group commit writes only while the epoch is still its own, and the applied offset and the
 //!   durable timers are written in the same transaction.
 //! - [`views`]: the read side's views, each defined once (columns, keys, clustering), from
-//!   which both backends take their DDL and statements; [`view_sqlite`] runs them on SQLite.
+//!   which both backends take their DDL and statements; [`view_store::ViewStore`] is the
+//!   trait, [`view_sqlite`] the SQLite backend, [`view_scylla`] the ScyllaDB one, and
+//!   [`conformance`] the suite both pass.
 //! - [`journal`]: event sourcing: each aggregate's events by version, its snapshots with the
 //!   schema version they were written with, and each command's outcome by command id.
 //!
 //! SQLite is the embedded default: one file an analyst opens with `sqlite3`, shared by every
 //! replica on one machine. docs/cqrs.md says where ScyllaDB takes over.
 
+pub mod conformance;
 pub mod journal;
 pub mod sqlite;
+pub mod view_scylla;
 pub mod view_sqlite;
+pub mod view_store;
 pub mod views;
 
 pub use journal::{

@@ -27,7 +27,9 @@ use eip_schemas::{AvroRecord, Codec, frame};
 use eip_store::sqlite::{
     LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
 };
+use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
 use eip_store::view_sqlite::{self, Versions, load_order};
+use eip_store::view_store::{StoreError, ViewStore};
 use eip_store::views::{
     ORDER_LINES, ORDER_SUMMARY, OrderView, OutcomeView, Value, Write, diff, order_rows,
     outcome_rows,
@@ -37,13 +39,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::projection::{Step, fold};
 
+/// Where the views live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The SQLite file `db`: every replica on one machine.
+    Sqlite,
+    /// The CQL cluster `cql_nodes` (ScyllaDB in production): replicas on many machines.
+    Cql,
+}
+
 /// `[processor]` settings of the projector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectorConfig {
+    /// `sqlite` (the default) or `cql`.
+    pub store: StoreKind,
     /// The views' SQLite file (created if missing); every replica on one machine shares it,
     /// and the query API reads it.
     pub db: PathBuf,
+    /// CQL contact points (`host:port`), for `store = "cql"`.
+    pub cql_nodes: Vec<String>,
+    /// The views' keyspace, for `store = "cql"` (created with replication factor 1 if
+    /// missing; create it yourself for production replication).
+    pub keyspace: String,
+    /// CQL writes in flight at most, across the partitions of this replica.
+    pub cql_max_in_flight: usize,
     /// Orders whose view is kept in memory per partition between group commits; past this,
     /// the cache is emptied after a commit and orders are read from the store again.
     pub cached_orders: usize,
@@ -55,7 +76,11 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
+            store: StoreKind::Sqlite,
             db: PathBuf::from("eip-views.db"),
+            cql_nodes: Vec::new(),
+            keyspace: "eip".into(),
+            cql_max_in_flight: 256,
             cached_orders: 100_000,
             hold_commit_open: std::time::Duration::ZERO,
         }
@@ -69,6 +94,32 @@ impl Section for ProjectorConfig {
         }
         if self.cached_orders == 0 {
             return Err(ConfigError::invalid("cached_orders", "must be at least 1"));
+        }
+        if self.store == StoreKind::Cql {
+            if self.cql_nodes.is_empty() {
+                return Err(ConfigError::invalid(
+                    "cql_nodes",
+                    "store = \"cql\" needs at least one contact point, e.g. [\"10.0.0.1:9042\"]",
+                ));
+            }
+            let ok = !self.keyspace.is_empty()
+                && self.keyspace.len() <= 48
+                && self
+                    .keyspace
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "keyspace",
+                    "must be 1 to 48 letters, digits or underscores",
+                ));
+            }
+            if self.cql_max_in_flight == 0 {
+                return Err(ConfigError::invalid(
+                    "cql_max_in_flight",
+                    "must be at least 1",
+                ));
+            }
         }
         Ok(())
     }
@@ -153,8 +204,9 @@ impl Projection {
         })
     }
 
-    /// [`Projection::event`] for an [`in_memory`](Projection::in_memory) projection.
-    pub fn event_in_memory(&mut self, event: &Event) -> Result<(), ProcessError> {
+    /// [`Projection::event`] with the views known so far (for an
+    /// [`in_memory`](Projection::in_memory) projection, or after [`Projection::remember`]).
+    pub fn event_known(&mut self, event: &Event) -> Result<(), ProcessError> {
         self.fold_with(event, |_| Ok(None))
     }
 
@@ -191,6 +243,16 @@ impl Projection {
                 have + 1
             ))),
         }
+    }
+
+    /// True when the order's view is known (cached or folded).
+    pub fn knows(&self, id: &str) -> bool {
+        self.orders.contains_key(id)
+    }
+
+    /// Remembers an order's view read from the store.
+    pub fn remember(&mut self, order: OrderView) {
+        self.orders.insert(order.order_id.clone(), order);
     }
 
     /// Stages a command's outcome (a duplicate's report changes nothing).
@@ -303,16 +365,25 @@ pub fn commit(
 
 /// One partition's state.
 pub struct Partition {
-    conn: Arc<Mutex<Connection>>,
-    epoch: i64,
-    versions: Versions,
+    store: PartitionStore,
     projection: Projection,
+}
+
+/// Where a partition writes.
+enum PartitionStore {
+    /// The SQLite file: its connection, its claim, the view versions it last read.
+    Sqlite {
+        conn: Arc<Mutex<Connection>>,
+        epoch: i64,
+        versions: Versions,
+    },
+    /// The CQL cluster.
+    Cql(Arc<ScyllaViews>),
 }
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Partition")
-            .field("epoch", &self.epoch)
             .field("projection", &self.projection.counts())
             .finish()
     }
@@ -324,12 +395,41 @@ pub struct Projector {
     db: Arc<std::path::Path>,
     cached_orders: usize,
     hold_commit_open: std::time::Duration,
+    /// The CQL store's settings, and its session once the first partition connects.
+    cql: Option<(ScyllaSettings, Arc<tokio::sync::OnceCell<Arc<ScyllaViews>>>)>,
+}
+
+fn store_error(e: StoreError) -> ProcessError {
+    match e {
+        StoreError::Transient(reason) => ProcessError::Transient {
+            reason,
+            source: None,
+        },
+        StoreError::Permanent(reason) => ProcessError::fatal(reason),
+    }
 }
 
 impl Projector {
     /// The projector for `config`: creates the views' tables if missing.
     pub fn new(config: &Config<ProjectorConfig>) -> Result<Projector, ConfigError> {
         let p = &config.processor;
+        let cql = (p.store == StoreKind::Cql).then(|| {
+            let settings = ScyllaSettings {
+                nodes: p.cql_nodes.clone(),
+                keyspace: p.keyspace.clone(),
+                max_in_flight: p.cql_max_in_flight,
+                ..ScyllaSettings::new(Vec::new())
+            };
+            (settings, Arc::new(tokio::sync::OnceCell::new()))
+        });
+        if cql.is_some() {
+            return Ok(Projector {
+                db: Arc::from(p.db.as_path()),
+                cached_orders: p.cached_orders,
+                hold_commit_open: p.hold_commit_open,
+                cql,
+            });
+        }
         connect(&p.db)
             .and_then(|c| {
                 c.execute_batch(LEDGER_DDL)?;
@@ -340,6 +440,7 @@ impl Projector {
             db: Arc::from(p.db.as_path()),
             cached_orders: p.cached_orders,
             hold_commit_open: p.hold_commit_open,
+            cql: None,
         })
     }
 }
@@ -362,6 +463,19 @@ impl Stateful for Projector {
     }
 
     async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
+        if let Some((settings, session)) = &self.cql {
+            // No claim: every CQL write is newest-wins by version, so a former owner's late
+            // write can only lose, and a replay from the committed offset changes nothing.
+            let views = session
+                .get_or_try_init(|| async { ScyllaViews::connect(settings).await.map(Arc::new) })
+                .await
+                .map_err(store_error)?
+                .clone();
+            return Ok(Opened::fresh(Partition {
+                store: PartitionStore::Cql(views),
+                projection: Projection::default(),
+            }));
+        }
         let db = self.db.clone();
         let part = partition.clone();
         blocking(move || {
@@ -376,9 +490,11 @@ impl Stateful for Projector {
                 .map_err(|e| classify("claiming a partition", e))?;
             Ok(Opened {
                 state: Partition {
-                    conn: Arc::new(Mutex::new(conn)),
-                    epoch: claimed.epoch,
-                    versions,
+                    store: PartitionStore::Sqlite {
+                        conn: Arc::new(Mutex::new(conn)),
+                        epoch: claimed.epoch,
+                        versions,
+                    },
                     projection: Projection::default(),
                 },
                 timers: claimed.timers,
@@ -394,29 +510,49 @@ impl Stateful for Projector {
         input: Envelope<Input>,
         _effects: &mut Effects,
     ) -> Result<(), ProcessError> {
-        match &input.value {
-            Input::Event(event) => {
-                let conn = locked(&state.conn)?;
-                match state.projection.event(&conn, &state.versions, event) {
+        let event = match &input.value {
+            Input::Event(event) => event,
+            Input::Outcome(outcome) => return state.projection.outcome(outcome),
+        };
+        match &mut state.store {
+            PartitionStore::Sqlite { conn, versions, .. } => {
+                let conn = locked(conn)?;
+                match state.projection.event(&conn, versions, event) {
                     Err(ProcessError::Fatal { .. } | ProcessError::Transient { .. }) => {
                         // A rebuild may have switched the view and dropped the version this
                         // partition last read: read the versions again, and try once more.
-                        state.versions = view_sqlite::versions(&conn)
+                        *versions = view_sqlite::versions(&conn)
                             .map_err(|e| classify("reading the view versions", e))?;
-                        state.projection.event(&conn, &state.versions, event)
+                        state.projection.event(&conn, versions, event)
                     }
                     done => done,
                 }
             }
-            Input::Outcome(outcome) => state.projection.outcome(outcome),
+            PartitionStore::Cql(views) => {
+                let id = &event.metadata().aggregate_id;
+                if !state.projection.knows(id)
+                    && let Some(order) = views.order(id).await.map_err(store_error)?
+                {
+                    state.projection.remember(order);
+                }
+                state.projection.event_known(event)
+            }
         }
     }
 
     async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
         let writes = state.projection.writes();
-        let conn = state.conn.clone();
+        let (conn, epoch) = match &state.store {
+            PartitionStore::Sqlite { conn, epoch, .. } => (conn.clone(), *epoch),
+            PartitionStore::Cql(views) => {
+                // A transient failure fails the flush, which the runtime retries with the same
+                // staged changes; no offset is stored past rows that are not written.
+                views.apply(&writes).await.map_err(store_error)?;
+                state.projection.committed(self.cached_orders);
+                return Ok(());
+            }
+        };
         let partition = flush.partition.clone();
-        let epoch = state.epoch;
         let timers = flush.timers.to_vec();
         let up_to = flush.up_to;
         let hold = if writes.is_empty() {
@@ -429,7 +565,9 @@ impl Stateful for Projector {
             commit(&mut conn, &partition, epoch, &writes, &timers, up_to, hold)
         })
         .await?;
-        state.versions = versions;
+        if let PartitionStore::Sqlite { versions: v, .. } = &mut state.store {
+            *v = versions;
+        }
         state.projection.committed(self.cached_orders);
         Ok(())
     }

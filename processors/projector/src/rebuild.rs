@@ -234,7 +234,7 @@ async fn fill_and_switch(
             records += 1;
             staged += 1;
             let applied = match decode(&plan.codec, m.payload()).await {
-                Ok(Input::Event(e)) => projection.event_in_memory(&e),
+                Ok(Input::Event(e)) => projection.event_known(&e),
                 Ok(Input::Outcome(o)) => projection.outcome(&o),
                 Err(e) => Err(e),
             };

@@ -421,13 +421,24 @@ fn bad_settings_are_refused_with_the_key_named() {
         store: StoreKind::Cql,
         ..ProjectorConfig::default()
     };
-    assert!(cql.validate().unwrap_err().to_string().contains("cql_nodes"));
+    assert!(
+        cql.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cql_nodes")
+    );
     let bad_keyspace = ProjectorConfig {
         cql_nodes: vec!["127.0.0.1:9042".into()],
         keyspace: "views-1".into(),
         ..cql.clone()
     };
-    assert!(bad_keyspace.validate().unwrap_err().to_string().contains("keyspace"));
+    assert!(
+        bad_keyspace
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("keyspace")
+    );
     let good = ProjectorConfig {
         cql_nodes: vec!["127.0.0.1:9042".into()],
         ..cql

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# `make demo`: the pipeline's main job end to end on the embedded defaults.
+# `make demo`: what eip is for, end to end on the embedded defaults.
 #
-# Starts the local stack (broker, registry, Prometheus), registers the schemas, produces
-# sample OrderPlaced events with a few poison records among them, runs eip-passthrough until
-# every record is forwarded or dead-lettered, and prints a summary: counts, rate, dead-letter
-# reasons, readiness and what Prometheus scraped. Everything it starts is stopped on exit
-# (set EIP_KEEP_STACK=1 to leave the stack up).
+# Starts the local stack (Kafka, the schema registry, Prometheus), then the gateway, the
+# router, eip-orders and eip-projector. Sends a realistic mix of order commands: JSON and XML
+# over HTTP, Avro from a producer, and XML placements from a legacy partner through the
+# router, with invalid commands, malformed requests and a few poison records among them. Waits
+# until the views hold every decided command, and prints a summary a person can check:
+# commands per way in, what the edge refused and why, commands accepted and rejected by
+# reason, orders by status, samples of every view, records per route, dead letters, and the
+# query URLs to try next. Exits 0 only when the views hold exactly what was sent.
+#
+#   make demo                   run, summarize, stop everything
+#   make demo KEEP=1            ... and keep everything running until Ctrl-C, to query it
+#
+# EIP_DEMO_ORDERS (default 2000) and EIP_DEMO_POISON (default 3) size the run. The demo's
+# stack state lives in .eip-local/demo-stack and is started afresh each run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -13,72 +22,96 @@ EIP_SCRIPT=demo
 . deploy/local/common.sh
 ensure_toolchain
 
-COUNT=${EIP_DEMO_RECORDS:-20000}
-POISON=${EIP_DEMO_POISON:-4}
+KEEP=${EIP_DEMO_KEEP:-0}
+[ "${1:-}" = "--keep-running" ] && KEEP=1
+ORDERS=${EIP_DEMO_ORDERS:-2000}
+POISON=${EIP_DEMO_POISON:-3}
+export EIP_STATE_DIR=$ROOT/.eip-local/demo-stack
 export EIP_PROMETHEUS=1
-export EIP_SCRAPE_TARGETS=127.0.0.1:9464
+export EIP_SCRAPE_TARGETS=127.0.0.1:9465,127.0.0.1:9466,127.0.0.1:9467
 PROM=http://127.0.0.1:${EIP_PROMETHEUS_PORT:-19090}
+GATEWAY=http://127.0.0.1:8088
+WORK=$ROOT/.eip-local/demo
+LOGS=$WORK/logs
 
 bash deploy/local/stack.sh install
-log "building eip-passthrough and eipctl (release)"
-cargo build --release --bin eip-passthrough --bin eipctl
-EIPCTL=target/release/eipctl
+log "building the gateway, router, eip-orders, eip-projector and eipctl (release)"
+cargo build --release --bin gateway --bin router --bin eip-orders --bin eip-projector --bin eipctl
+BIN=target/release
+EIPCTL=$BIN/eipctl
 
-PT_PID=
+PIDS=()
 cleanup() {
-    [ -n "$PT_PID" ] && kill -TERM "$PT_PID" 2>/dev/null || true
-    [ "${EIP_KEEP_STACK:-0}" = 1 ] || bash deploy/local/stack.sh stop
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    bash deploy/local/stack.sh stop
 }
 trap cleanup EXIT
+bash deploy/local/stack.sh stop >/dev/null 2>&1 || true
+rm -rf "$EIP_STATE_DIR/data" "$WORK"
+mkdir -p "$LOGS"
 bash deploy/local/stack.sh start
 
-RUN=$(date +%s)
-IN=orders.$RUN
-OUT=orders.$RUN.validated
-DLQ=$IN.dlq
 $EIPCTL schemas register >/dev/null
-$EIPCTL topics create "$IN" "$DLQ" "$OUT" --partitions 4 >/dev/null
-log "producing $COUNT OrderPlaced events and $POISON poison records to $IN"
-$EIPCTL produce --topic "$IN" --count "$COUNT" --poison "$POISON" --keys 500
+$EIPCTL topics create order-commands order-events order-outcomes \
+    order-commands.dlq order-events.dlq order-outcomes.dlq \
+    legacy.orders.place.xml legacy.orders.place.xml.dlq fulfilment.orders orders.cancelled \
+    --partitions 3 >/dev/null
 
-log "running eip-passthrough ($IN -> $OUT), telemetry on 127.0.0.1:9464"
-LOG=${EIP_STATE_DIR:-$ROOT/.eip-local}/logs/passthrough.log
-STARTED=$(date +%s.%N)
-EIP__PIPELINE__INPUTS="[\"$IN\"]" EIP__PROCESSOR__OUTPUT="$OUT" EIP__KAFKA__GROUP_ID="demo-$RUN" \
-    target/release/eip-passthrough --config deploy/local/passthrough.toml >"$LOG" 2>&1 &
-PT_PID=$!
-$EIPCTL wait --topic "$OUT" --count "$COUNT" --timeout 300s >/dev/null
-$EIPCTL wait --topic "$DLQ" --count "$POISON" --timeout 60s >/dev/null
-ENDED=$(date +%s.%N)
-
-# Prometheus scrapes every 5 s: wait until it has seen the final count.
-SCRAPED=0
-for _ in $(seq 1 120); do
-    SCRAPED=$(curl -fsS "$PROM/api/v1/query" --data-urlencode 'query=sum(eip_records_produced_total{processor="passthrough"})' \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(int(float(r[0]["value"][1])) if r else 0)')
-    [ "$SCRAPED" -ge "$COUNT" ] && break
-    sleep 0.5
+start() { # name, command...
+    local name=$1
+    shift
+    "$@" >"$LOGS/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+start eip-orders $BIN/eip-orders --config deploy/local/demo/orders.toml
+start eip-projector $BIN/eip-projector --config deploy/local/demo/projector.toml
+start router $BIN/router --config deploy/local/demo/router.toml
+start gateway $BIN/gateway --config deploy/local/demo/gateway.toml
+wait_ready() { # host:port seconds
+    local deadline=$((SECONDS + $2))
+    until curl -fsS "http://$1/readyz" >/dev/null 2>&1; do
+        [ $SECONDS -lt "$deadline" ] || return 1
+        sleep 0.3
+    done
+}
+for probe in 127.0.0.1:8088 127.0.0.1:9465 127.0.0.1:9466 127.0.0.1:9467; do
+    wait_ready "$probe" 90 || { tail -n 20 "$LOGS"/*.log >&2; die "$probe never became ready; logs in $LOGS"; }
 done
-READY=$(curl -fsS http://127.0.0.1:9464/readyz || true)
+log "gateway, router, eip-orders and eip-projector are ready (logs in $LOGS)"
 
-kill -TERM "$PT_PID"
-wait "$PT_PID" && STATUS=0 || STATUS=$?
-PT_PID=
-
-OUT_N=$($EIPCTL count --topic "$OUT")
-DLQ_N=$($EIPCTL count --topic "$DLQ")
+log "sending the commands of $ORDERS orders and $POISON poison records"
+STARTED=$(date +%s.%N)
+$EIPCTL orders send --orders "$ORDERS" --poison "$POISON" --gateway "$GATEWAY" \
+    --report "$WORK/expect.json"
 echo
-echo "================ eip demo summary ================"
-printf 'input     %-28s %6d records (%d valid, %d poison)\n' "$IN" $((COUNT + POISON)) "$COUNT" "$POISON"
-printf 'output    %-28s %6d records\n' "$OUT" "$OUT_N"
-printf 'dead      %-28s %6d records\n' "$DLQ" "$DLQ_N"
-python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'time      {s:.1f} s from start to last record, {int(sys.argv[3])/s:.0f} records/s, consumer group join included')" "$STARTED" "$ENDED" $((COUNT + POISON))
-echo "readiness $READY"
-echo "prometheus sum(eip_records_produced_total) = $SCRAPED (scraped from 127.0.0.1:9464)"
-echo "shutdown  SIGTERM -> exit $STATUS (drained and committed)"
-echo
-$EIPCTL dlq list --topic "$DLQ" --limit 10
-echo "=================================================="
-[ "$OUT_N" -eq "$COUNT" ] && [ "$DLQ_N" -eq "$POISON" ] && [ "$STATUS" -eq 0 ] \
-    || { log "demo FAILED: expected $COUNT forwarded and $POISON dead-lettered, exit 0"; exit 1; }
+echo "======================== eip demo summary ========================"
+STATUS=0
+$EIPCTL query summary --expect "$WORK/expect.json" --db "$WORK/eip-views.db" \
+    --gateway "$GATEWAY" --wait 300s || STATUS=$?
+ENDED=$(date +%s.%N)
+echo "records per route (router, rules demo-1):"
+curl -fsS http://127.0.0.1:9465/metrics | python3 -c '
+import re, sys
+for line in sys.stdin:
+    m = re.match(r"eip_router_(routed|dropped)_total\{(\w+)=\"([^\"]+)\"\} (\S+)", line)
+    if m:
+        kind, _, name, n = m.groups()
+        print(f"  {kind:<7} {name:<26} {int(float(n)):>7}")
+'
+echo "dead letters:"
+for topic in order-commands.dlq order-events.dlq order-outcomes.dlq legacy.orders.place.xml.dlq; do
+    printf '  %-30s %5d\n' "$topic" "$($EIPCTL count --topic "$topic")"
+done
+python3 -c "import sys; print(f'time: {float(sys.argv[2]) - float(sys.argv[1]):.1f} s from the first command to complete views')" "$STARTED" "$ENDED"
+echo "metrics: $PROM (Prometheus scrapes the router, eip-orders and eip-projector)"
+echo "=================================================================="
+[ "$($EIPCTL count --topic order-commands.dlq)" -ge "$POISON" ] \
+    || { log "demo FAILED: the poison records are not all dead-lettered"; STATUS=1; }
+[ "$STATUS" -eq 0 ] || { log "demo FAILED: the views differ from what was sent (see above)"; exit 1; }
 log "demo ok"
+if [ "$KEEP" = 1 ]; then
+    log "everything keeps running; try the URLs above. Ctrl-C stops it all."
+    trap 'exit 0' INT TERM
+    while :; do sleep 3600; done
+fi

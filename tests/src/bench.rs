@@ -309,6 +309,18 @@ impl BenchArgs {
     pub fn has(&self, flag: &str) -> bool {
         self.flags.iter().any(|f| f == flag)
     }
+
+    /// The number after `name` (e.g. `--orders 5000`), or `default`.
+    pub fn usize(&self, name: &str, default: usize) -> usize {
+        self.flags
+            .iter()
+            .position(|f| f == name)
+            .and_then(|i| self.flags.get(i + 1))
+            .map_or(default, |v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} takes a number, not {v:?}"))
+            })
+    }
 }
 
 /// What a throughput benchmark starts from: the broker, its input topic, and the CPU

@@ -289,3 +289,232 @@ mod tests {
         assert!(done.contains("100%") && done.contains("ETA ?"), "{done}");
     }
 }
+
+/// What a demo run expects the views to hold, as `eipctl orders send --report` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Expectation {
+    /// Distinct command ids sent.
+    pub commands: u64,
+    /// Commands to be accepted.
+    pub accepted: u64,
+    /// Commands to be rejected, by reason code.
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Orders by final status.
+    pub statuses: std::collections::BTreeMap<String, u64>,
+    /// Poison records sent to the commands topic.
+    pub poison: u64,
+    /// Commands sent per way in.
+    pub per_channel: std::collections::BTreeMap<String, u64>,
+    /// Requests the gateway refused on purpose: status and reason.
+    pub refused: Vec<(u16, String)>,
+    /// An order to show.
+    pub sample_order: Option<String>,
+}
+
+impl Expectation {
+    /// The expectation of a sent script.
+    pub fn of(report: &crate::orders::SendReport) -> Expectation {
+        let script = &report.script;
+        let (accepted, rejected) = script.expected_tally();
+        let mut statuses = std::collections::BTreeMap::new();
+        for f in script.finals.values() {
+            *statuses.entry(f.status.to_string()).or_default() += 1;
+        }
+        Expectation {
+            commands: script.outcomes.len() as u64,
+            accepted,
+            rejected: rejected
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            statuses,
+            poison: script.poison,
+            per_channel: report
+                .per_channel
+                .iter()
+                .map(|(c, n)| (c.label().to_string(), *n))
+                .collect(),
+            refused: report.refused.clone(),
+            sample_order: script
+                .finals
+                .iter()
+                .find(|(_, f)| f.status == "confirmed")
+                .map(|(id, _)| id.clone()),
+        }
+    }
+}
+
+/// What the views hold, counted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Tally {
+    commands: u64,
+    accepted: u64,
+    rejected: std::collections::BTreeMap<String, u64>,
+    statuses: std::collections::BTreeMap<String, u64>,
+}
+
+fn tally(conn: &rusqlite::Connection) -> rusqlite::Result<Tally> {
+    let mut t = Tally::default();
+    let mut stmt = conn.prepare(
+        "SELECT accepted, COALESCE(reason_code, ''), COUNT(*) FROM command_status GROUP BY 1, 2",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, bool>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (accepted, code, n) = row?;
+        let n = n as u64;
+        t.commands += n;
+        if accepted {
+            t.accepted += n;
+        } else {
+            *t.rejected.entry(code).or_default() += n;
+        }
+    }
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM order_summary GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (status, n) = row?;
+        t.statuses.insert(status, n as u64);
+    }
+    Ok(t)
+}
+
+/// `eipctl query summary`: waits until the views hold what `expect` says (or `wait` runs
+/// out), then prints what they hold, samples of each view, and where to query next. Fails
+/// when they differ.
+pub async fn summary(
+    db: &Path,
+    expect: &Expectation,
+    wait: Duration,
+    gateway: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    let want = Tally {
+        commands: expect.commands,
+        accepted: expect.accepted,
+        rejected: expect.rejected.clone(),
+        statuses: expect.statuses.clone(),
+    };
+    let got = loop {
+        let got = if db.exists() {
+            let conn = connect(db)?;
+            view_sqlite::migrate(&conn)?;
+            tally(&conn)?
+        } else {
+            Tally::default()
+        };
+        if got == want || std::time::Instant::now() >= deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("commands sent, by way in:");
+    for (channel, n) in &expect.per_channel {
+        println!("  {channel:<36} {n:>7}");
+    }
+    println!("refused at the HTTP edge (never forwarded):");
+    for (status, reason) in &expect.refused {
+        println!("  {status} {reason}");
+    }
+    println!(
+        "commands decided: {} of {} (accepted {}, rejected {})",
+        got.commands,
+        expect.commands,
+        got.accepted,
+        got.rejected.values().sum::<u64>()
+    );
+    for (code, n) in &got.rejected {
+        let e = expect.rejected.get(code).copied().unwrap_or(0);
+        println!("  rejected {code:<18} {n:>6}   (expected {e})");
+    }
+    println!("orders by status:");
+    for (status, n) in &got.statuses {
+        let e = expect.statuses.get(status).copied().unwrap_or(0);
+        println!("  {status:<10} {n:>6}   (expected {e})");
+    }
+    let reader = Reader::open(db, 1)?;
+    if let Some(id) = &expect.sample_order
+        && let Some(order) = reader.order(id)?
+    {
+        println!(
+            "order_summary   {}: {} {} lines, {} units, {} {} cents, version {}, confirmed {}",
+            order.order_id,
+            order.status,
+            order.lines.len(),
+            order.units,
+            order.total_cents,
+            order.currency,
+            order.version,
+            order.confirmed_day.as_deref().unwrap_or("-")
+        );
+        let page = reader.customer_orders_page(&order.customer_id, None, 3)??;
+        println!(
+            "orders_by_customer {}: {} shown, newest first: {}{}",
+            order.customer_id,
+            page.items.len(),
+            page.items
+                .iter()
+                .map(|o| format!("{} ({})", o.order_id, o.status))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if page.next_cursor.is_some() {
+                ", more…"
+            } else {
+                ""
+            }
+        );
+        if let Some(day) = &order.confirmed_day {
+            let sales = reader.product_sales(day, None, 500)?;
+            let (units, revenue): (i64, i64) = sales
+                .iter()
+                .fold((0, 0), |(u, r), s| (u + s.units, r + s.revenue_cents));
+            println!("product_sales {day}: {units} units, {revenue} cents in total");
+            for s in sales.iter().take(5) {
+                println!(
+                    "  {:<6} {:>6} units {:>9} {} cents over {} orders",
+                    s.sku, s.units, s.revenue_cents, s.currency, s.orders
+                );
+            }
+            println!("try:");
+            println!("  curl {gateway}/v1/orders/{}", order.order_id);
+            println!(
+                "  curl '{gateway}/v1/customers/{}/orders?limit=5'",
+                order.customer_id
+            );
+            println!("  curl {gateway}/v1/sales/{day}");
+            println!(
+                "  curl {gateway}/v1/commands/{}",
+                format!("{}/c1", order.order_id).replace('/', "%2F")
+            );
+            println!(
+                "  curl '{gateway}/v1/commands?correlation_id=corr-{}'",
+                order.order_id
+            );
+            println!(
+                "  eipctl query order {} --db {}",
+                order.order_id,
+                db.display()
+            );
+        }
+    }
+    if got != want {
+        bail!(
+            "the views differ from what was sent: decided {} of {} commands; accepted {} (expected \
+             {}); rejected {:?} (expected {:?}); orders {:?} (expected {:?})",
+            got.commands,
+            expect.commands,
+            got.accepted,
+            expect.accepted,
+            got.rejected,
+            expect.rejected,
+            got.statuses,
+            expect.statuses
+        );
+    }
+    Ok(())
+}

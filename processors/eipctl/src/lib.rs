@@ -7,6 +7,7 @@
 
 pub mod cqrs;
 pub mod dlq;
+pub mod orders;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,6 +80,9 @@ pub enum OpsError {
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// An HTTP request failed or was answered unexpectedly.
+    #[error("http: {0}")]
+    Http(String),
 }
 
 /// Where the broker and the registry are.

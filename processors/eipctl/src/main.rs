@@ -89,6 +89,39 @@ enum Command {
     /// An order's history and its state at any version, from the orders journal.
     #[command(subcommand)]
     Aggregate(AggregateCmd),
+    /// Order commands with known outcomes, for demos and checks.
+    #[command(subcommand)]
+    Orders(OrdersCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum OrdersCmd {
+    /// Send the command stories of ORDERS orders through every way in (Avro to the commands
+    /// topic, JSON and XML over the gateway, XML to the router's legacy topic), with poison
+    /// records and malformed requests among them; write what the views must then hold.
+    Send {
+        /// Orders (each 2 to 4 commands).
+        #[arg(long, default_value_t = 1_000)]
+        orders: u64,
+        /// Poison records to the commands topic.
+        #[arg(long, default_value_t = 3)]
+        poison: u64,
+        /// Order id prefix.
+        #[arg(long, default_value = "order")]
+        prefix: String,
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8088")]
+        gateway: String,
+        /// The commands topic.
+        #[arg(long, default_value = "order-commands")]
+        commands_topic: String,
+        /// The legacy XML topic the router converts.
+        #[arg(long, default_value = "legacy.orders.place.xml")]
+        legacy_topic: String,
+        /// Where to write the expectation (JSON) for `eipctl query summary`.
+        #[arg(long)]
+        report: std::path::PathBuf,
+    },
 }
 
 /// The views file, for `projection` and `query`.
@@ -185,6 +218,21 @@ enum QueryCmd {
     Correlation {
         /// The correlation id.
         id: String,
+        #[command(flatten)]
+        views: ViewsDb,
+    },
+    /// Wait until the views hold what `eipctl orders send` expects, then summarize them with
+    /// samples of each view; fails if they differ.
+    Summary {
+        /// The expectation `eipctl orders send --report` wrote.
+        #[arg(long)]
+        expect: std::path::PathBuf,
+        /// How long to wait for the views.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// The gateway's base URL, for the query URLs to try.
+        #[arg(long, default_value = "http://127.0.0.1:8088")]
+        gateway: String,
         #[command(flatten)]
         views: ViewsDb,
     },
@@ -588,6 +636,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => cqrs::drop_view_version(&views.db, &view, version)?,
             ProjectionCmd::Status { views } => cqrs::status(&views.db)?,
         },
+        Command::Query(QueryCmd::Summary {
+            expect,
+            wait,
+            gateway,
+            views,
+        }) => {
+            let text = std::fs::read_to_string(&expect)
+                .with_context(|| format!("reading {}", expect.display()))?;
+            let expect: cqrs::Expectation = serde_json::from_str(&text)?;
+            cqrs::summary(&views.db, &expect, wait, &gateway).await?
+        }
+        Command::Orders(OrdersCmd::Send {
+            orders,
+            poison,
+            prefix,
+            gateway,
+            commands_topic,
+            legacy_topic,
+            report,
+        }) => {
+            let codec = eip_schemas::Codec::new(ep.registry()?);
+            let targets = eipctl::orders::Targets {
+                gateway,
+                commands: commands_topic,
+                legacy_xml: legacy_topic,
+            };
+            let sent = eipctl::orders::send(&ep, &codec, &targets, &prefix, orders, poison).await?;
+            let expect = cqrs::Expectation::of(&sent);
+            std::fs::write(&report, serde_json::to_string_pretty(&expect)?)
+                .with_context(|| format!("writing {}", report.display()))?;
+            println!(
+                "sent {} records for {orders} orders ({} commands, {} poison); {} malformed \
+                 requests refused",
+                sent.script.records,
+                expect.commands,
+                sent.script.poison,
+                sent.refused.len()
+            );
+        }
         Command::Query(cmd) => {
             let (db, q) = match cmd {
                 QueryCmd::Order { id, views } => (views.db, cqrs::Query::Order(id)),
@@ -605,6 +692,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } => (views.db, cqrs::Query::Sales { day, limit, cursor }),
                 QueryCmd::Command { id, views } => (views.db, cqrs::Query::Command(id)),
                 QueryCmd::Correlation { id, views } => (views.db, cqrs::Query::Correlation(id)),
+                QueryCmd::Summary { .. } => unreachable!("answered above"),
             };
             cqrs::query(&db, q)?
         }

@@ -11,22 +11,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use eip_orders::aggregate::{Command, Event, Order, apply, handle};
-use eip_projector::{Projection, commit};
-use eip_runtime::PartitionId;
-use eip_schemas::types::{
-    AddOrderLine, CommandMetadata, ConfirmOrder, OrderLine, PlaceOrder, RemoveOrderLine, samples,
-};
-use eip_store::sqlite::{LEDGER_DDL, claim, connect};
-use eip_store::view_sqlite::{migrate, versions};
+use eip_projector::sample::BATCH;
+use eip_store::sqlite::{LEDGER_DDL, connect};
+use eip_store::view_sqlite::migrate;
 use eip_store::views::{Value, Write};
 use rusqlite::Connection;
-
-const BATCH: usize = 5_000;
-const WAVE: usize = 1_000;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -36,117 +27,11 @@ fn arg(name: &str, default: usize) -> usize {
         .map_or(default, |v| v.parse().unwrap())
 }
 
-fn meta(id: &str, n: u32) -> CommandMetadata {
-    CommandMetadata {
-        command_id: format!("{id}/{n}"),
-        correlation_id: id.to_string(),
-        causation_id: None,
-        issued_at: 0,
-        aggregate_id: id.to_string(),
-        expected_version: None,
-    }
-}
-
-fn line(sku: String, quantity: i32) -> OrderLine {
-    OrderLine {
-        sku,
-        quantity,
-        unit_price_cents: 250,
-    }
-}
-
-/// Four events per order (placed with two lines, a line added, one removed, confirmed), in
-/// waves of 1,000 orders, as a partition of the events topic carries them.
-fn events(orders: usize) -> Vec<Event> {
-    let mut out = Vec::with_capacity(orders * 4);
-    let now = 1_796_000_000_000;
-    for wave in (0..orders).step_by(WAVE) {
-        let ids: Vec<String> = (wave..(wave + WAVE).min(orders))
-            .map(|i| format!("order-{i:08}"))
-            .collect();
-        let mut states: Vec<Option<Order>> = vec![None; ids.len()];
-        for step in 0..4u32 {
-            for (k, id) in ids.iter().enumerate() {
-                let i = wave + k;
-                let command = match step {
-                    0 => Command::Place(PlaceOrder {
-                        metadata: meta(id, step),
-                        customer_id: format!("customer-{}", i % 5_000),
-                        lines: vec![
-                            line(format!("sku-{}", i % 97), 2),
-                            line(format!("sku-{}", i % 89 + 100), 1),
-                        ],
-                        currency: "EUR".into(),
-                        shipping_address: samples::order_placed(1).shipping_address,
-                    }),
-                    1 => Command::AddLine(AddOrderLine {
-                        metadata: meta(id, step),
-                        line: line(format!("sku-{}", i % 83 + 200), 3),
-                    }),
-                    2 => Command::RemoveLine(RemoveOrderLine {
-                        metadata: meta(id, step),
-                        sku: format!("sku-{}", i % 97),
-                    }),
-                    _ => Command::Confirm(ConfirmOrder {
-                        metadata: meta(id, step),
-                    }),
-                };
-                let event = handle(states[k].as_ref(), &command, now + i as i64).unwrap();
-                states[k] = Some(apply(states[k].take(), &event));
-                out.push(event);
-            }
-        }
-    }
-    out
-}
-
 fn fresh(dir: &std::path::Path, name: &str) -> Connection {
     let conn = connect(&dir.join(name)).unwrap();
     conn.execute_batch(LEDGER_DDL).unwrap();
     migrate(&conn).unwrap();
     conn
-}
-
-fn part() -> PartitionId {
-    PartitionId {
-        topic: Arc::from("order-events"),
-        partition: 0,
-    }
-}
-
-/// The projector: fold and commit every batch. Returns events/s and the batches' writes.
-fn projector(dir: &std::path::Path, name: &str, events: &[Event]) -> (f64, Vec<Vec<Write>>) {
-    let mut conn = fresh(dir, name);
-    let tx = conn.transaction().unwrap();
-    let epoch = claim(&tx, &part()).unwrap().epoch;
-    tx.commit().unwrap();
-    let live = versions(&conn).unwrap();
-    let mut p = Projection::default();
-    let mut batches = Vec::new();
-    let started = Instant::now();
-    for (i, chunk) in events.chunks(BATCH).enumerate() {
-        for e in chunk {
-            p.event(&conn, &live, e).unwrap();
-        }
-        let writes = p.writes();
-        let up_to = Some(((i + 1) * BATCH) as i64);
-        commit(
-            &mut conn,
-            &part(),
-            epoch,
-            &writes,
-            &[],
-            up_to,
-            std::time::Duration::ZERO,
-        )
-        .unwrap();
-        p.committed(100_000);
-        batches.push(writes);
-    }
-    (
-        events.len() as f64 / started.elapsed().as_secs_f64(),
-        batches,
-    )
 }
 
 /// The same rows, upserted by hand-written statements in the same batches.
@@ -199,7 +84,7 @@ fn plain_loop(dir: &std::path::Path, name: &str, batches: &[Vec<Write>], events:
 fn main() {
     let orders = arg("--orders", 50_000);
     let rounds = arg("--rounds", 3);
-    let events = events(orders);
+    let events = eip_projector::sample::histories(orders);
     let dir = tempfile::tempdir().unwrap();
     println!(
         "projector write path: {} events ({orders} orders, 4 events each), batches of {BATCH}, SQLite synchronous=FULL",
@@ -208,7 +93,8 @@ fn main() {
     let mut ratios = Vec::new();
     let mut rates = Vec::new();
     for round in 0..rounds {
-        let (rate, batches) = projector(dir.path(), &format!("p{round}.db"), &events);
+        let (rate, batches) =
+            eip_projector::sample::write_path(&dir.path().join(format!("p{round}.db")), &events);
         let rows: usize = batches.iter().map(Vec::len).sum();
         let base = plain_loop(dir.path(), &format!("l{round}.db"), &batches, events.len());
         println!(

@@ -13,6 +13,7 @@
 
 pub mod projection;
 pub mod rebuild;
+pub mod sample;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -110,7 +110,8 @@ async fn main() {
     register(&ep).await;
     let topic = unique("bench-events");
     let outcomes = format!("{topic}-outcomes");
-    create_topics(&ep, &[&topic, &outcomes], args.partitions).await;
+    let dlqs = (format!("{topic}.dlq"), format!("{outcomes}.dlq"));
+    create_topics(&ep, &[&topic, &outcomes, &dlqs.0, &dlqs.1], args.partitions).await;
     fill(&ep, &topic, &events).await;
     println!(
         "projector end to end: {n} order events ({orders} orders), {} partitions, {} rounds",

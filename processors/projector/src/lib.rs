@@ -398,6 +398,8 @@ pub struct Projector {
     hold_commit_open: std::time::Duration,
     /// The CQL store's settings, and its session once the first partition connects.
     cql: Option<(ScyllaSettings, Arc<tokio::sync::OnceCell<Arc<ScyllaViews>>>)>,
+    /// Taken by each SQLite group commit: this process's partitions write one at a time.
+    writer: Arc<Mutex<()>>,
 }
 
 fn store_error(e: StoreError) -> ProcessError {
@@ -429,6 +431,7 @@ impl Projector {
                 cached_orders: p.cached_orders,
                 hold_commit_open: p.hold_commit_open,
                 cql,
+                writer: Arc::default(),
             });
         }
         connect(&p.db)
@@ -442,6 +445,7 @@ impl Projector {
             cached_orders: p.cached_orders,
             hold_commit_open: p.hold_commit_open,
             cql: None,
+            writer: Arc::default(),
         })
     }
 }
@@ -561,7 +565,14 @@ impl Stateful for Projector {
         } else {
             self.hold_commit_open
         };
+        let writer = self.writer.clone();
         let versions = blocking(move || {
+            // One group commit at a time per process: SQLite takes one writer anyway, and a
+            // partition waiting here queues at once instead of in SQLite's busy handler,
+            // which sleeps in steps of up to 100 ms.
+            let _turn = writer
+                .lock()
+                .map_err(|_| ProcessError::fatal("views writer lock poisoned"))?;
             let mut conn = locked(&conn)?;
             commit(&mut conn, &partition, epoch, &writes, &timers, up_to, hold)
         })

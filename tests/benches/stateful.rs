@@ -26,7 +26,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use eip_counter::{Counter, CounterConfig};
-use eip_passthrough::{Passthrough, PassthroughConfig};
 use eip_runtime::{Envelope, Raw};
 use eip_tests::bench::*;
 use eip_tests::*;
@@ -75,45 +74,6 @@ async fn counter(ep: &Endpoints, input: &str, n: usize, dir: &std::path::Path) -
         n,
         "counted exactly"
     );
-    rate(n, elapsed)
-}
-
-/// The stateless pass-through: records/s until all `n` outputs are acknowledged.
-async fn stateless(ep: &Endpoints, input: &str, output: &str, n: usize) -> f64 {
-    let group = unique("bench-rt");
-    let mut cfg = config(
-        ep,
-        input,
-        &group,
-        PassthroughConfig {
-            output: output.to_string(),
-        },
-    );
-    cfg.kafka = eip_runtime::config::KafkaConfig {
-        group_id: group.clone(),
-        ..bench_kafka(ep)
-    };
-    quiet(&mut cfg);
-    let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
-    let consumed = p
-        .running
-        .metrics
-        .consumed
-        .with_label_values(&["passthrough", input]);
-    let produced = p
-        .running
-        .metrics
-        .produced
-        .with_label_values(&["passthrough", output]);
-    let mut first = None;
-    while (produced.get() as usize) < n {
-        if first.is_none() && consumed.get() > 0 {
-            first = Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = first.unwrap_or_else(Instant::now).elapsed();
-    p.stop().await.unwrap();
     rate(n, elapsed)
 }
 
@@ -194,7 +154,7 @@ async fn main() {
         let out = unique("bench-rt-out");
         create_topics(&ep, &[&out], a.partitions).await;
         let before = cpu.sample();
-        let t = stateless(&ep, &input, &out, a.records).await;
+        let t = stateless_passthrough(&ep, &input, &out, a.records).await;
         println!(
             "round {round}: stateless pass-through   {t:>9.0} records/s; {} ({:.2}x raw)",
             cpu.per_record(before, a.records),

@@ -9,7 +9,9 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::{Endpoints, codec, create_topics, register, unique};
+use eip_passthrough::{Passthrough, PassthroughConfig};
+
+use crate::{Endpoints, InProcess, codec, config, create_topics, register, unique};
 
 /// Kafka settings for the benchmark's clients: the defaults, plus producer properties from
 /// `EIP_BENCH_PRODUCER` (`key=value,key=value`) for experiments.
@@ -372,4 +374,43 @@ pub fn quiet<A: eip_runtime::Section>(cfg: &mut eip_runtime::config::Config<A>) 
     cfg.telemetry.readiness_interval = std::time::Duration::from_secs(5);
     cfg.kafka.statistics_interval = std::time::Duration::from_secs(5);
     cfg.telemetry.log_filter = "warn".into();
+}
+
+/// The stateless pass-through: records/s until all `n` outputs are acknowledged.
+pub async fn stateless_passthrough(ep: &Endpoints, input: &str, output: &str, n: usize) -> f64 {
+    let group = unique("bench-rt");
+    let mut cfg = config(
+        ep,
+        input,
+        &group,
+        PassthroughConfig {
+            output: output.to_string(),
+        },
+    );
+    cfg.kafka = eip_runtime::config::KafkaConfig {
+        group_id: group.clone(),
+        ..bench_kafka(ep)
+    };
+    quiet(&mut cfg);
+    let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
+    let consumed = p
+        .running
+        .metrics
+        .consumed
+        .with_label_values(&["passthrough", input]);
+    let produced = p
+        .running
+        .metrics
+        .produced
+        .with_label_values(&["passthrough", output]);
+    let mut first = None;
+    while (produced.get() as usize) < n {
+        if first.is_none() && consumed.get() > 0 {
+            first = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = first.unwrap_or_else(Instant::now).elapsed();
+    p.stop().await.unwrap();
+    rate(n, elapsed)
 }

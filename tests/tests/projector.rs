@@ -626,3 +626,158 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
     check_views(&views, &script).await;
     views.drop_keyspace().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_orders_through_the_gateway_the_router_and_avro_producers_give_exact_views() {
+    let ep = endpoints();
+    let s = stack(&ep, "e2e").await;
+    let legacy = format!("{}-legacy.xml", s.names.input);
+    let fulfilment = format!("{}-fulfilment", s.names.input);
+    let cancelled = format!("{}-cancelled", s.names.input);
+    create_topics(
+        &ep,
+        &[&legacy, &format!("{legacy}.dlq"), &fulfilment, &cancelled],
+        3,
+    )
+    .await;
+    let rules = s.views_db.with_file_name("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"version = "e2e"
+mode = "first-match"
+[[sources]]
+topic = "{legacy}"
+format = "xml"
+type = "eip.orders.PlaceOrder"
+[[rules]]
+name = "legacy-placements"
+match.types = ["eip.orders.PlaceOrder"]
+then.to = ["{commands}"]
+[[rules]]
+name = "confirmed"
+match.types = ["eip.orders.OrderConfirmed"]
+then.to = ["{fulfilment}"]
+[[rules]]
+name = "cancelled"
+match.types = ["eip.orders.OrderCancelled"]
+then.to = ["{cancelled}"]
+"#,
+            commands = s.names.input
+        ),
+    )
+    .unwrap();
+    let base = |group: &str| {
+        vec![
+            ("EIP__KAFKA__BROKERS", ep.brokers.clone()),
+            ("EIP__KAFKA__GROUP_ID", group.to_string()),
+            ("EIP__KAFKA__CLIENT_ID", group.to_string()),
+            ("EIP__REGISTRY__URL", ep.registry.clone()),
+            (
+                "EIP__TELEMETRY__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+        ]
+    };
+    let mut orders_env = base(&s.names.group);
+    orders_env.extend([
+        ("EIP__PIPELINE__INPUTS", format!("[\"{}\"]", s.names.input)),
+        ("EIP__PROCESSOR__DB", s.orders_db.display().to_string()),
+        ("EIP__PROCESSOR__EVENTS_TOPIC", s.events.clone()),
+        ("EIP__PROCESSOR__OUTCOMES_TOPIC", s.outcomes.clone()),
+    ]);
+    let mut projector_env = base(&unique("g-e2e-proj"));
+    projector_env.extend([
+        (
+            "EIP__PIPELINE__INPUTS",
+            format!("[\"{}\", \"{}\"]", s.events, s.outcomes),
+        ),
+        ("EIP__PROCESSOR__DB", s.views_db.display().to_string()),
+    ]);
+    let mut router_env = base(&unique("g-e2e-router"));
+    router_env.extend([
+        (
+            "EIP__PIPELINE__INPUTS",
+            format!("[\"{legacy}\", \"{}\"]", s.events),
+        ),
+        ("EIP__PIPELINE__CREATE_TOPICS", "true".to_string()),
+        ("EIP__PROCESSOR__RULES", rules.display().to_string()),
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let routes: Vec<String> = [
+        "PlaceOrder",
+        "AddOrderLine",
+        "RemoveOrderLine",
+        "ConfirmOrder",
+        "CancelOrder",
+    ]
+    .iter()
+    .map(|t| format!("\"eip.orders.{t}\"=\"{}\"", s.names.input))
+    .collect();
+    let gateway_env = vec![
+        ("EIP__KAFKA__BROKERS", ep.brokers.clone()),
+        ("EIP__REGISTRY__URL", ep.registry.clone()),
+        ("EIP__GATEWAY__LISTEN", listen.clone()),
+        ("EIP__GATEWAY__ROUTES", format!("{{{}}}", routes.join(","))),
+        ("EIP__GATEWAY__VIEWS_DB", s.views_db.display().to_string()),
+    ];
+    let mut children = vec![
+        ChildProcess::spawn(&bin("eip-orders"), &[], &env(&orders_env)),
+        ChildProcess::spawn(&bin("eip-projector"), &[], &env(&projector_env)),
+        ChildProcess::spawn(&bin("router"), &[], &env(&router_env)),
+        ChildProcess::spawn(&bin("gateway"), &[], &env(&gateway_env)),
+    ];
+    eventually("the gateway to be ready", WAIT, || async {
+        http_get(&listen, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+
+    let codec = codec(&ep);
+    let targets = eipctl::orders::Targets {
+        gateway: format!("http://{listen}"),
+        commands: s.names.input.clone(),
+        legacy_xml: legacy.clone(),
+    };
+    let sent = eipctl::orders::send(&ep, &codec, &targets, "e2e", 10_000, 5)
+        .await
+        .unwrap();
+    let script = &sent.script;
+    // Every way in carried a share, and the edge refused the malformed requests with reasons.
+    assert_eq!(sent.per_channel.len(), 4, "{:?}", sent.per_channel);
+    let statuses: Vec<u16> = sent.refused.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [400, 400, 400, 404], "{:?}", sent.refused);
+    assert!(sent.refused.iter().all(|(_, reason)| !reason.is_empty()));
+    eventually("every command in the views", WAIT, || async {
+        (outcomes_in(&s.views_db) >= script.outcomes.len()).then_some(())
+    })
+    .await;
+    check_views(&SqliteViews::open(&s.views_db).unwrap(), script).await;
+    assert_eq!(outcomes_in(&s.views_db), script.outcomes.len());
+    // The router routed the events: one record per confirmed and per cancelled order.
+    let count = |status: &str| {
+        script
+            .finals
+            .values()
+            .filter(|f| f.status == status)
+            .count()
+    };
+    let confirmed = count("confirmed") as u64;
+    let cancelled_n = count("cancelled") as u64;
+    wait_for(&ep, &fulfilment, confirmed, WAIT).await;
+    wait_for(&ep, &cancelled, cancelled_n, WAIT).await;
+    assert_eq!(read_all(&ep, &fulfilment).await.len() as u64, confirmed);
+    assert_eq!(read_all(&ep, &cancelled).await.len() as u64, cancelled_n);
+    assert!(read_all(&ep, &s.names.dlq).await.len() as u64 >= script.poison);
+    for child in &mut children {
+        child.signal("TERM");
+    }
+    for mut child in children {
+        assert!(
+            child.wait(Duration::from_secs(60)).await.success(),
+            "{}",
+            child.log_text()
+        );
+    }
+}

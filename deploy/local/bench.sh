@@ -24,3 +24,7 @@ cargo bench -p eip-projector --bench write_path -- --rounds "${EIP_BENCH_ROUNDS:
 cargo bench -p eip-tests --bench stateful -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench router -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench gateway
+cargo bench -p eip-tests --bench projector -- --rounds "${EIP_BENCH_ROUNDS:-3}"
+cargo bench -p eip-tests --bench orders -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
+cargo bench -p eip-tests --bench latency
+cargo bench -p eip-tests --bench query

@@ -15,7 +15,7 @@ pub mod projection;
 pub mod rebuild;
 pub mod sample;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -32,8 +32,8 @@ use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
 use eip_store::view_sqlite::{self, Versions, load_order};
 use eip_store::view_store::{StoreError, ViewStore};
 use eip_store::views::{
-    ORDER_LINES, ORDER_SUMMARY, OrderView, OutcomeView, Value, Write, diff, order_rows,
-    outcome_rows,
+    ORDER_LINES, ORDER_SUMMARY, OrderView, OutcomeView, PRODUCT_SALES, Value, Write, diff,
+    order_rows, outcome_rows,
 };
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -169,8 +169,9 @@ pub struct Projection {
     /// True when every order is in `orders` (a rebuild from offset 0): the store is not read.
     in_memory: bool,
     orders: HashMap<String, OrderView>,
-    /// Each order touched since the last commit, with its view before (None: not stored).
-    touched: HashMap<String, Option<OrderView>>,
+    /// Each order touched since the last commit: its view before (None: not stored), and the
+    /// keys of every line and sales row any state since then had.
+    touched: HashMap<String, Touched>,
     outcomes: Vec<OutcomeView>,
     counts: Counts,
 }
@@ -226,10 +227,11 @@ impl Projection {
         match fold(self.orders.get(id), event) {
             Step::Applied(next) => {
                 check_rows(&next)?;
-                if !self.touched.contains_key(id) {
-                    self.touched
-                        .insert(id.clone(), self.orders.get(id).cloned());
-                }
+                let touched = self.touched.entry(id.clone()).or_insert_with(|| Touched {
+                    before: self.orders.get(id).cloned(),
+                    passed: BTreeSet::new(),
+                });
+                touched.passed.extend(varying_keys(&next));
                 self.orders.insert(id.clone(), next);
                 self.counts.applied += 1;
                 Ok(())
@@ -272,12 +274,29 @@ impl Projection {
     /// until [`Projection::committed`].
     pub fn writes(&self) -> Vec<Write> {
         let mut writes = Vec::new();
-        for (id, before) in &self.touched {
+        for (id, touched) in &self.touched {
             let Some(after) = self.orders.get(id) else {
                 continue;
             };
-            let before = before.as_ref().map(order_rows).unwrap_or_default();
+            let before = touched.before.as_ref().map(order_rows).unwrap_or_default();
             writes.extend(diff(&before, &order_rows(after), after.version));
+            // A row only a state between `before` and `after` had may be in the store too (a
+            // rebuild that read further before the switch, a former CQL owner's late write):
+            // delete it as well, or it would outlive the state that had it.
+            let kept: BTreeSet<(&'static str, Vec<Value>)> = varying_keys(after)
+                .chain(touched.before.iter().flat_map(varying_keys))
+                .collect();
+            for (table, key) in touched.passed.difference(&kept) {
+                writes.push(Write::Delete {
+                    table: if *table == ORDER_LINES.name {
+                        &ORDER_LINES
+                    } else {
+                        &PRODUCT_SALES
+                    },
+                    key: key.clone(),
+                    stamp: after.version,
+                });
+            }
         }
         for outcome in &self.outcomes {
             writes.extend(diff(&[], &outcome_rows(outcome), outcome.version));
@@ -305,6 +324,44 @@ impl Projection {
     pub fn counts(&self) -> Counts {
         self.counts
     }
+}
+
+/// An order touched since the last commit.
+#[derive(Debug)]
+struct Touched {
+    /// Its view at the last commit (None: the store does not hold it).
+    before: Option<OrderView>,
+    /// The keys of the line and sales rows of every state folded since.
+    passed: BTreeSet<(&'static str, Vec<Value>)>,
+}
+
+/// The keys of an order's rows that come and go with its state: lines, and sales once
+/// confirmed. (Its summary and customer rows keep their keys for life.)
+fn varying_keys(order: &OrderView) -> impl Iterator<Item = (&'static str, Vec<Value>)> + '_ {
+    let lines = order.lines.iter().map(|l| {
+        (
+            ORDER_LINES.name,
+            vec![order.order_id.as_str().into(), l.sku.as_str().into()],
+        )
+    });
+    let sales = order
+        .confirmed_day
+        .iter()
+        .filter(|_| order.status == "confirmed")
+        .flat_map(|day| {
+            order.lines.iter().map(|l| {
+                (
+                    PRODUCT_SALES.name,
+                    vec![
+                        day.as_str().into(),
+                        l.sku.as_str().into(),
+                        order.currency.as_str().into(),
+                        order.order_id.as_str().into(),
+                    ],
+                )
+            })
+        });
+    lines.chain(sales)
 }
 
 /// The largest key value either backend takes (a CQL partition key is at most 64 KiB).

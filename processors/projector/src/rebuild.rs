@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use eip_schemas::Codec;
+use eip_schemas::{Classify, Codec, ErrorClass};
 use eip_store::sqlite::connect;
 use eip_store::view_sqlite::{self, RebuildError};
 use eip_store::views::{View, view_of};
@@ -100,6 +100,10 @@ pub enum Error {
     /// The store's blocking task failed.
     #[error("the store task failed: {0}")]
     Task(String),
+    /// A record could not be read for a reason other than poison (the registry stayed
+    /// unreachable, say): the rebuild stops rather than skip it.
+    #[error("a record could not be rebuilt: {0}")]
+    Record(String),
 }
 
 type Positions = HashMap<(String, i32), i64>;
@@ -211,8 +215,21 @@ async fn fill_and_switch(
                     skipped,
                 });
             }
-            // The live projector is ahead of what the topics held when we looked: read on.
+            // The live projector is ahead of what the topics held when we looked: read on,
+            // from partitions added since too.
             want = targets(&consumer, &plan.topics)?;
+            let mut added = TopicPartitionList::new();
+            for (topic, partition) in want.keys() {
+                if let std::collections::hash_map::Entry::Vacant(v) =
+                    next.entry((topic.clone(), *partition))
+                {
+                    added.add_partition_offset(topic, *partition, Offset::Beginning)?;
+                    v.insert(0);
+                }
+            }
+            if added.count() > 0 {
+                consumer.incremental_assign(&added)?;
+            }
             if want
                 .iter()
                 .all(|(k, end)| next.get(k).copied().unwrap_or(0) >= *end)
@@ -233,13 +250,23 @@ async fn fill_and_switch(
             next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
             records += 1;
             staged += 1;
-            let applied = match decode(&plan.codec, m.payload()).await {
-                Ok(Input::Event(e)) => projection.event_known(&e),
-                Ok(Input::Outcome(o)) => projection.outcome(&o),
-                Err(e) => Err(e),
+            let read = decode_retrying(&plan.codec, m.payload(), cancel).await?;
+            let applied = match read {
+                Read::Input(input) => match *input {
+                    Input::Event(e) => projection.event_known(&e),
+                    Input::Outcome(o) => projection.outcome(&o),
+                },
+                Read::Poison => {
+                    skipped += 1;
+                    Ok(())
+                }
+                Read::Cancelled => return Ok(Outcome::Cancelled { live }),
             };
-            if applied.is_err() {
-                skipped += 1;
+            match applied {
+                Ok(()) => {}
+                // Poison (undecodable, a version gap): the live projector dead-letters it too.
+                Err(e) if e.class() == ErrorClass::Poison => skipped += 1,
+                Err(e) => return Err(Error::Record(e.to_string())),
             }
             if staged >= BATCH {
                 write(&mut conn, &mut projection, plan.view, version)?;
@@ -258,6 +285,39 @@ async fn fill_and_switch(
     }
 }
 
+/// A record as the rebuild reads it.
+enum Read {
+    /// Decoded.
+    Input(Box<Input>),
+    /// Poison: the live projector dead-letters it too.
+    Poison,
+    /// Cancelled while waiting for the registry.
+    Cancelled,
+}
+
+/// Decodes a record; a transient failure (the registry unreachable) is retried for up to a
+/// minute, never counted as skipped.
+async fn decode_retrying(
+    codec: &Codec,
+    payload: Option<&[u8]>,
+    cancel: &CancellationToken,
+) -> Result<Read, Error> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match decode(codec, payload).await {
+            Ok(input) => return Ok(Read::Input(Box::new(input))),
+            Err(e) if e.class() == ErrorClass::Transient && Instant::now() < deadline => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(Read::Cancelled),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) if e.class() == ErrorClass::Poison => return Ok(Read::Poison),
+            Err(e) => return Err(Error::Record(e.to_string())),
+        }
+    }
+}
+
 /// Writes the rows of `view`'s tables that changed since the last write, at `version`.
 fn write(
     conn: &mut rusqlite::Connection,
@@ -269,6 +329,7 @@ fn write(
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(RebuildError::from)?;
+    view_sqlite::still_building(&tx, view, version)?;
     for w in writes
         .iter()
         .filter(|w| view_of(w.table()).name == view.name)

@@ -445,3 +445,74 @@ fn bad_settings_are_refused_with_the_key_named() {
     };
     assert!(good.validate().is_ok());
 }
+
+/// The rows a store holds for `id`'s lines and sales.
+fn lines_and_sales(conn: &Connection, id: &str) -> (Vec<String>, i64) {
+    let mut stmt = conn
+        .prepare("SELECT sku FROM order_lines_v1 WHERE order_id = ?1 ORDER BY sku")
+        .unwrap();
+    let lines = stmt
+        .query_map([id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<Vec<String>, _>>()
+        .unwrap();
+    let sales: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM product_sales_v1 WHERE order_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (lines, sales)
+}
+
+#[test]
+fn a_row_only_a_state_between_two_commits_had_is_deleted_even_if_the_store_got_it_elsewhere() {
+    // o0: placed with A and Z (v1), B added (v2), B removed (v3); o1: placed (v1), confirmed
+    // (v2), cancelled (v3).
+    let raw = [
+        (0, 0, 0, 1, 0),
+        (0, 1, 1, 1, 0),
+        (0, 2, 1, 1, 0),
+        (1, 0, 0, 1, 0),
+        (1, 3, 0, 1, 0),
+        (1, 4, 0, 1, 0),
+    ];
+    let (events, _) = history(&commands(&raw), 1);
+    assert_eq!(events.len(), 6);
+    let mut conn = store();
+    let tx = conn.transaction().unwrap();
+    let epoch = claim(&tx, &part()).unwrap().epoch;
+    tx.commit().unwrap();
+    let versions = view_sqlite::versions(&conn).unwrap();
+    let mut p = Projection::default();
+    p.event(&conn, &versions, &events[0]).unwrap();
+    p.event(&conn, &versions, &events[3]).unwrap();
+    commit_all(&mut conn, epoch, &mut p);
+    // Another writer (a rebuild that read further before the switch) put version 2 of both
+    // orders in the store: line B, and o1's sales.
+    let mut ahead = Projection::in_memory();
+    for i in [0, 1, 3, 4] {
+        ahead.event_known(&events[i]).unwrap();
+    }
+    let tx = conn.transaction().unwrap();
+    view_sqlite::execute(&tx, &versions, &ahead.writes()).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(lines_and_sales(&conn, "o0").0, ["A", "B", "Z"]);
+    assert_eq!(lines_and_sales(&conn, "o1").1, 2);
+    // This projector folds versions 2 and 3 in one batch: B and the sales existed only in
+    // between, and are gone after its commit.
+    for i in [1, 2, 4, 5] {
+        p.event(&conn, &versions, &events[i]).unwrap();
+    }
+    commit_all(&mut conn, epoch, &mut p);
+    assert_eq!(
+        lines_and_sales(&conn, "o0"),
+        (vec!["A".into(), "Z".into()], 0)
+    );
+    assert_eq!(
+        lines_and_sales(&conn, "o1").1,
+        0,
+        "a cancelled order sells nothing"
+    );
+}

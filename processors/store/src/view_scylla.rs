@@ -408,18 +408,25 @@ fn limit(n: u32) -> i32 {
 impl ViewStore for ScyllaViews {
     async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         // Each row is its own single-partition statement; the semaphore bounds how many are
-        // in flight, across every caller.
-        let mut pending = futures_util::stream::FuturesUnordered::new();
-        for w in writes {
-            pending.push(self.write(w));
-            if pending.len() >= 64
-                && let Some(done) = pending.next().await
-            {
+        // in flight, across every caller. An order's summary goes last, once every other row
+        // of the batch is written: whoever reads a summary at version v (a new owner loading
+        // the order) then finds every row of version v too.
+        let (summaries, rest): (Vec<&Write>, Vec<&Write>) = writes
+            .iter()
+            .partition(|w| w.table().name == ORDER_SUMMARY.name);
+        for phase in [rest, summaries] {
+            let mut pending = futures_util::stream::FuturesUnordered::new();
+            for w in phase {
+                pending.push(self.write(w));
+                if pending.len() >= 64
+                    && let Some(done) = pending.next().await
+                {
+                    done?;
+                }
+            }
+            while let Some(done) = pending.next().await {
                 done?;
             }
-        }
-        while let Some(done) = pending.next().await {
-            done?;
         }
         Ok(())
     }
@@ -479,6 +486,12 @@ impl ViewStore for ScyllaViews {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
+        if n == 0 {
+            return Ok(Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
+        }
         let what = "reading a customer's orders";
         let mut items: Vec<CustomerOrder> = match &after {
             None => {
@@ -523,6 +536,12 @@ impl ViewStore for ScyllaViews {
             Ok(a) => a,
             Err(BadCursor) => return Ok(Err(BadCursor)),
         };
+        if n == 0 {
+            return Ok(Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
+        }
         let what = "reading a day's sales";
         let rows: Vec<(String, String, i64, i64, i64)> = match &after {
             None => {

@@ -202,6 +202,19 @@ pub enum RebuildError {
         /// Why not.
         why: &'static str,
     },
+    /// The rebuild was cancelled (or replaced) while it ran.
+    #[error(
+        "the rebuild of {view} to version {version} was cancelled while it ran (building now: \
+         {building:?})"
+    )]
+    NoLongerBuilding {
+        /// The view.
+        view: String,
+        /// The version this rebuild was filling.
+        version: i64,
+        /// The version being built now, if any.
+        building: Option<i64>,
+    },
     /// SQLite failed.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
@@ -277,6 +290,7 @@ pub fn switch(
     caught_up: impl FnOnce(&HashMap<(String, i32), i64>) -> bool,
 ) -> Result<bool, RebuildError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    still_building(&tx, view, version)?;
     if !caught_up(&applied(&tx, topics)?) {
         return Ok(false);
     }
@@ -289,6 +303,19 @@ pub fn switch(
     }
     tx.commit()?;
     Ok(true)
+}
+
+/// Fails unless `version` of `view` is still the one being built (a cancel, and maybe a new
+/// rebuild, may have replaced it).
+pub fn still_building(conn: &Connection, view: &View, version: i64) -> Result<(), RebuildError> {
+    match versions(conn)?.building.get(view.name) {
+        Some(v) if *v == version => Ok(()),
+        other => Err(RebuildError::NoLongerBuilding {
+            view: view.name.to_string(),
+            version,
+            building: other.copied(),
+        }),
+    }
 }
 
 /// Discards the rebuild of `view` under way, if any: its tables go, the live version stays.
@@ -784,6 +811,59 @@ mod tests {
             )
             .unwrap();
         assert_eq!(units, 6);
+    }
+
+    #[test]
+    fn a_rebuild_switches_only_while_its_version_is_still_the_one_being_built() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::sqlite::LEDGER_DDL).unwrap();
+        migrate(&conn).unwrap();
+        let view = find_view("order_summary").unwrap();
+        assert_eq!(begin_rebuild(&mut conn, view).unwrap(), 2);
+        assert!(matches!(
+            begin_rebuild(&mut conn, view),
+            Err(RebuildError::InProgress { version: 2, .. })
+        ));
+        // Not caught up: nothing changes.
+        assert!(!switch(&mut conn, view, 2, &[], |_| false).unwrap());
+        assert_eq!(
+            versions(&conn)
+                .unwrap()
+                .live_of(&crate::views::ORDER_SUMMARY),
+            1
+        );
+        // Cancelled meanwhile: the switch is refused, and readers keep version 1.
+        assert_eq!(cancel_rebuild(&mut conn, view).unwrap(), Some(2));
+        assert!(matches!(
+            switch(&mut conn, view, 2, &[], |_| true),
+            Err(RebuildError::NoLongerBuilding { building: None, .. })
+        ));
+        assert_eq!(
+            versions(&conn)
+                .unwrap()
+                .live_of(&crate::views::ORDER_SUMMARY),
+            1
+        );
+        // A new rebuild switches, and the old version can then be dropped, never the live one.
+        assert_eq!(begin_rebuild(&mut conn, view).unwrap(), 2);
+        assert!(switch(&mut conn, view, 2, &[], |_| true).unwrap());
+        assert_eq!(
+            versions(&conn)
+                .unwrap()
+                .live_of(&crate::views::ORDER_SUMMARY),
+            2
+        );
+        assert!(
+            conn.query_row("SELECT COUNT(*) FROM order_summary", [], |r| r
+                .get::<_, i64>(0))
+                .is_ok()
+        );
+        assert!(matches!(
+            drop_version(&mut conn, view, 2),
+            Err(RebuildError::NotDroppable { .. })
+        ));
+        drop_version(&mut conn, view, 1).unwrap();
+        assert_eq!(stored_versions(&conn, view).unwrap(), vec![2]);
     }
 
     #[test]

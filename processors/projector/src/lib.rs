@@ -227,11 +227,21 @@ impl Projection {
         match fold(self.orders.get(id), event) {
             Step::Applied(next) => {
                 check_rows(&next)?;
+                let previous = self.orders.get(id);
                 let touched = self.touched.entry(id.clone()).or_insert_with(|| Touched {
-                    before: self.orders.get(id).cloned(),
-                    passed: BTreeSet::new(),
+                    before: previous.cloned(),
+                    gone: BTreeSet::new(),
                 });
-                touched.passed.extend(varying_keys(&next));
+                // Lines and sales rows go only when a line is removed or the order cancelled:
+                // note which, so the commit deletes them even if no later state has them.
+                if let Some(previous) = previous
+                    && matches!(event, Event::LineRemoved(_) | Event::Cancelled(_))
+                {
+                    let now: BTreeSet<_> = varying_keys(&next).collect();
+                    touched
+                        .gone
+                        .extend(varying_keys(previous).filter(|k| !now.contains(k)));
+                }
                 self.orders.insert(id.clone(), next);
                 self.counts.applied += 1;
                 Ok(())
@@ -286,7 +296,7 @@ impl Projection {
             let kept: BTreeSet<(&'static str, Vec<Value>)> = varying_keys(after)
                 .chain(touched.before.iter().flat_map(varying_keys))
                 .collect();
-            for (table, key) in touched.passed.difference(&kept) {
+            for (table, key) in touched.gone.difference(&kept) {
                 writes.push(Write::Delete {
                     table: if *table == ORDER_LINES.name {
                         &ORDER_LINES
@@ -331,8 +341,8 @@ impl Projection {
 struct Touched {
     /// Its view at the last commit (None: the store does not hold it).
     before: Option<OrderView>,
-    /// The keys of the line and sales rows of every state folded since.
-    passed: BTreeSet<(&'static str, Vec<Value>)>,
+    /// The keys of the line and sales rows a state folded since had and the next one lost.
+    gone: BTreeSet<(&'static str, Vec<Value>)>,
 }
 
 /// The keys of an order's rows that come and go with its state: lines, and sales once

@@ -162,3 +162,106 @@ async fn kill_9_mid_run_then_restart_publishes_every_version_once() {
     let events = event_versions(&ep, &codec, &t.events).await;
     check_script(&script, &seen, &events);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_journal_is_rebuilt_from_offset_0_of_the_events_topic() {
+    let ep = endpoints();
+    let t = topics(&ep, "orders-replay", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let codec = codec(&ep);
+    let first = orders_config(&ep, &t, &dir.path().join("first.db"));
+    let member = start(&first).await;
+    let script = produce_script(&ep, &codec, &t.names.input, "replay", 120, 0).await;
+    wait_for(&ep, &t.outcomes, script.records, WAIT).await;
+    member.stop().await.unwrap();
+
+    // The journal is gone: a new file, the same group (its offsets are at the end). The new
+    // owner of each partition reads the events topic from offset 0 and adopts every event.
+    let rebuilt = dir.path().join("rebuilt.db");
+    let second = orders_config(&ep, &t, &rebuilt);
+    let member = start(&second).await;
+    // New commands, decided against the rebuilt state: confirm every open order (story 4, at
+    // version 2) with expected_version 2, and add a line to every confirmed one (story 0).
+    let producer: rdkafka::producer::FutureProducer =
+        eip_runtime::kafka::producer_config(&ep.kafka())
+            .create()
+            .unwrap();
+    let mut expected = std::collections::HashMap::new();
+    for (id, fin) in &script.finals {
+        let meta = |n: u32, v: Option<i64>| eip_schemas::types::CommandMetadata {
+            command_id: format!("{id}/after-{n}"),
+            correlation_id: format!("after-{id}"),
+            causation_id: None,
+            issued_at: 1,
+            aggregate_id: id.clone(),
+            expected_version: v,
+        };
+        let payload = match (fin.status, script.versions[id]) {
+            ("open", 2) => {
+                expected.insert(format!("{id}/after-1"), (true, 3));
+                codec
+                    .encode(&eip_schemas::types::ConfirmOrder {
+                        metadata: meta(1, Some(2)),
+                    })
+                    .await
+                    .unwrap()
+            }
+            ("confirmed", 4) => {
+                expected.insert(format!("{id}/after-2"), (false, 4));
+                codec
+                    .encode(&eip_schemas::types::AddOrderLine {
+                        metadata: meta(2, None),
+                        line: eip_schemas::types::OrderLine {
+                            sku: "Z".into(),
+                            quantity: 1,
+                            unit_price_cents: 1,
+                        },
+                    })
+                    .await
+                    .unwrap()
+            }
+            _ => continue,
+        };
+        let record = rdkafka::producer::FutureRecord::to(&t.names.input)
+            .key(id.as_bytes())
+            .payload(&payload);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    assert!(
+        expected.len() >= 30,
+        "both kinds of order are in the script"
+    );
+    wait_for(
+        &ep,
+        &t.outcomes,
+        script.records + expected.len() as u64,
+        WAIT,
+    )
+    .await;
+    member.stop().await.unwrap();
+    let seen = outcomes(&ep, &codec, &t.outcomes).await;
+    for (command, (accepted, version)) in &expected {
+        let o = &seen[command][0];
+        assert_eq!(
+            (o.accepted, o.version),
+            (*accepted, *version),
+            "{command}: {o:?}"
+        );
+        if !accepted {
+            assert_eq!(o.reason_code.as_deref(), Some("not_open"), "{command}");
+        }
+    }
+    // The rebuilt journal holds every order's whole history.
+    let conn = rusqlite::Connection::open(&rebuilt).unwrap();
+    for (id, version) in &script.versions {
+        let history = eip_store::journal::Journal::history(&conn, id).unwrap();
+        let after = expected
+            .iter()
+            .filter(|(c, (ok, _))| *ok && c.starts_with(&format!("{id}/")))
+            .count() as i64;
+        assert_eq!(history.len() as i64, version + after, "{id}");
+    }
+}

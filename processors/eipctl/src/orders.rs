@@ -324,6 +324,16 @@ impl Script {
         }
     }
 
+    /// Adds `other`, a script of orders with another prefix.
+    pub fn absorb(&mut self, other: Script) {
+        self.outcomes.extend(other.outcomes);
+        self.duplicates.extend(other.duplicates);
+        self.versions.extend(other.versions);
+        self.finals.extend(other.finals);
+        self.records += other.records;
+        self.poison += other.poison;
+    }
+
     /// Commands expected accepted, and rejected by reason code.
     pub fn expected_tally(&self) -> (u64, BTreeMap<&'static str, u64>) {
         let mut accepted = 0;

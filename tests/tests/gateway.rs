@@ -1310,6 +1310,27 @@ async fn the_openapi_document_matches_the_running_server() {
         note(template, "get", &obs);
     }
     gw.stop().await;
+    // A gateway whose CQL views cluster does not answer: 503 with the reason.
+    let mut cfg = gw_config(&ep, &[(PLACE_ORDER, &topic)]);
+    cfg.gateway.views_cql_nodes = vec![dead_address()];
+    let gw = Gw::start(cfg).await;
+    for (template, path) in [
+        (ORDER, "/v1/orders/o-1"),
+        (CUSTOMER, "/v1/customers/c-1/orders"),
+        (SALES, "/v1/sales/2026-11-30"),
+        (COMMAND, "/v1/commands/cmd-1"),
+        (COMMANDS, "/v1/commands?correlation_id=corr-1"),
+    ] {
+        let obs = gw.get_as(template, path).await;
+        assert_eq!(obs.status, 503, "{path}: {}", obs.body);
+        assert!(
+            obs.error().contains("the views could not be read"),
+            "{}",
+            obs.body
+        );
+        note(template, "get", &obs);
+    }
+    gw.stop().await;
     // A gateway without views: 404 with the setting named.
     let gw = Gw::start(gw_config(&ep, &[(PLACE_ORDER, &topic)])).await;
     for (template, path) in [
@@ -1319,6 +1340,11 @@ async fn the_openapi_document_matches_the_running_server() {
     ] {
         let obs = gw.get_as(template, path).await;
         assert_eq!(obs.status, 404, "{path}");
+        assert!(
+            obs.error().contains("gateway.views_cql_nodes"),
+            "{}",
+            obs.body
+        );
         assert!(obs.error().contains("gateway.views_db"), "{}", obs.body);
         note(template, "get", &obs);
     }

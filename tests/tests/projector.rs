@@ -244,7 +244,7 @@ async fn views_are_exact_after_kill_9s_of_both_processors_and_the_query_api_serv
     check_script(&script, &published, &versions);
 
     // ...and the views say exactly what the scripts say.
-    check_views(&SqliteViews::open(&views_db).unwrap(), &script).await;
+    check_views(&SqliteViews::open(&views_db, 2).unwrap(), &script).await;
     assert_eq!(outcomes_in(&views_db), decided, "one status per command id");
     assert!(
         logs.matches(marker).count() >= 4,
@@ -474,7 +474,7 @@ async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_h
     // The projector writes to version 2 since the switch: every view is exact.
     let mut both = first;
     both.absorb(second);
-    check_views(&SqliteViews::open(&s.views_db).unwrap(), &both).await;
+    check_views(&SqliteViews::open(&s.views_db, 2).unwrap(), &both).await;
     let (_, out) = eipctl_run(&ep, &["projection", "status", "--db", &db]).await;
     assert!(
         out.contains("order_summary        live 2 building - stored [1, 2]"),
@@ -587,7 +587,7 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
     let script = produce_script(&ep, &codec, &s.names.input, "cql", 600, 0).await;
     let views = ScyllaViews::connect(&ScyllaSettings {
         keyspace: keyspace.clone(),
-        ..ScyllaSettings::new(nodes)
+        ..ScyllaSettings::new(nodes.clone())
     })
     .await
     .unwrap();
@@ -612,6 +612,52 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
     orders.stop().await.unwrap();
     projector.stop().await.unwrap();
     check_views(&views, &script).await;
+
+    // The gateway's query API serves the same views from the CQL cluster.
+    let mut gw = eip_gateway::GatewayConfig::default();
+    gw.kafka.brokers = ep.brokers.clone();
+    gw.registry.url = ep.registry.clone();
+    gw.gateway.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    gw.gateway.routes = [("eip.orders.PlaceOrder".to_string(), s.names.input.clone())].into();
+    gw.gateway.views_cql_nodes = nodes;
+    gw.gateway.views_keyspace = keyspace;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, task) = eip_gateway::serve(gw, async {
+        let _ = rx.await;
+    })
+    .await
+    .unwrap();
+    let addr = addr.to_string();
+    let (id, want) = script
+        .finals
+        .iter()
+        .find(|(_, f)| f.status == "confirmed")
+        .unwrap();
+    let (status, body) = http_get(&addr, &format!("/v1/orders/{id}")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let order: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(order["version"], script.versions[id]);
+    let (status, body) = http_get(
+        &addr,
+        &format!("/v1/customers/{}/orders?limit=1", want.customer),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let page: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    let path = format!("/v1/commands/{}", format!("{id}/c1").replace('/', "%2F"));
+    let (status, body) = http_get(&addr, &path).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Json>(&body).unwrap()["accepted"],
+        true
+    );
+    let (status, _) = http_get(&addr, "/v1/orders/no-such-order").await.unwrap();
+    assert_eq!(status, 404);
+    let _ = tx.send(());
+    let _ = task.await;
     views.drop_keyspace().await.unwrap();
 }
 
@@ -741,7 +787,7 @@ then.to = ["{cancelled}"]
         (outcomes_in(&s.views_db) >= script.outcomes.len()).then_some(())
     })
     .await;
-    check_views(&SqliteViews::open(&s.views_db).unwrap(), script).await;
+    check_views(&SqliteViews::open(&s.views_db, 2).unwrap(), script).await;
     assert_eq!(outcomes_in(&s.views_db), script.outcomes.len());
     // The router routed the events: one record per confirmed and per cancelled order.
     let count = |status: &str| {

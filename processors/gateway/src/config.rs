@@ -94,6 +94,12 @@ pub struct GatewaySettings {
     pub views_db: Option<std::path::PathBuf>,
     /// Read connections to `views_db`, used in turn.
     pub query_connections: usize,
+    /// Instead of `views_db`: the CQL contact points (`host:port`) of the cluster the
+    /// projector writes with `store = "cql"` (ScyllaDB in production). Connected on first
+    /// query; until it answers, queries are 503.
+    pub views_cql_nodes: Vec<String>,
+    /// The views' keyspace, with `views_cql_nodes`.
+    pub views_keyspace: String,
 }
 
 impl Default for GatewaySettings {
@@ -110,6 +116,8 @@ impl Default for GatewaySettings {
             body_timeout: Duration::from_secs(10),
             views_db: None,
             query_connections: 4,
+            views_cql_nodes: Vec::new(),
+            views_keyspace: "eip".into(),
         }
     }
 }
@@ -183,6 +191,23 @@ impl GatewayConfig {
         let g = &self.gateway;
         if !(1..=64).contains(&g.query_connections) {
             return Err(invalid("gateway.query_connections", "must be 1 to 64"));
+        }
+        if g.views_db.is_some() && !g.views_cql_nodes.is_empty() {
+            return Err(invalid(
+                "gateway.views_cql_nodes",
+                "set either views_db (SQLite) or views_cql_nodes (CQL), not both",
+            ));
+        }
+        let keyspace_ok = !g.views_keyspace.is_empty()
+            && g.views_keyspace.len() <= 48
+            && g.views_keyspace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !keyspace_ok {
+            return Err(invalid(
+                "gateway.views_keyspace",
+                "must be 1 to 48 letters, digits or underscores",
+            ));
         }
         if g.routes.is_empty() {
             return Err(invalid(
@@ -290,6 +315,20 @@ mod tests {
     fn load(toml: &str) -> Result<GatewayConfig, ConfigError> {
         let f = file(toml);
         GatewayConfig::load_from(Some(f.path()), Env::prefixed("EIP_TEST_NONE__"))
+    }
+
+    #[test]
+    fn given_both_view_stores_or_a_bad_keyspace_then_the_key_is_named() {
+        let both = format!(
+            "{ROUTED}[gateway]\nviews_db = \"v.db\"\nviews_cql_nodes = [\"127.0.0.1:9042\"]\n"
+        );
+        let err = load(&both).unwrap_err().to_string();
+        assert!(err.contains("gateway.views_cql_nodes"), "{err}");
+        let keyspace = format!(
+            "{ROUTED}[gateway]\nviews_cql_nodes = [\"127.0.0.1:9042\"]\nviews_keyspace = \"a-b\"\n"
+        );
+        let err = load(&keyspace).unwrap_err().to_string();
+        assert!(err.contains("gateway.views_keyspace"), "{err}");
     }
 
     #[test]

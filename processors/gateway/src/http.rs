@@ -66,8 +66,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: GatewayMetrics,
     /// Liveness and readiness, in the runtime's shape: the checks are [`GATEWAY_CHECKS`].
     pub(crate) health: Arc<Health>,
-    /// The views the query API serves (`gateway.views_db`), if any.
-    pub(crate) views: Option<Arc<eip_store::view_sqlite::Reader>>,
+    /// The views the query API serves (`gateway.views_db` or `gateway.views_cql_nodes`), if
+    /// any.
+    pub(crate) views: Option<crate::query::ViewsSource>,
 }
 
 /// The gateway's readiness checks: the broker answers metadata for the routed topics, the
@@ -119,15 +120,7 @@ impl Shared {
                 .map(|t| t.as_bytes().to_vec())
                 .collect(),
             metrics,
-            views: match &config.gateway.views_db {
-                Some(path) => Some(Arc::new(
-                    eip_store::view_sqlite::Reader::open(path, config.gateway.query_connections)
-                        .map_err(|e| {
-                            StartupError::new(format!("the views at {}", path.display()), e)
-                        })?,
-                )),
-                None => None,
-            },
+            views: crate::query::ViewsSource::of(&config.gateway)?,
             health: {
                 let health = Health::new(GATEWAY_CHECKS);
                 health.pass("serving");

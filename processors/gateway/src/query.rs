@@ -1,4 +1,5 @@
-//! The query API over the views the projector keeps (`gateway.views_db`):
+//! The query API over the views the projector keeps (`gateway.views_db` for SQLite, or
+//! `gateway.views_cql_nodes` for ScyllaDB):
 //!
 //! - `GET /v1/orders/{order_id}`: an order's summary and lines;
 //! - `GET /v1/customers/{customer_id}/orders?limit=&cursor=`: a customer's orders, newest first;
@@ -7,8 +8,10 @@
 //! - `GET /v1/commands?correlation_id=`: the outcomes of every command with that correlation id.
 //!
 //! A missing key is 404, a bad parameter or cursor 400, each with a reason. Pages end with
-//! `next_cursor`, an opaque token for the next page (absent on the last one). Queries run on
-//! the blocking pool over a few read connections to the SQLite file.
+//! `next_cursor`, an opaque token for the next page (absent on the last one). A store that
+//! can't be read is 503 with the reason. Both stores answer through
+//! [`eip_store::view_store::ViewStore`]: SQLite on the blocking pool over a few read
+//! connections, ScyllaDB connected on the first query.
 
 use std::sync::Arc;
 
@@ -16,11 +19,73 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use eip_store::view_sqlite::Reader;
+use eip_runtime::StartupError;
+use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
+use eip_store::view_store::{AnyViews, SqliteViews, StoreError, ViewStore};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::OnceCell;
 
+use crate::config::GatewaySettings;
 use crate::http::{Shared, check_token, json_response};
+
+/// Where the views come from: opened at startup (SQLite), or connected on first use (CQL).
+#[derive(Debug)]
+pub(crate) struct ViewsSource {
+    ready: OnceCell<Arc<AnyViews>>,
+    cql: Option<ScyllaSettings>,
+}
+
+impl ViewsSource {
+    /// The views `settings` name, if any.
+    pub(crate) fn of(settings: &GatewaySettings) -> Result<Option<ViewsSource>, StartupError> {
+        if let Some(path) = &settings.views_db {
+            let views = SqliteViews::open(path, settings.query_connections)
+                .map_err(|e| StartupError::new(format!("the views at {}", path.display()), e))?;
+            return Ok(Some(ViewsSource {
+                ready: OnceCell::new_with(Some(Arc::new(AnyViews::Sqlite(views)))),
+                cql: None,
+            }));
+        }
+        if settings.views_cql_nodes.is_empty() {
+            return Ok(None);
+        }
+        let cql = ScyllaSettings {
+            nodes: settings.views_cql_nodes.clone(),
+            keyspace: settings.views_keyspace.clone(),
+            connect_timeout: std::time::Duration::from_secs(3),
+            ..ScyllaSettings::new(Vec::new())
+        };
+        Ok(Some(ViewsSource {
+            ready: OnceCell::new(),
+            cql: Some(cql),
+        }))
+    }
+
+    /// The store, connecting to the CQL cluster the first time.
+    async fn get(&self) -> Result<Arc<AnyViews>, Problem> {
+        self.ready
+            .get_or_try_init(|| async {
+                let settings = self
+                    .cql
+                    .as_ref()
+                    .ok_or_else(|| StoreError::Permanent("no views store is configured".into()))?;
+                ScyllaViews::connect(settings)
+                    .await
+                    .map(|v| Arc::new(AnyViews::Cql(Box::new(v))))
+            })
+            .await
+            .cloned()
+            .map_err(store_problem)
+    }
+}
+
+fn store_problem(e: StoreError) -> Problem {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the views could not be read: {e}"),
+    )
+}
 
 /// The page size when `limit` is not given, and the largest one allowed.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -58,30 +123,14 @@ fn problem(status: StatusCode, error: impl Into<String>) -> Problem {
     }
 }
 
-fn views(s: &Shared, headers: &HeaderMap) -> Result<Arc<Reader>, Problem> {
+async fn views(s: &Shared, headers: &HeaderMap) -> Result<Arc<AnyViews>, Problem> {
     check_token(s, headers)?;
-    s.views.clone().ok_or_else(|| {
-        problem(
+    match &s.views {
+        Some(source) => source.get().await,
+        None => Err(problem(
             StatusCode::NOT_FOUND,
-            "this gateway serves no views: set gateway.views_db to the projector's file",
-        )
-    })
-}
-
-/// Runs a read on the blocking pool; a store error is a 503 with its reason.
-async fn read<T: Send + 'static>(
-    reader: Arc<Reader>,
-    f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
-) -> Result<T, Problem> {
-    match tokio::task::spawn_blocking(move || f(&reader)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the views could not be read: {e}"),
-        )),
-        Err(e) => Err(problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the query failed: {e}"),
+            "this gateway serves no views: set gateway.views_db to the projector's file, or \
+             gateway.views_cql_nodes to its CQL cluster",
         )),
     }
 }
@@ -123,9 +172,8 @@ pub(crate) async fn order(
 ) -> Response {
     result(
         async {
-            let reader = views(&s, &headers)?;
-            let key = id.clone();
-            match read(reader, move |r| r.order(&key)).await? {
+            let store = views(&s, &headers).await?;
+            match store.order(&id).await.map_err(store_problem)? {
                 Some(order) => Ok(json_response(StatusCode::OK, json!(order))),
                 None => Err(problem(
                     StatusCode::NOT_FOUND,
@@ -146,15 +194,14 @@ pub(crate) async fn customer_orders(
 ) -> Response {
     result(
         async {
-            let reader = views(&s, &headers)?;
+            let store = views(&s, &headers).await?;
             let page = query(q)?;
             let limit = limit(&page)?;
-            let (who, cursor) = (customer.clone(), page.cursor.clone());
-        let page = read(reader, move |r| {
-            r.customer_orders_page(&who, cursor.as_deref(), limit)
-        })
-        .await?
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let page = store
+                .customer_orders(&customer, page.cursor.as_deref(), limit)
+                .await
+                .map_err(store_problem)?
+                .map_err(|e| problem(StatusCode::BAD_REQUEST, e.to_string()))?;
         Ok(json_response(
             StatusCode::OK,
             json!({ "customer_id": customer, "items": page.items, "next_cursor": page.next_cursor }),
@@ -179,7 +226,7 @@ pub(crate) async fn sales(
 ) -> Response {
     result(
         async {
-            let reader = views(&s, &headers)?;
+            let store = views(&s, &headers).await?;
             if !is_day(&day) {
                 return Err(problem(
                     StatusCode::BAD_REQUEST,
@@ -188,12 +235,11 @@ pub(crate) async fn sales(
             }
             let page = query(q)?;
             let limit = limit(&page)?;
-            let (d, cursor) = (day.clone(), page.cursor.clone());
-            let page = read(reader, move |r| {
-                r.product_sales_page(&d, cursor.as_deref(), limit)
-            })
-            .await?
-            .map_err(|e| problem(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let page = store
+                .product_sales(&day, page.cursor.as_deref(), limit)
+                .await
+                .map_err(store_problem)?
+                .map_err(|e| problem(StatusCode::BAD_REQUEST, e.to_string()))?;
             Ok(json_response(
                 StatusCode::OK,
                 json!({ "day": day, "items": page.items, "next_cursor": page.next_cursor }),
@@ -211,9 +257,8 @@ pub(crate) async fn command(
 ) -> Response {
     result(
         async {
-            let reader = views(&s, &headers)?;
-            let key = id.clone();
-            match read(reader, move |r| r.command(&key)).await? {
+            let store = views(&s, &headers).await?;
+            match store.command(&id).await.map_err(store_problem)? {
                 Some(outcome) => Ok(json_response(StatusCode::OK, json!(outcome))),
                 None => Err(problem(
                     StatusCode::NOT_FOUND,
@@ -236,15 +281,17 @@ pub(crate) async fn commands(
 ) -> Response {
     result(
         async {
-            let reader = views(&s, &headers)?;
+            let store = views(&s, &headers).await?;
             let Some(correlation) = query(q)?.correlation_id.filter(|c| !c.is_empty()) else {
                 return Err(problem(
                     StatusCode::BAD_REQUEST,
                     "give correlation_id, or ask for one command at /v1/commands/{command_id}",
                 ));
             };
-            let key = correlation.clone();
-            let items = read(reader, move |r| r.commands_by_correlation(&key)).await?;
+            let items = store
+                .commands_by_correlation(&correlation)
+                .await
+                .map_err(store_problem)?;
             Ok(json_response(
                 StatusCode::OK,
                 json!({ "correlation_id": correlation, "items": items }),

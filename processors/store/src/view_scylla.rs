@@ -49,6 +49,8 @@ pub struct ScyllaSettings {
     pub replication: String,
     /// Writes in flight at most; more wait.
     pub max_in_flight: usize,
+    /// How long connecting to a node may take.
+    pub connect_timeout: Duration,
 }
 
 impl ScyllaSettings {
@@ -59,6 +61,7 @@ impl ScyllaSettings {
             keyspace: "eip".into(),
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             max_in_flight: 256,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -143,7 +146,7 @@ impl ScyllaViews {
     pub async fn connect(settings: &ScyllaSettings) -> Result<ScyllaViews, StoreError> {
         let session = SessionBuilder::new()
             .known_nodes(&settings.nodes)
-            .connection_timeout(Duration::from_secs(10))
+            .connection_timeout(settings.connect_timeout)
             .build()
             .await
             .map_err(|e| {

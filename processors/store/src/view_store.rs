@@ -79,11 +79,11 @@ pub struct SqliteViews {
 }
 
 impl SqliteViews {
-    /// Opens (creating) the views at `path`.
-    pub fn open(path: &Path) -> Result<SqliteViews, StoreError> {
+    /// Opens (creating) the views at `path`, with `connections` read connections.
+    pub fn open(path: &Path, connections: usize) -> Result<SqliteViews, StoreError> {
         Ok(SqliteViews {
             path: path.to_path_buf(),
-            reader: Arc::new(Reader::open(path, 2)?),
+            reader: Arc::new(Reader::open(path, connections)?),
         })
     }
 
@@ -148,6 +148,64 @@ impl ViewStore for SqliteViews {
     }
 }
 
+/// Either backend, chosen by configuration.
+#[derive(Debug)]
+pub enum AnyViews {
+    /// The SQLite file.
+    Sqlite(SqliteViews),
+    /// The CQL cluster.
+    Cql(Box<crate::view_scylla::ScyllaViews>),
+}
+
+impl ViewStore for AnyViews {
+    async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.apply(writes).await,
+            AnyViews::Cql(s) => s.apply(writes).await,
+        }
+    }
+
+    async fn order(&self, id: &str) -> Result<Option<OrderView>, StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.order(id).await,
+            AnyViews::Cql(s) => s.order(id).await,
+        }
+    }
+
+    async fn customer_orders(
+        &self,
+        customer: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Paged<CustomerOrder> {
+        match self {
+            AnyViews::Sqlite(s) => s.customer_orders(customer, cursor, limit).await,
+            AnyViews::Cql(s) => s.customer_orders(customer, cursor, limit).await,
+        }
+    }
+
+    async fn product_sales(&self, day: &str, cursor: Option<&str>, limit: u32) -> Paged<Sales> {
+        match self {
+            AnyViews::Sqlite(s) => s.product_sales(day, cursor, limit).await,
+            AnyViews::Cql(s) => s.product_sales(day, cursor, limit).await,
+        }
+    }
+
+    async fn command(&self, id: &str) -> Result<Option<OutcomeView>, StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.command(id).await,
+            AnyViews::Cql(s) => s.command(id).await,
+        }
+    }
+
+    async fn commands_by_correlation(&self, id: &str) -> Result<Vec<OutcomeView>, StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.commands_by_correlation(id).await,
+            AnyViews::Cql(s) => s.commands_by_correlation(id).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +213,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteViews::open(&dir.path().join("views.db")).unwrap();
+        let store = SqliteViews::open(&dir.path().join("views.db"), 2).unwrap();
         crate::conformance::run(&store).await;
     }
 }

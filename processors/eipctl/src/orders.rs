@@ -348,6 +348,67 @@ impl Script {
     }
 }
 
+/// Records produced and not yet acknowledged, awaited 5,000 at a time, and the poison records
+/// spread among a script's orders.
+struct Sends {
+    producer: FutureProducer,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    poison: u64,
+    orders: u64,
+}
+
+impl Sends {
+    fn new(ep: &Endpoints, orders: u64, poison: u64) -> Result<Sends, OpsError> {
+        Ok(Sends {
+            producer: eip_runtime::kafka::producer_config(&ep.kafka()).create()?,
+            pending: Vec::new(),
+            poison,
+            orders,
+        })
+    }
+
+    /// Produces `payload` to `topic` keyed `key`.
+    async fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<(), OpsError> {
+        let record = FutureRecord::to(topic).key(key.as_bytes()).payload(payload);
+        let sent = self.producer.send_result(record).map_err(|(e, _)| e)?;
+        self.pending.push(sent);
+        if self.pending.len() >= 5_000 {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// After order `i`, a poison record to `topic` when one is due (spread evenly, `poison`
+    /// in all); counted in `script`.
+    async fn poison_after(
+        &mut self,
+        i: u64,
+        topic: &str,
+        key: &str,
+        script: &mut Script,
+    ) -> Result<(), OpsError> {
+        if self.poison > 0
+            && i.is_multiple_of((self.orders / self.poison).max(1))
+            && script.poison < self.poison
+        {
+            self.send(topic, key, b"not avro at all").await?;
+            script.records += 1;
+            script.poison += 1;
+        }
+        Ok(())
+    }
+
+    /// Waits for every acknowledgement.
+    async fn settle(&mut self) -> Result<(), OpsError> {
+        for f in self.pending.drain(..) {
+            f.await
+                .map_err(|_| OpsError::Task("a send was cancelled".into()))?
+                .map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+}
+
 /// Produces the stories of `orders` orders to `topic` as Avro, keyed by order id, each
 /// order's commands in order, with `poison` undecodable records among them.
 pub async fn produce_script(
@@ -358,39 +419,18 @@ pub async fn produce_script(
     orders: u64,
     poison: u64,
 ) -> Result<Script, OpsError> {
-    let producer: FutureProducer = eip_runtime::kafka::producer_config(&ep.kafka()).create()?;
+    let mut sends = Sends::new(ep, orders, poison)?;
     let mut script = Script::default();
-    let mut pending = Vec::new();
     for i in 0..orders {
         let (id, steps, version, fin) = story(prefix, i);
         script.add(&id, &steps, version, fin);
         for s in &steps {
-            let payload = s.record.avro(codec).await?;
-            let record = FutureRecord::to(topic).key(id.as_bytes()).payload(&payload);
-            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+            sends.send(topic, &id, &s.record.avro(codec).await?).await?;
             script.records += 1;
         }
-        if poison > 0 && i % (orders / poison).max(1) == 0 && script.poison < poison {
-            let record = FutureRecord::to(topic)
-                .key(id.as_bytes())
-                .payload(b"not avro at all".as_slice());
-            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
-            script.records += 1;
-            script.poison += 1;
-        }
-        if pending.len() >= 5_000 {
-            for f in pending.drain(..) {
-                f.await
-                    .map_err(|_| OpsError::Task("a send was cancelled".into()))?
-                    .map_err(|(e, _)| e)?;
-            }
-        }
+        sends.poison_after(i, topic, &id, &mut script).await?;
     }
-    for f in pending {
-        f.await
-            .map_err(|_| OpsError::Task("a send was cancelled".into()))?
-            .map_err(|(e, _)| e)?;
-    }
+    sends.settle().await?;
     Ok(script)
 }
 
@@ -453,7 +493,7 @@ pub async fn send(
     orders: u64,
     poison: u64,
 ) -> Result<SendReport, OpsError> {
-    let producer: FutureProducer = eip_runtime::kafka::producer_config(&ep.kafka()).create()?;
+    let mut sends = Sends::new(ep, orders, poison)?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -461,7 +501,6 @@ pub async fn send(
     let mut report = SendReport::default();
     let limit = Arc::new(tokio::sync::Semaphore::new(32));
     let mut http_orders = tokio::task::JoinSet::new();
-    let mut pending = Vec::new();
     for i in 0..orders {
         let channel = [
             Channel::Avro,
@@ -485,8 +524,7 @@ pub async fn send(
                     } else {
                         (&to.legacy_xml, s.record.xml()?.into_bytes())
                     };
-                    let record = FutureRecord::to(topic).key(id.as_bytes()).payload(&payload);
-                    pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+                    sends.send(topic, &id, &payload).await?;
                 }
             }
             Channel::Json | Channel::Xml => {
@@ -518,27 +556,11 @@ pub async fn send(
                 });
             }
         }
-        if poison > 0 && i % (orders / poison).max(1) == 0 && report.script.poison < poison {
-            let record = FutureRecord::to(&to.commands)
-                .key(id.as_bytes())
-                .payload(b"not avro at all".as_slice());
-            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
-            report.script.records += 1;
-            report.script.poison += 1;
-        }
-        if pending.len() >= 5_000 {
-            for f in pending.drain(..) {
-                f.await
-                    .map_err(|_| OpsError::Task("a send was cancelled".into()))?
-                    .map_err(|(e, _)| e)?;
-            }
-        }
+        sends
+            .poison_after(i, &to.commands, &id, &mut report.script)
+            .await?;
     }
-    for f in pending {
-        f.await
-            .map_err(|_| OpsError::Task("a send was cancelled".into()))?
-            .map_err(|(e, _)| e)?;
-    }
+    sends.settle().await?;
     while let Some(done) = http_orders.join_next().await {
         done.map_err(|e| OpsError::Http(e.to_string()))??;
     }

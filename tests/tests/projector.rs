@@ -389,9 +389,9 @@ async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_h
     // with the way out named, and `projection cancel` discards it.
     {
         let mut conn = eip_store::sqlite::connect(&s.views_db).unwrap();
-        let view = eip_store::view_sqlite::find_view("order_summary").unwrap();
+        let view = eip_store::view_rebuild::find_view("order_summary").unwrap();
         assert_eq!(
-            eip_store::view_sqlite::begin_rebuild(&mut conn, view).unwrap(),
+            eip_store::view_rebuild::begin_rebuild(&mut conn, view).unwrap(),
             2
         );
     }

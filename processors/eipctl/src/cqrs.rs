@@ -17,7 +17,8 @@ use eip_orders::aggregate::{Event, replay};
 use eip_projector::rebuild::{Outcome, Plan, Progress, rebuild};
 use eip_store::journal::Journal;
 use eip_store::sqlite::connect;
-use eip_store::view_sqlite::{self, Reader, find_view, stored_versions};
+use eip_store::view_rebuild::{self, find_view, stored_versions};
+use eip_store::view_sqlite::{self, Reader};
 use eip_store::views::VIEWS;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -118,7 +119,7 @@ pub async fn rebuild_view(
 pub fn cancel_view(db: &Path, view: &str) -> anyhow::Result<()> {
     let view = find_view(view)?;
     let mut conn = open(db)?;
-    match view_sqlite::cancel_rebuild(&mut conn, view)? {
+    match view_rebuild::cancel_rebuild(&mut conn, view)? {
         Some(v) => println!("{}: discarded the rebuild of version {v}", view.name),
         None => println!("{}: no rebuild under way", view.name),
     }
@@ -129,7 +130,7 @@ pub fn cancel_view(db: &Path, view: &str) -> anyhow::Result<()> {
 pub fn drop_view_version(db: &Path, view: &str, version: i64) -> anyhow::Result<()> {
     let view = find_view(view)?;
     let mut conn = open(db)?;
-    view_sqlite::drop_version(&mut conn, view, version)?;
+    view_rebuild::drop_version(&mut conn, view, version)?;
     println!("{}: dropped version {version}", view.name);
     Ok(())
 }

@@ -15,7 +15,7 @@
 //!    and the plain-name SQL views point at it. Otherwise it reads on and tries again. The
 //!    live projector reads the versions in each group commit and writes to the new version
 //!    from its next one; its rows are newest-wins, so what both wrote agrees.
-//! 4. **Cancel** (Ctrl-C, or [`cancel_rebuild`](eip_store::view_sqlite::cancel_rebuild) after
+//! 4. **Cancel** (Ctrl-C, or [`cancel_rebuild`](eip_store::view_rebuild::cancel_rebuild) after
 //!    a kill): the new tables are dropped; the live version was never touched.
 //!
 //! The old version is kept until `eipctl projection drop` is asked to drop it.
@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use eip_schemas::{Classify, Codec, ErrorClass};
 use eip_store::sqlite::connect;
-use eip_store::view_sqlite::{self, RebuildError};
+use eip_store::view_rebuild::{self, RebuildError};
+use eip_store::view_sqlite;
 use eip_store::views::{View, view_of};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -145,7 +146,7 @@ pub async fn rebuild(
         let mut conn = connect(&db)?;
         view_sqlite::migrate(&conn)?;
         let live = view_sqlite::versions(&conn)?.live_of(view.tables[0]);
-        Ok((view_sqlite::begin_rebuild(&mut conn, view)?, live))
+        Ok((view_rebuild::begin_rebuild(&mut conn, view)?, live))
     })
     .await?;
     let result = fill_and_switch(&plan, version, live, &cancel, &mut progress).await;
@@ -153,7 +154,7 @@ pub async fn rebuild(
         let db = plan.db.clone();
         blocking(move || {
             let mut conn = connect(&db)?;
-            view_sqlite::cancel_rebuild(&mut conn, view)?;
+            view_rebuild::cancel_rebuild(&mut conn, view)?;
             Ok(())
         })
         .await?;
@@ -196,7 +197,7 @@ async fn fill_and_switch(
             staged = 0;
             let read = next.clone();
             let switched =
-                view_sqlite::switch(&mut conn, plan.view, version, &plan.topics, |applied| {
+                view_rebuild::switch(&mut conn, plan.view, version, &plan.topics, |applied| {
                     applied
                         .iter()
                         .all(|(k, a)| read.get(k).copied().unwrap_or(0) > *a)
@@ -329,7 +330,7 @@ fn write(
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(RebuildError::from)?;
-    view_sqlite::still_building(&tx, view, version)?;
+    view_rebuild::still_building(&tx, view, version)?;
     for w in writes
         .iter()
         .filter(|w| view_of(w.table()).name == view.name)

@@ -8,8 +8,9 @@
 //!   durable timers are written in the same transaction.
 //! - [`views`]: the read side's views, each defined once (columns, keys, clustering), from
 //!   which both backends take their DDL and statements; [`view_store::ViewStore`] is the
-//!   trait, [`view_sqlite`] the SQLite backend, [`view_scylla`] the ScyllaDB one, and
-//!   [`conformance`] the suite both pass.
+//!   trait, [`view_sqlite`] the SQLite backend (with [`view_rebuild`], the steps of a
+//!   zero-downtime rebuild), [`view_scylla`] the ScyllaDB one, and [`conformance`] the suite
+//!   both pass.
 //! - [`journal`]: event sourcing: each aggregate's events by version, its snapshots with the
 //!   schema version they were written with, and each command's outcome by command id.
 //!
@@ -19,6 +20,7 @@
 pub mod conformance;
 pub mod journal;
 pub mod sqlite;
+pub mod view_rebuild;
 pub mod view_scylla;
 pub mod view_sqlite;
 pub mod view_store;

@@ -75,6 +75,10 @@ pub fn check_script(
         let seen = outcomes
             .get(command)
             .unwrap_or_else(|| panic!("no outcome for {command}"));
+        assert!(
+            seen.iter().any(|o| !o.duplicate),
+            "{command}: its original outcome was never published, only repeats: {seen:?}"
+        );
         let first = &seen[0];
         match expected {
             Ok(()) => assert!(first.accepted, "{command}: {first:?}"),

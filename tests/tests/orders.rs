@@ -7,10 +7,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use eip_orders::{Orders, OrdersConfig};
+use eip_orders::aggregate::{Command, Event, handle};
+use eip_orders::{COMMAND_OFFSET, Orders, OrdersConfig};
 use eip_runtime::config::Config;
 use eip_tests::orders::{WAIT, check_script, event_versions, outcomes, produce_script};
 use eip_tests::*;
+use eipctl::orders::CommandRecord;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 
 struct Topics {
     names: Names,
@@ -264,6 +268,70 @@ async fn a_lost_journal_is_rebuilt_from_offset_0_of_the_events_topic() {
             .count() as i64;
         assert_eq!(history.len() as i64, version + after, "{id}");
     }
+}
+
+/// What an owner killed after its event was acknowledged and before its outcome was sent
+/// leaves: the event on the events topic, no outcome, nothing journaled. The next owner adopts
+/// the event, and when the command's record comes again it reports the original outcome, not
+/// a duplicate; a client's resend of the command stays a duplicate; nothing is published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_owner_died_before_its_outcome_gets_its_original_outcome() {
+    let ep = endpoints();
+    let t = topics(&ep, "orders-adopt", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = orders_config(&ep, &t, &dir.path().join("orders.db"));
+    let codec = codec(&ep);
+    let (id, steps, _, _) = eipctl::orders::story("adopt", 0);
+    let CommandRecord::Place(place) = steps[0].record.clone() else {
+        panic!("a story starts with its placement")
+    };
+    let command_id = place.metadata.command_id.clone();
+    let producer: rdkafka::producer::FutureProducer =
+        eip_runtime::kafka::producer_config(&ep.kafka())
+            .create()
+            .unwrap();
+    let command = steps[0].record.avro(&codec).await.unwrap();
+    let Ok(Event::Placed(placed)) = handle(None, &Command::Place(place), 1_000) else {
+        panic!("a placement of a new order is accepted")
+    };
+    let event = codec.encode(&placed).await.unwrap();
+    // The command's record at offset 0 and a client's resend at offset 1; the event the
+    // killed owner published for offset 0.
+    for _ in 0..2 {
+        let record = FutureRecord::to(&t.names.input)
+            .key(id.as_bytes())
+            .payload(&command);
+        producer.send(record, WAIT).await.unwrap();
+    }
+    let headers = OwnedHeaders::new().insert(Header {
+        key: COMMAND_OFFSET,
+        value: Some("0"),
+    });
+    let record = FutureRecord::to(&t.events)
+        .key(id.as_bytes())
+        .payload(&event)
+        .headers(headers);
+    producer.send(record, WAIT).await.unwrap();
+
+    let member = start(&cfg).await;
+    wait_for(&ep, &t.outcomes, 2, WAIT).await;
+    member.stop().await.unwrap();
+    let seen = &outcomes(&ep, &codec, &t.outcomes).await[&command_id];
+    let reported: Vec<(bool, i64, bool)> = seen
+        .iter()
+        .map(|o| (o.accepted, o.version, o.duplicate))
+        .collect();
+    assert_eq!(
+        reported,
+        [(true, 1, false), (true, 1, true)],
+        "the record's original outcome, then the resend's duplicate: {seen:?}"
+    );
+    let versions = event_versions(&ep, &codec, &t.events).await;
+    assert_eq!(
+        versions[&id],
+        [1],
+        "the adopted event is not published again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eip_store::view_sqlite::Reader;
 use eip_store::view_store::{SqliteViews, ViewStore};
@@ -25,6 +25,12 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
 }
 
 /// How many command outcomes the views hold.
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn outcomes_in(db: &Path) -> usize {
     let Ok(conn) = Connection::open(db) else {
         return 0;
@@ -208,10 +214,18 @@ async fn views_are_exact_after_kill_9s_of_both_processors_and_the_query_api_serv
         projector = ChildProcess::spawn(&bin("eip-projector"), &[], &projector_env);
     }
     let decided = script.outcomes.len();
-    eventually("every outcome in the views", WAIT, || async {
-        (outcomes_in(&views_db) >= decided).then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    while outcomes_in(&views_db) < decided {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {decided} outcomes in the views after {WAIT:?}\n\
+             projector log tail:\n{}\norders log tail:\n{}",
+            outcomes_in(&views_db),
+            tail(&projector.log_text(), 40),
+            tail(&orders.log_text(), 40),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Dead letters are at least once: a kill between the DLQ write and the offset commit
     // sends a poison command again. Each source record is there, and nothing else.
     let header = |r: &ReadRecord, name: &str| {

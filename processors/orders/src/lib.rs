@@ -6,7 +6,7 @@
 //!   order's next version) and an accepted [`CommandOutcome`] to the outcomes topic;
 //! - a rejected one publishes a rejected outcome with its reason code and reason;
 //! - a command id seen before publishes its original outcome again, marked `duplicate`, and
-//!   changes nothing.
+//!   changes nothing (except the record that caused an adopted event: see [`readback`]).
 //!
 //! State lives in the partition's journal ([`eip_store::journal`], SQLite): each order's
 //! events, a snapshot every `snapshot_every` versions, and every command's outcome, written
@@ -446,6 +446,7 @@ impl Stateful for Orders {
         let id = meta.aggregate_id.clone();
         let command_id = meta.command_id.clone();
         let now = effects.now_ms();
+        let offset = input.position.offset;
         if let Some(previous) = state.decided.get(&command_id) {
             let mut again = previous.clone();
             again.duplicate = true;
@@ -465,7 +466,12 @@ impl Stateful for Orders {
                             e,
                         )
                     })?;
-                again.duplicate = true;
+                // The very record that caused an adopted event, delivered again after its
+                // owner was killed, is no duplicate: that owner may have died before its
+                // outcome was sent, so this is the original outcome, reported once more.
+                again.duplicate = !(again.accepted
+                    && Journal::caused_at(&conn, &stored.aggregate_id, &command_id)?
+                        == Some(offset));
                 drop(conn);
                 effects.emit(self.outcome_output(again));
                 return Ok(());
@@ -476,7 +482,6 @@ impl Stateful for Orders {
                 state.orders.insert(id.clone(), order);
             }
         }
-        let offset = input.position.offset;
         // A record met undecided at or below `caused_until` is being replayed after a crash:
         // it was decided before, against the order as it was then, which may be older than
         // what later commands' published (and adopted) events made it.

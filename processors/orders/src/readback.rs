@@ -5,7 +5,9 @@
 //! process killed between the two has published events its journal lacks; the next owner
 //! reads the events partition from where the last group commit said publication stood, and
 //! adopts what it finds: the events go into the journal and their commands count as decided.
-//! So the commands, redelivered, are duplicates, and no version is published twice.
+//! So no version is published twice. A command redelivered in the very record that caused an
+//! adopted event gets its original outcome (the killed owner may not have sent it); any other
+//! record with a decided command id is a duplicate.
 //!
 //! This works because an order's commands and events live on partitions with the same number:
 //! both topics are keyed by order id with the same partitioner and partition count (checked

@@ -220,6 +220,24 @@ impl Journal {
             .map_err(|e| classify("reading a command outcome", e))
     }
 
+    /// The input offset of the command whose accepted event is in `aggregate_id`'s journal
+    /// (None: no event of that command, or one adopted without its offset).
+    pub fn caused_at(
+        conn: &Connection,
+        aggregate_id: &str,
+        command_id: &str,
+    ) -> Result<Option<i64>, ProcessError> {
+        conn.prepare_cached(
+            "SELECT source_offset FROM events WHERE aggregate_id = ?1 AND command_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![aggregate_id, command_id], |row| row.get(0))
+                .optional()
+        })
+        .map(Option::flatten)
+        .map_err(|e| classify("reading a command's offset", e))
+    }
+
     /// Where publication to `topic[partition]` stood at the last group commit (None: nothing
     /// recorded, so a read-back starts at the partition's beginning).
     pub fn publication(

@@ -44,6 +44,8 @@ fn orders_config(ep: &Endpoints, t: &Topics, db: &Path) -> Config<OrdersConfig> 
             events_topic: t.events.clone(),
             outcomes_topic: t.outcomes.clone(),
             snapshot_every: 2,
+            // Small, so orders are often loaded again from the journal (snapshot + tail).
+            cached_orders: 10,
             ..OrdersConfig::default()
         },
     )

@@ -64,6 +64,10 @@ pub struct OrdersConfig {
     pub outcomes_topic: String,
     /// A snapshot is written every this many versions of an order.
     pub snapshot_every: u32,
+    /// Orders kept in memory per partition between group commits; past this, the cache is
+    /// emptied after a commit and each order is loaded again (snapshot + tail) on its next
+    /// command. Bounds memory on a long-lived partition.
+    pub cached_orders: usize,
     /// Fault injection only: hold every group commit that journals events open this long
     /// before committing, so a test's kill lands between publishing and journaling.
     #[serde(with = "humantime_serde")]
@@ -77,6 +81,7 @@ impl Default for OrdersConfig {
             events_topic: "order-events".into(),
             outcomes_topic: "order-outcomes".into(),
             snapshot_every: 100,
+            cached_orders: 100_000,
             hold_commit_open: std::time::Duration::ZERO,
         }
     }
@@ -103,6 +108,9 @@ impl Section for OrdersConfig {
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError::invalid("snapshot_every", "must be at least 1"));
+        }
+        if self.cached_orders == 0 {
+            return Err(ConfigError::invalid("cached_orders", "must be at least 1"));
         }
         Ok(())
     }
@@ -141,6 +149,7 @@ pub struct Orders {
     events: Arc<str>,
     outcomes: Arc<str>,
     snapshot_every: i64,
+    cached_orders: usize,
     hold_commit_open: std::time::Duration,
     codec: Codec,
     kafka: ClientConfigSource,
@@ -186,6 +195,7 @@ impl Orders {
             events: Arc::from(p.events_topic.as_str()),
             outcomes: Arc::from(p.outcomes_topic.as_str()),
             snapshot_every: i64::from(p.snapshot_every),
+            cached_orders: p.cached_orders,
             hold_commit_open: p.hold_commit_open,
             codec: Codec::new(Arc::new(registry)),
             kafka: ClientConfigSource(client),
@@ -588,6 +598,9 @@ impl Stateful for Orders {
             Ok(()) => {
                 state.decided.clear();
                 state.published = false;
+                if state.orders.len() > self.cached_orders {
+                    state.orders.clear();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -637,6 +650,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "snapshot_every",
+            ),
+            (
+                OrdersConfig {
+                    cached_orders: 0,
+                    ..ok.clone()
+                },
+                "cached_orders",
             ),
             (
                 OrdersConfig {

@@ -24,13 +24,13 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// How many command outcomes the views hold.
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// How many command outcomes the views hold.
 fn outcomes_in(db: &Path) -> usize {
     let Ok(conn) = Connection::open(db) else {
         return 0;

@@ -478,10 +478,11 @@ impl Stateful for Orders {
                     })?;
                 // The very record that caused an adopted event, delivered again after its
                 // owner was killed, is no duplicate: that owner may have died before its
-                // outcome was sent, so this is the original outcome, reported once more.
+                // outcome was sent, so this is the original outcome, reported once more. (The
+                // offset is of this order's partition only when the order is this record's.)
                 again.duplicate = !(again.accepted
-                    && Journal::caused_at(&conn, &stored.aggregate_id, &command_id)?
-                        == Some(offset));
+                    && stored.aggregate_id == id
+                    && Journal::caused_at(&conn, &id, &command_id)? == Some(offset));
                 drop(conn);
                 effects.emit(self.outcome_output(again));
                 return Ok(());

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,31 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// True when the views at `db` hold every order of `scripts` at its final version and every
+/// command's outcome. (Waiting for the outcomes alone is not enough: the projector reads the
+/// events and the outcomes from different partitions, so an order's view may lag its
+/// outcome.)
+fn caught_up(db: &Path, scripts: &[&Script]) -> bool {
+    let Ok(conn) = Connection::open(db) else {
+        return false;
+    };
+    let Ok(mut stmt) = conn.prepare("SELECT order_id, version FROM order_summary") else {
+        return false;
+    };
+    let Ok(rows) = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<Result<HashMap<_, _>, _>>())
+    else {
+        return false;
+    };
+    let orders = scripts
+        .iter()
+        .flat_map(|s| &s.versions)
+        .all(|(id, v)| *v == 0 || rows.get(id) == Some(v));
+    let decided: usize = scripts.iter().map(|s| s.outcomes.len()).sum();
+    orders && outcomes_in(db) >= decided
 }
 
 /// How many command outcomes the views hold.
@@ -215,10 +240,10 @@ async fn views_are_exact_after_kill_9s_of_both_processors_and_the_query_api_serv
     }
     let decided = script.outcomes.len();
     let deadline = Instant::now() + WAIT;
-    while outcomes_in(&views_db) < decided {
+    while !caught_up(&views_db, &[&script]) {
         assert!(
             Instant::now() < deadline,
-            "{} of {decided} outcomes in the views after {WAIT:?}\n\
+            "the views are not caught up after {WAIT:?}: {} of {decided} outcomes\n\
              projector log tail:\n{}\norders log tail:\n{}",
             outcomes_in(&views_db),
             tail(&projector.log_text(), 40),
@@ -394,7 +419,7 @@ async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_h
     let projector = start_projector(&ep, &s).await;
     let first = produce_script(&ep, &codec, &s.names.input, "rb1", 1_200, 0).await;
     eventually("the first script in the views", WAIT, || async {
-        (outcomes_in(&s.views_db) >= first.outcomes.len()).then_some(())
+        caught_up(&s.views_db, &[&first]).then_some(())
     })
     .await;
     let db = s.views_db.display().to_string();
@@ -478,7 +503,7 @@ async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_h
     );
     let second = load.await.unwrap();
     eventually("the second script in the views", WAIT, || async {
-        (outcomes_in(&s.views_db) >= first.outcomes.len() + second.outcomes.len()).then_some(())
+        caught_up(&s.views_db, &[&first, &second]).then_some(())
     })
     .await;
     stop.cancel();
@@ -633,8 +658,8 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
     gw.registry.url = ep.registry.clone();
     gw.gateway.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     gw.gateway.routes = [("eip.orders.PlaceOrder".to_string(), s.names.input.clone())].into();
-    gw.gateway.views_cql_nodes = nodes;
-    gw.gateway.views_keyspace = keyspace;
+    gw.gateway.views_cql_nodes = nodes.clone();
+    gw.gateway.views_keyspace = keyspace.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr, task) = eip_gateway::serve(gw, async {
         let _ = rx.await;
@@ -672,6 +697,65 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
     assert_eq!(status, 404);
     let _ = tx.send(());
     let _ = task.await;
+
+    // So does `eipctl query`; a keyspace that does not exist is refused, never created.
+    let cql_nodes = nodes.join(",");
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "query",
+            "order",
+            id,
+            "--cql-nodes",
+            &cql_nodes,
+            "--keyspace",
+            &keyspace,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let order: Json = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (order["status"].as_str(), order["version"].as_i64()),
+        (Some("confirmed"), Some(script.versions[id]))
+    );
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "query",
+            "customer",
+            &want.customer,
+            "--limit",
+            "1",
+            "--cql-nodes",
+            &cql_nodes,
+            "--keyspace",
+            &keyspace,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let page: Json = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{out}");
+    let missing = unique("nokeyspace").replace(['-', '.'], "_");
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "query",
+            "order",
+            id,
+            "--cql-nodes",
+            &cql_nodes,
+            "--keyspace",
+            &missing,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("has no keyspace \"{missing}\"")),
+        "{out}"
+    );
     views.drop_keyspace().await.unwrap();
 }
 
@@ -798,7 +882,7 @@ then.to = ["{cancelled}"]
     assert_eq!(statuses, [400, 400, 400, 404], "{:?}", sent.refused);
     assert!(sent.refused.iter().all(|(_, reason)| !reason.is_empty()));
     eventually("every command in the views", WAIT, || async {
-        (outcomes_in(&s.views_db) >= script.outcomes.len()).then_some(())
+        caught_up(&s.views_db, &[script]).then_some(())
     })
     .await;
     check_views(&SqliteViews::open(&s.views_db, 2).unwrap(), script).await;

@@ -4,12 +4,13 @@
 //!   serves, with a progress bar, and switches readers to it atomically; Ctrl-C cancels it.
 //!   `projection cancel` discards a rebuild that was killed, `projection drop` drops an old
 //!   version, `projection status` lists each view's versions.
-//! - `query` answers from the views file what the gateway's query API answers, as JSON.
+//! - `query` answers from the views (the SQLite file, or the CQL cluster the projector writes
+//!   with `store = "cql"`) what the gateway's query API answers, as JSON.
 //! - `aggregate history` prints an order's events from the orders journal, and `aggregate
 //!   state --at-version N` its state after version N.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -18,7 +19,9 @@ use eip_projector::rebuild::{Outcome, Plan, Progress, rebuild};
 use eip_store::journal::Journal;
 use eip_store::sqlite::connect;
 use eip_store::view_rebuild::{self, find_view, stored_versions};
+use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
 use eip_store::view_sqlite::{self, Reader};
+use eip_store::view_store::{AnyViews, SqliteViews, ViewStore};
 use eip_store::views::VIEWS;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -192,33 +195,75 @@ pub enum Query {
     Correlation(String),
 }
 
-/// `eipctl query`: prints the answer as JSON, or fails saying what is missing.
-pub fn query(db: &Path, q: Query) -> anyhow::Result<()> {
-    if !db.exists() {
-        bail!("{} does not exist", db.display());
+/// Where `eipctl query` reads the views.
+#[derive(Debug, Clone)]
+pub enum Views {
+    /// The projector's SQLite file.
+    Sqlite(PathBuf),
+    /// The CQL cluster the projector writes with `store = "cql"`: contact points, keyspace.
+    Cql {
+        /// `host:port` of some nodes.
+        nodes: Vec<String>,
+        /// The views' keyspace (it must exist; a query never creates one).
+        keyspace: String,
+    },
+}
+
+impl Views {
+    /// Opens the store, or fails saying which one could not be opened.
+    pub async fn open(&self) -> anyhow::Result<AnyViews> {
+        Ok(match self {
+            Views::Sqlite(db) => {
+                if !db.exists() {
+                    bail!("{} does not exist", db.display());
+                }
+                AnyViews::Sqlite(SqliteViews::open(db, 1)?)
+            }
+            Views::Cql { nodes, keyspace } => {
+                let settings = ScyllaSettings {
+                    keyspace: keyspace.clone(),
+                    connect_timeout: Duration::from_secs(5),
+                    must_exist: true,
+                    ..ScyllaSettings::new(nodes.clone())
+                };
+                let views = ScyllaViews::connect(&settings)
+                    .await
+                    .with_context(|| format!("reading the views from the CQL cluster {nodes:?}"))?;
+                AnyViews::Cql(Box::new(views))
+            }
+        })
     }
-    let reader = Reader::open(db, 1)?;
+}
+
+/// `eipctl query`: prints the answer as JSON, or fails saying what is missing.
+pub async fn query(views: &Views, q: Query) -> anyhow::Result<()> {
+    let store = views.open().await?;
     let answer = match q {
         Query::Order(id) => {
             json!(
-                reader
-                    .order(&id)?
+                store
+                    .order(&id)
+                    .await?
                     .with_context(|| format!("no order {id:?} in the views"))?
             )
         }
         Query::Customer { id, limit, cursor } => {
-            let page = reader.customer_orders_page(&id, cursor.as_deref(), limit)??;
+            let page = store
+                .customer_orders(&id, cursor.as_deref(), limit)
+                .await??;
             json!({ "customer_id": id, "items": page.items, "next_cursor": page.next_cursor })
         }
         Query::Sales { day, limit, cursor } => {
-            let page = reader.product_sales_page(&day, cursor.as_deref(), limit)??;
+            let page = store
+                .product_sales(&day, cursor.as_deref(), limit)
+                .await??;
             json!({ "day": day, "items": page.items, "next_cursor": page.next_cursor })
         }
-        Query::Command(id) => json!(reader.command(&id)?.with_context(|| format!(
+        Query::Command(id) => json!(store.command(&id).await?.with_context(|| format!(
             "no outcome for command {id:?}: unknown, or not decided and projected yet"
         ))?),
         Query::Correlation(id) => {
-            json!({ "correlation_id": id, "items": reader.commands_by_correlation(&id)? })
+            json!({ "correlation_id": id, "items": store.commands_by_correlation(&id).await? })
         }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);

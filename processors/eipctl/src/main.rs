@@ -132,6 +132,34 @@ struct ViewsDb {
     db: std::path::PathBuf,
 }
 
+/// Where `query` reads the views: the SQLite file, or a CQL cluster.
+#[derive(Debug, clap::Args)]
+struct ViewsFrom {
+    /// The projector's SQLite file (unless --cql-nodes is given).
+    #[arg(long, env = "EIP_VIEWS_DB", default_value = "eip-views.db")]
+    db: std::path::PathBuf,
+    /// Read the views from this CQL cluster instead (ScyllaDB in production): contact
+    /// points, host:port, comma-separated.
+    #[arg(long, env = "EIP_VIEWS_CQL_NODES", value_delimiter = ',')]
+    cql_nodes: Vec<String>,
+    /// The views' keyspace on the CQL cluster (it must exist).
+    #[arg(long, env = "EIP_VIEWS_KEYSPACE", default_value = "eip")]
+    keyspace: String,
+}
+
+impl ViewsFrom {
+    fn views(self) -> cqrs::Views {
+        if self.cql_nodes.is_empty() {
+            cqrs::Views::Sqlite(self.db)
+        } else {
+            cqrs::Views::Cql {
+                nodes: self.cql_nodes,
+                keyspace: self.keyspace,
+            }
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ProjectionCmd {
     /// Build a new version of VIEW from offset 0 while the live one serves, then switch
@@ -179,7 +207,7 @@ enum QueryCmd {
         /// The order id.
         id: String,
         #[command(flatten)]
-        views: ViewsDb,
+        views: ViewsFrom,
     },
     /// A customer's orders, newest first.
     Customer {
@@ -192,7 +220,7 @@ enum QueryCmd {
         #[arg(long)]
         cursor: Option<String>,
         #[command(flatten)]
-        views: ViewsDb,
+        views: ViewsFrom,
     },
     /// A day's units and revenue per SKU and currency.
     Sales {
@@ -205,21 +233,21 @@ enum QueryCmd {
         #[arg(long)]
         cursor: Option<String>,
         #[command(flatten)]
-        views: ViewsDb,
+        views: ViewsFrom,
     },
     /// A command's outcome.
     Command {
         /// The command id.
         id: String,
         #[command(flatten)]
-        views: ViewsDb,
+        views: ViewsFrom,
     },
     /// The outcomes of every command with a correlation id.
     Correlation {
         /// The correlation id.
         id: String,
         #[command(flatten)]
-        views: ViewsDb,
+        views: ViewsFrom,
     },
     /// Wait until the views hold what `eipctl orders send` expects, then summarize them with
     /// samples of each view; fails if they differ.
@@ -676,25 +704,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Query(cmd) => {
-            let (db, q) = match cmd {
-                QueryCmd::Order { id, views } => (views.db, cqrs::Query::Order(id)),
+            let (views, q) = match cmd {
+                QueryCmd::Order { id, views } => (views, cqrs::Query::Order(id)),
                 QueryCmd::Customer {
                     id,
                     limit,
                     cursor,
                     views,
-                } => (views.db, cqrs::Query::Customer { id, limit, cursor }),
+                } => (views, cqrs::Query::Customer { id, limit, cursor }),
                 QueryCmd::Sales {
                     day,
                     limit,
                     cursor,
                     views,
-                } => (views.db, cqrs::Query::Sales { day, limit, cursor }),
-                QueryCmd::Command { id, views } => (views.db, cqrs::Query::Command(id)),
-                QueryCmd::Correlation { id, views } => (views.db, cqrs::Query::Correlation(id)),
+                } => (views, cqrs::Query::Sales { day, limit, cursor }),
+                QueryCmd::Command { id, views } => (views, cqrs::Query::Command(id)),
+                QueryCmd::Correlation { id, views } => (views, cqrs::Query::Correlation(id)),
                 QueryCmd::Summary { .. } => unreachable!("answered above"),
             };
-            cqrs::query(&db, q)?
+            cqrs::query(&views.views(), q).await?
         }
         Command::Aggregate(AggregateCmd::History { id, db }) => cqrs::aggregate_history(&db, &id)?,
         Command::Aggregate(AggregateCmd::State { id, at_version, db }) => {

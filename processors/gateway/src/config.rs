@@ -98,7 +98,8 @@ pub struct GatewaySettings {
     /// projector writes with `store = "cql"` (ScyllaDB in production). Connected on first
     /// query; until it answers, queries are 503.
     pub views_cql_nodes: Vec<String>,
-    /// The views' keyspace, with `views_cql_nodes`.
+    /// The views' keyspace, with `views_cql_nodes`. It must exist (the projector creates it);
+    /// the gateway never creates one, and answers 503 until it exists.
     pub views_keyspace: String,
 }
 

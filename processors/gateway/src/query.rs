@@ -54,6 +54,7 @@ impl ViewsSource {
             nodes: settings.views_cql_nodes.clone(),
             keyspace: settings.views_keyspace.clone(),
             connect_timeout: std::time::Duration::from_secs(3),
+            must_exist: true,
             ..ScyllaSettings::new(Vec::new())
         };
         Ok(Some(ViewsSource {

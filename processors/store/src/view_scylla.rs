@@ -51,6 +51,9 @@ pub struct ScyllaSettings {
     pub max_in_flight: usize,
     /// How long connecting to a node may take.
     pub connect_timeout: Duration,
+    /// For readers: refuse a keyspace that does not exist instead of creating it (a reader
+    /// with a mistyped keyspace must not leave an empty one behind).
+    pub must_exist: bool,
 }
 
 impl ScyllaSettings {
@@ -62,6 +65,7 @@ impl ScyllaSettings {
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             max_in_flight: 256,
             connect_timeout: Duration::from_secs(10),
+            must_exist: false,
         }
     }
 }
@@ -153,6 +157,24 @@ impl ScyllaViews {
                 StoreError::Transient(format!("no CQL server at {:?}: {e}", settings.nodes))
             })?;
         let ks = settings.keyspace.clone();
+        if settings.must_exist {
+            let found = session
+                .query_unpaged(
+                    "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+                    (ks.as_str(),),
+                )
+                .await
+                .map_err(|e| classify("reading the keyspaces", e))?
+                .into_rows_result()
+                .map_err(|e| StoreError::Permanent(e.to_string()))?
+                .rows_num();
+            if found == 0 {
+                return Err(StoreError::Permanent(format!(
+                    "the cluster at {:?} has no keyspace {ks:?}; the projector creates it when                      it first runs with that keyspace",
+                    settings.nodes
+                )));
+            }
+        }
         let ddl = |cql: String| {
             let session = &session;
             async move {

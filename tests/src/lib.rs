@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod orders;
 pub mod plain;
+pub mod views;
 
 use std::collections::HashMap;
 use std::future::Future;

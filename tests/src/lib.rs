@@ -787,8 +787,20 @@ impl<H: Hook> Processor for Hooked<H> {
     }
 }
 
+/// Sets its flag when dropped, so a test that panics still stops what it started: a
+/// [`feed_steady`] left running would keep the test's runtime from shutting down, and the
+/// failure would hang instead of failing.
+pub struct SetOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Produces sample orders (the same records as [`produce`], `keys` distinct keys) at
-/// `per_second`, from one idempotent producer, until `stop` is set; returns how many were
+/// `per_second`, from one idempotent producer, until `stop` is set (hold a [`SetOnDrop`] on
+/// it); returns how many were
 /// produced, all acknowledged. For tests that need records flowing while something happens.
 pub async fn feed_steady(
     ep: &Endpoints,

@@ -47,6 +47,7 @@ where
     Fut: Future<Output = M>,
 {
     let stop_feed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stopped_on_panic = SetOnDrop(stop_feed.clone());
     let feeder = feed_steady(ep, input, RATE, KEYS, stop_feed.clone()).await;
     let mut members = std::collections::VecDeque::from([start().await]);
     let mut seen_assigns = 0.0;
@@ -212,19 +213,25 @@ async fn cooperative_handovers_lose_nothing_duplicate_nothing_and_keep_key_order
     let ours = key_seqs(&ep, &names.output).await;
     let theirs = key_seqs(&ep, &plain_out).await;
     let our_duplicates = assert_in_order_per_key(&inputs, &ours);
-    let plain_duplicates = theirs.len() - {
-        let mut unique = theirs.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(
-            unique.len() as u64,
-            produced,
-            "the plain member lost nothing either"
-        );
-        unique.len()
-    };
+    // The plain member is the comparison, not the subject: its figures are reported, and only
+    // eip's are required. (It lost 25 of 60,780 records in one CI run; see
+    // docs/consumer-groups.md.)
+    let mut unique = theirs.clone();
+    unique.sort();
+    unique.dedup();
+    let plain_duplicates = theirs.len() - unique.len();
+    let plain_lost = produced.saturating_sub(unique.len() as u64);
+    if plain_lost > 0 {
+        let missing: Vec<&(String, u64)> = inputs
+            .iter()
+            .filter(|r| unique.binary_search(r).is_err())
+            .take(10)
+            .collect();
+        println!("the plain member lost {plain_lost}, among them (key, seq): {missing:?}");
+    }
     println!(
-        "cooperative-sticky: {produced} records; eip {our_duplicates} duplicates, plain librdkafka {plain_duplicates}"
+        "cooperative-sticky: {produced} records; eip {our_duplicates} duplicates, 0 lost; plain \
+         librdkafka {plain_duplicates} duplicates, {plain_lost} lost"
     );
     // The plain member's duplicates are the figure eip is compared with in the docs; eip's
     // own handovers duplicate nothing: each revoke and each shutdown commits what was handled.

@@ -147,4 +147,6 @@ fn run(consumer: BaseConsumer<PlainCtx>, producer: BaseProducer, output: &str, s
         let _ = consumer.commit(&tpl, CommitMode::Sync);
     }
     let _ = producer.flush(Duration::from_secs(60));
+    consumer.unsubscribe();
+    kafka::settle_before_close(&consumer);
 }

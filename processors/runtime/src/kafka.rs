@@ -199,6 +199,27 @@ pub async fn delete_topics(
     Ok(())
 }
 
+/// Call after `unsubscribe`, before the consumer is dropped: polls until the unsubscribe's
+/// revoke has run and no partition is assigned, for at most 5 s. What it polls is not
+/// handled: its offsets are not committed, so it is redelivered. Closing a
+/// `cooperative-sticky` consumer while an assignment change is in progress can trip
+/// librdkafka's assertion in `rd_kafka_cgrp_terminated` and abort the process (SIGABRT;
+/// librdkafka issues 4312 and 4527); it happened once in this project's rebalance tests. This
+/// is the workaround named in issue 4527: unsubscribe, wait until nothing is assigned, then
+/// close.
+pub fn settle_before_close<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut empty_polls = 0;
+    while std::time::Instant::now() < deadline && empty_polls < 2 {
+        let _ = consumer.poll(Duration::from_millis(50));
+        match consumer.assignment() {
+            Ok(assigned) if assigned.count() == 0 => empty_polls += 1,
+            Ok(_) => empty_polls = 0,
+            Err(_) => break,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

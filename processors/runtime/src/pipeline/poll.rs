@@ -508,6 +508,7 @@ pub(crate) fn poll_loop<S: Stateful>(
     info!("stopping: draining in-flight records");
     state.release(&consumer, |_| true, End::Shutdown);
     consumer.unsubscribe();
+    crate::kafka::settle_before_close(&consumer);
 }
 
 /// Forgets polled records of partitions revoked since the last look.

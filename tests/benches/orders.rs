@@ -77,26 +77,7 @@ async fn orders(
     };
     quiet(&mut cfg);
     let p = InProcess::start_stateful(cfg.clone(), Orders::new(&cfg).unwrap()).await;
-    let consumed = p
-        .running
-        .metrics
-        .consumed
-        .with_label_values(&["orders", commands]);
-    let produced = p
-        .running
-        .metrics
-        .produced
-        .with_label_values(&["orders", &outcomes]);
-    let mut first = None;
-    while (produced.get() as usize) < n {
-        if first.is_none() && consumed.get() > 0 {
-            first = Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = first.unwrap_or_else(Instant::now).elapsed();
-    p.stop().await.unwrap();
-    rate(n, elapsed)
+    time_to_outputs(p, "orders", commands, &outcomes, n).await
 }
 
 /// One command's journal rows, as `eip-orders` writes them: its order, its event's version

@@ -393,16 +393,28 @@ pub async fn stateless_passthrough(ep: &Endpoints, input: &str, output: &str, n:
     };
     quiet(&mut cfg);
     let p = InProcess::start(cfg.clone(), Passthrough::new(&cfg.processor)).await;
+    time_to_outputs(p, "passthrough", input, output, n).await
+}
+
+/// Records/s of the running `processor` `p`, from its first record consumed from `input`
+/// until `n` outputs to `output` are acknowledged; then stops it.
+pub async fn time_to_outputs(
+    p: InProcess,
+    processor: &str,
+    input: &str,
+    output: &str,
+    n: usize,
+) -> f64 {
     let consumed = p
         .running
         .metrics
         .consumed
-        .with_label_values(&["passthrough", input]);
+        .with_label_values(&[processor, input]);
     let produced = p
         .running
         .metrics
         .produced
-        .with_label_values(&["passthrough", output]);
+        .with_label_values(&[processor, output]);
     let mut first = None;
     while (produced.get() as usize) < n {
         if first.is_none() && consumed.get() > 0 {

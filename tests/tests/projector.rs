@@ -561,57 +561,31 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
 
     // So does `eipctl query`; a keyspace that does not exist is refused, never created.
     let cql_nodes = nodes.join(",");
-    let (code, out) = eipctl_run(
-        &ep,
-        &[
-            "query",
-            "order",
-            id,
-            "--cql-nodes",
-            &cql_nodes,
-            "--keyspace",
-            &keyspace,
-        ],
-    )
-    .await;
+    let query = |args: Vec<&str>, keyspace: &str| {
+        let mut all = vec!["query"];
+        all.extend(args);
+        let keyspace = keyspace.to_string();
+        let (ep, cql_nodes) = (ep.clone(), cql_nodes.clone());
+        let all: Vec<String> = all.into_iter().map(String::from).collect();
+        async move {
+            let mut args: Vec<&str> = all.iter().map(String::as_str).collect();
+            args.extend(["--cql-nodes", &cql_nodes, "--keyspace", &keyspace]);
+            eipctl_run(&ep, &args).await
+        }
+    };
+    let (code, out) = query(vec!["order", id], &keyspace).await;
     assert_eq!(code, Some(0), "{out}");
     let order: Json = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         (order["status"].as_str(), order["version"].as_i64()),
         (Some("confirmed"), Some(script.versions[id]))
     );
-    let (code, out) = eipctl_run(
-        &ep,
-        &[
-            "query",
-            "customer",
-            &want.customer,
-            "--limit",
-            "1",
-            "--cql-nodes",
-            &cql_nodes,
-            "--keyspace",
-            &keyspace,
-        ],
-    )
-    .await;
+    let (code, out) = query(vec!["customer", &want.customer, "--limit", "1"], &keyspace).await;
     assert_eq!(code, Some(0), "{out}");
     let page: Json = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{out}");
     let missing = unique("nokeyspace").replace(['-', '.'], "_");
-    let (code, out) = eipctl_run(
-        &ep,
-        &[
-            "query",
-            "order",
-            id,
-            "--cql-nodes",
-            &cql_nodes,
-            "--keyspace",
-            &missing,
-        ],
-    )
-    .await;
+    let (code, out) = query(vec!["order", id], &missing).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(&format!("has no keyspace \"{missing}\"")),

@@ -19,6 +19,7 @@ pub mod compat;
 pub mod convert;
 pub mod error;
 pub mod frame;
+pub mod limits;
 pub mod registry;
 pub mod types;
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 use eip_schemas::codec::{decode_value_with, encode_with_id};
 use eip_schemas::convert::{to_json, to_xml};
+use eip_schemas::limits::MAX_ID_BYTES;
 use eip_schemas::registry::WriterSchema;
 use eip_schemas::types::{
     AddOrderLine, CancelOrder, CommandMetadata, ConfirmOrder, OrderLine, PlaceOrder,
@@ -146,6 +147,14 @@ fn line(sku: &str, quantity: i32) -> OrderLine {
     }
 }
 
+fn priced(sku: &str, unit_price_cents: i64) -> OrderLine {
+    OrderLine {
+        sku: sku.to_string(),
+        quantity: 1,
+        unit_price_cents,
+    }
+}
+
 /// The story of order `i` (its id is `{prefix}-{i:06}`): its commands, its final version, and
 /// its final state (None for an order never placed).
 pub fn story(prefix: &str, i: u64) -> (String, Vec<Step>, i64, Option<Final>) {
@@ -215,6 +224,25 @@ pub fn story(prefix: &str, i: u64) -> (String, Vec<Step>, i64, Option<Final>) {
                 vec![
                     step(1, Err("empty_order"), place(1, vec![])),
                     step(2, Err("unknown_order"), add(2, line("A", 1))),
+                    // Two lines of 2^62 minor units: each fits in 64 bits, the total does not.
+                    step(
+                        3,
+                        Err("amount_too_large"),
+                        place(3, vec![priced("A", 1 << 62), priced("B", 1 << 62)]),
+                    ),
+                    // Ids the views could not hold are refused before anything is accepted.
+                    step(4, Err("bad_sku"), place(4, vec![line("", 1)])),
+                    step(
+                        5,
+                        Err("bad_customer"),
+                        CommandRecord::Place(PlaceOrder {
+                            metadata: meta(&id, 5, None),
+                            customer_id: "c".repeat(MAX_ID_BYTES + 1),
+                            lines: vec![line("A", 1)],
+                            currency: "EUR".into(),
+                            shipping_address: sample.shipping_address.clone(),
+                        }),
+                    ),
                 ],
                 0,
                 "",
@@ -225,7 +253,14 @@ pub fn story(prefix: &str, i: u64) -> (String, Vec<Step>, i64, Option<Final>) {
                     step(1, Ok(()), place(1, vec![line("A", 1)])),
                     step(2, Err("bad_quantity"), add(2, line("B", 0))),
                     step(3, Err("version_conflict"), confirm(3, Some(5))),
-                    step(4, Ok(()), confirm(4, Some(1))),
+                    // A line that would take the total past i64::MAX, and an oversized SKU.
+                    step(4, Err("amount_too_large"), add(4, priced("C", i64::MAX))),
+                    step(
+                        5,
+                        Err("bad_sku"),
+                        add(5, line(&"s".repeat(MAX_ID_BYTES + 1), 1)),
+                    ),
+                    step(6, Ok(()), confirm(6, Some(1))),
                 ],
                 2,
                 "confirmed",
@@ -665,7 +700,7 @@ mod tests {
         let (accepted, rejected) = script.expected_tally();
         // The duplicate command id of story 4 counts once.
         assert_eq!(accepted, 4 + 2 + 2 + 2 + 2);
-        assert_eq!(rejected.values().sum::<u64>(), 1 + 2 + 2 + 1 + 2);
+        assert_eq!(rejected.values().sum::<u64>(), 1 + 5 + 4 + 1 + 2);
         assert_eq!(script.duplicates, vec!["t-000004/c3".to_string()]);
         assert_eq!(script.finals["t-000000"].lines.len(), 2);
     }

@@ -15,7 +15,14 @@
 //!   with a reason.
 //! - A command's `expected_version`, when given, must be the order's version (0 when the
 //!   order does not exist): otherwise it is a `version_conflict`.
+//! - Every id (order, customer, SKU) is valid by `eip_schemas::limits`, the definition the
+//!   read side shares: not empty, at most `MAX_ID_BYTES` bytes (`bad_order_id`,
+//!   `bad_customer`, `bad_sku`).
+//! - No amount passes the 64-bit limit: a line's quantity × unit price and the order's total
+//!   are computed with checked arithmetic, and a command that would overflow either is
+//!   `amount_too_large`, never capped.
 
+use eip_schemas::limits::id_problem;
 use eip_schemas::types::{
     AddOrderLine, Address, CancelOrder, CommandMetadata, ConfirmOrder, EventMetadata,
     OrderCancelled, OrderConfirmed, OrderLine, OrderLineAdded, OrderLineRemoved, OrderPlaced,
@@ -180,16 +187,37 @@ pub const REJECTION_CODES: &[&str] = &[
     "not_open",
     "already_cancelled",
     "missing_reason",
+    "bad_order_id",
+    "bad_sku",
+    "amount_too_large",
 ];
 
-fn total(lines: &[OrderLine]) -> i64 {
-    lines
-        .iter()
-        .map(|l| i64::from(l.quantity).saturating_mul(l.unit_price_cents))
-        .fold(0i64, i64::saturating_add)
+/// The sum over `lines` of quantity × unit price, or `amount_too_large` when a product or the
+/// sum passes `i64::MAX` minor units.
+fn total(lines: &[OrderLine]) -> Result<i64, Rejection> {
+    lines.iter().try_fold(0i64, |sum, l| {
+        i64::from(l.quantity)
+            .checked_mul(l.unit_price_cents)
+            .and_then(|amount| sum.checked_add(amount))
+            .ok_or_else(|| {
+                reject(
+                    "amount_too_large",
+                    format!(
+                        "with {} × {} for {}, the order's total would pass {} minor units",
+                        l.quantity,
+                        l.unit_price_cents,
+                        l.sku,
+                        i64::MAX
+                    ),
+                )
+            })
+    })
 }
 
 fn check_line(line: &OrderLine) -> Result<(), Rejection> {
+    if let Some(problem) = id_problem(&line.sku) {
+        return Err(reject("bad_sku", format!("a line's sku {problem}")));
+    }
     if line.quantity <= 0 {
         return Err(reject(
             "bad_quantity",
@@ -227,6 +255,9 @@ fn open(order: Option<&Order>, id: &str) -> Result<Order, Rejection> {
 pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<Event, Rejection> {
     let meta = command.metadata();
     let id = meta.aggregate_id.as_str();
+    if let Some(problem) = id_problem(id) {
+        return Err(reject("bad_order_id", format!("the order id {problem}")));
+    }
     let current = order.map_or(0, |o| o.version);
     if let Some(expected) = meta.expected_version
         && expected != current
@@ -252,6 +283,9 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
             if c.customer_id.trim().is_empty() {
                 return Err(reject("bad_customer", "no customer id"));
             }
+            if let Some(problem) = id_problem(&c.customer_id) {
+                return Err(reject("bad_customer", format!("the customer id {problem}")));
+            }
             if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(reject(
                     "bad_currency",
@@ -274,7 +308,7 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
                 metadata: event_meta,
                 customer_id: c.customer_id.clone(),
                 lines: c.lines.clone(),
-                total_cents: total(&c.lines),
+                total_cents: total(&c.lines)?,
                 currency: c.currency.clone(),
                 shipping_address: c.shipping_address.clone(),
             }))
@@ -292,7 +326,7 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
             Ok(Event::LineAdded(OrderLineAdded {
                 metadata: event_meta,
                 line: c.line.clone(),
-                total_cents: total(&o.lines),
+                total_cents: total(&o.lines)?,
             }))
         }
         Command::RemoveLine(c) => {
@@ -310,10 +344,12 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
                 ));
             }
             let line = o.lines.remove(at);
+            // The rest of an order whose total fit still fits.
+            let total_cents = total(&o.lines)?;
             Ok(Event::LineRemoved(OrderLineRemoved {
                 metadata: event_meta,
                 line,
-                total_cents: total(&o.lines),
+                total_cents,
             }))
         }
         Command::Confirm(_) => {

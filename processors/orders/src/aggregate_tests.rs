@@ -169,6 +169,59 @@ fn the_customer_and_currency_must_be_given() {
 }
 
 #[test]
+fn a_total_past_the_64_bit_limit_is_refused_never_capped() {
+    let max = i64::MAX;
+    // One line whose quantity × price overflows.
+    rejected(
+        &[],
+        place("o1", vec![line("A", 2, max / 2 + 1)]),
+        "amount_too_large",
+    );
+    // Two lines of 2^62 each: each fits, the sum does not.
+    let big = 1i64 << 62;
+    rejected(
+        &[],
+        place("o1", vec![line("A", 1, big), line("B", 1, big)]),
+        "amount_too_large",
+    );
+    // An added line that takes the total past the limit.
+    rejected(
+        &[place("o1", vec![line("A", 1, big)])],
+        add("o1", line("B", 1, big)),
+        "amount_too_large",
+    );
+    // Right at the limit is fine, and the total is exact.
+    let (_, outcome) = given_when(
+        &[],
+        &place("o1", vec![line("A", 1, max - 1), line("B", 1, 1)]),
+    );
+    let Ok(Event::Placed(e)) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(e.total_cents, max);
+}
+
+#[test]
+fn ids_are_valid_by_the_definition_the_read_side_shares() {
+    use eip_schemas::limits::MAX_ID_BYTES;
+    let long = "x".repeat(MAX_ID_BYTES + 1);
+    rejected(&[], two_lines(""), "bad_order_id");
+    rejected(&[], two_lines(&long), "bad_order_id");
+    rejected(&[], place("o1", vec![line("", 1, 100)]), "bad_sku");
+    rejected(&[], place("o1", vec![line(&long, 1, 100)]), "bad_sku");
+    rejected(&[two_lines("o1")], add("o1", line(&long, 1, 5)), "bad_sku");
+    let Command::Place(mut c) = two_lines("o1") else {
+        unreachable!()
+    };
+    c.customer_id = long.clone();
+    rejected(&[], Command::Place(c), "bad_customer");
+    // The longest valid id is accepted.
+    let longest = "y".repeat(MAX_ID_BYTES);
+    let (_, outcome) = given_when(&[], &place(&longest, vec![line(&longest, 1, 1)]));
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+#[test]
 fn adding_a_line_changes_the_total_and_the_version() {
     let (order, outcome) = given_when(&[two_lines("o1")], &add("o1", line("C", 3, 10)));
     let Ok(event @ Event::LineAdded(_)) = outcome else {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
 
 pub mod bench;
+pub mod cqrs;
 pub mod orders;
 pub mod plain;
 pub mod views;
@@ -108,7 +109,9 @@ where
 /// Creates topics on `ep` with `partitions` each.
 pub async fn create_topics(ep: &Endpoints, names: &[&str], partitions: i32) {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    eipctl::create_topics(ep, &names, partitions).await.unwrap();
+    eipctl::create_topics(ep, &names, partitions, None)
+        .await
+        .unwrap();
 }
 
 /// Registers every schema with the registry of `ep`.
@@ -261,6 +264,18 @@ impl InProcess {
         config: Config<A>,
         processor: S,
     ) -> InProcess {
+        match InProcess::try_start_stateful(config, processor).await {
+            Ok(p) => p,
+            Err(e) => panic!("processor failed to start: {e}"),
+        }
+    }
+
+    /// [`InProcess::start_stateful`], returning the error a processor that refuses to start
+    /// stops with.
+    pub async fn try_start_stateful<S: Stateful, A: Section>(
+        config: Config<A>,
+        processor: S,
+    ) -> Result<InProcess, eip_runtime::RuntimeError> {
         init_logs();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -280,13 +295,18 @@ impl InProcess {
         });
         let running = match started_rx.await {
             Ok(r) => r,
-            Err(_) => panic!("processor failed to start: {:?}", task.await),
+            Err(_) => {
+                return Err(match task.await {
+                    Ok(Err(e)) => e,
+                    other => panic!("processor ended before it started: {other:?}"),
+                });
+            }
         };
-        InProcess {
+        Ok(InProcess {
             running,
             stop: Some(stop_tx),
             task,
-        }
+        })
     }
 
     /// Sum of every sample of metric `name` (e.g. `eip_records_produced_total`).

@@ -9,17 +9,11 @@ use std::time::{Duration, Instant};
 
 use eip_store::view_sqlite::Reader;
 use eip_store::view_store::{SqliteViews, ViewStore};
+use eip_tests::cqrs::{Pair, eipctl_run, eipctl_run_owned, env, running_pair, stack, start_orders};
 use eip_tests::orders::{WAIT, check_script, event_versions, outcomes, produce_script};
 use eip_tests::views::{caught_up, check_views, outcomes_in};
 use eip_tests::*;
 use serde_json::Value as Json;
-
-fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
-}
 
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
@@ -195,94 +189,16 @@ async fn views_are_exact_after_kill_9s_of_both_processors_and_the_query_api_serv
     assert!(projector.wait(Duration::from_secs(60)).await.success());
 }
 
-/// The topics and files of one in-process orders + projector pair.
-struct Stack {
-    names: Names,
-    events: String,
-    outcomes: String,
-    orders_db: std::path::PathBuf,
-    views_db: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-async fn stack(ep: &Endpoints, prefix: &str) -> Stack {
-    let names = fresh_topics(ep, prefix, 3).await;
-    let events = format!("{}-events", names.input);
-    let outcomes = format!("{}-outcomes", names.input);
-    let dlqs = (format!("{events}.dlq"), format!("{outcomes}.dlq"));
-    create_topics(ep, &[&events, &outcomes, &dlqs.0, &dlqs.1], 3).await;
-    let dir = tempfile::tempdir().unwrap();
-    Stack {
-        orders_db: dir.path().join("orders.db"),
-        views_db: dir.path().join("views.db"),
-        names,
-        events,
-        outcomes,
-        _dir: dir,
-    }
-}
-
-async fn start_orders(ep: &Endpoints, s: &Stack) -> InProcess {
-    let cfg = config(
-        ep,
-        &s.names.input,
-        &s.names.group,
-        eip_orders::OrdersConfig {
-            db: s.orders_db.clone(),
-            events_topic: s.events.clone(),
-            outcomes_topic: s.outcomes.clone(),
-            ..Default::default()
-        },
-    );
-    let orders = eip_orders::Orders::new(&cfg).unwrap();
-    InProcess::start_stateful(cfg, orders).await
-}
-
-async fn start_projector(ep: &Endpoints, s: &Stack) -> InProcess {
-    let mut cfg = config(
-        ep,
-        &s.events,
-        &unique("g-proj"),
-        eip_projector::ProjectorConfig {
-            db: s.views_db.clone(),
-            ..Default::default()
-        },
-    );
-    cfg.pipeline.inputs = vec![s.events.clone(), s.outcomes.clone()];
-    let projector = eip_projector::Projector::new(&cfg).unwrap();
-    InProcess::start_stateful(cfg, projector).await
-}
-
-fn eipctl(ep: &Endpoints, args: &[&str]) -> ChildProcess {
-    ChildProcess::spawn(
-        &bin("eipctl"),
-        args,
-        &env(&[
-            ("EIP_KAFKA_BROKERS", ep.brokers.clone()),
-            ("EIP_REGISTRY_URL", ep.registry.clone()),
-        ]),
-    )
-}
-
-/// Runs eipctl to its end: (exit code, output).
-async fn eipctl_run(ep: &Endpoints, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = eipctl(ep, args);
-    let status = child.wait(WAIT).await;
-    (status.code(), child.log_text())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_half_built_view() {
     let ep = endpoints();
-    let s = stack(&ep, "rebuild").await;
     let codec = codec(&ep);
-    let orders = start_orders(&ep, &s).await;
-    let projector = start_projector(&ep, &s).await;
-    let first = produce_script(&ep, &codec, &s.names.input, "rb1", 1_200, 0).await;
-    eventually("the first script in the views", WAIT, || async {
-        caught_up(&s.views_db, &[&first]).then_some(())
-    })
-    .await;
+    let Pair {
+        stack: s,
+        orders,
+        projector,
+        first,
+    } = running_pair(&ep, &codec, "rebuild", "rb1", 1_200).await;
     let db = s.views_db.display().to_string();
 
     // A rebuild that was killed leaves its version marked as building: a new one is refused
@@ -291,15 +207,13 @@ async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_h
         let mut conn = eip_store::sqlite::connect(&s.views_db).unwrap();
         let view = eip_store::view_rebuild::find_view("order_summary").unwrap();
         assert_eq!(
-            eip_store::view_rebuild::begin_rebuild(&mut conn, view).unwrap(),
+            eip_store::view_rebuild::begin_rebuild(&mut conn, view)
+                .unwrap()
+                .version,
             2
         );
     }
-    let (code, out) = eipctl_run(
-        &ep,
-        &["projection", "rebuild", "order_summary", "--db", &db],
-    )
-    .await;
+    let (code, out) = eipctl_run_owned(&ep, &s.rebuild_args("order_summary")).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("eipctl projection cancel order_summary"),
@@ -338,21 +252,7 @@ async fn a_rebuild_under_load_switches_atomically_and_no_query_fails_or_sees_a_h
         let (ep, codec, topic) = (ep.clone(), codec.clone(), s.names.input.clone());
         tokio::spawn(async move { produce_script(&ep, &codec, &topic, "rb2", 1_200, 0).await })
     };
-    let (code, out) = eipctl_run(
-        &ep,
-        &[
-            "projection",
-            "rebuild",
-            "order_summary",
-            "--db",
-            &db,
-            "--events-topic",
-            &s.events,
-            "--outcomes-topic",
-            &s.outcomes,
-        ],
-    )
-    .await;
+    let (code, out) = eipctl_run_owned(&ep, &s.rebuild_args("order_summary")).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("switched readers from version 1 to 2"),

@@ -61,6 +61,8 @@ pub async fn rebuild_view(
     db: &Path,
     view: &str,
     topics: Vec<String>,
+    accept_truncated_history: bool,
+    hold_after_begin: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     let view = find_view(view)?;
     let registry = ep.registry()?;
@@ -68,7 +70,9 @@ pub async fn rebuild_view(
         db: db.to_path_buf(),
         view,
         topics,
-        kafka: eip_runtime::kafka::base_config(&ep.kafka()),
+        kafka: ep.kafka(),
+        accept_truncated_history,
+        hold_after_begin: hold_after_begin.unwrap_or_default(),
         codec: eip_schemas::Codec::new(registry),
     };
     let cancel = CancellationToken::new();
@@ -122,7 +126,7 @@ pub async fn rebuild_view(
 pub fn cancel_view(db: &Path, view: &str) -> anyhow::Result<()> {
     let view = find_view(view)?;
     let mut conn = open(db)?;
-    match view_rebuild::cancel_rebuild(&mut conn, view)? {
+    match view_rebuild::cancel_rebuild(&mut conn, view, None)? {
         Some(v) => println!("{}: discarded the rebuild of version {v}", view.name),
         None => println!("{}: no rebuild under way", view.name),
     }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use eip_runtime::config::KafkaConfig;
-use eip_runtime::kafka::{self, TopicSpec};
+use eip_runtime::kafka;
+use eip_runtime::topics::{self, TopicRole, TopicSpec};
 use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 use eip_schemas::types::OrderPlaced;
 use eip_schemas::types::samples::order_placed;
@@ -122,21 +123,26 @@ pub async fn register_schemas(ep: &Endpoints) -> Result<Vec<Registered>, OpsErro
     Ok(registry.register_all(Catalog::global()?).await?)
 }
 
-/// Creates topics that don't exist yet.
+/// Creates topics that don't exist yet, and brings existing ones to their role's settings
+/// (a history topic created elsewhere with the broker's 7-day retention is made to keep its
+/// records). `role` None gives each name its role by name: dead letters for a `.dlq` name,
+/// history otherwise. Returns the settings changed on existing topics, one line each.
 pub async fn create_topics(
     ep: &Endpoints,
     names: &[String],
     partitions: i32,
-) -> Result<(), OpsError> {
+    role: Option<TopicRole>,
+) -> Result<Vec<String>, OpsError> {
     let specs: Vec<TopicSpec> = names
         .iter()
         .map(|n| TopicSpec {
             name: n.clone(),
             partitions,
+            role: role.unwrap_or_else(|| TopicRole::by_name(n, ".dlq")),
         })
         .collect();
-    kafka::ensure_topics(&ep.kafka(), &specs, Duration::from_secs(15)).await?;
-    Ok(())
+    topics::ensure_topics(&ep.kafka(), &specs, Duration::from_secs(15)).await?;
+    Ok(topics::conform(&ep.kafka(), &specs, Duration::from_secs(15)).await?)
 }
 
 /// Kinds of deliberately broken records, for demos and tests of the DLQ path.

@@ -175,6 +175,13 @@ enum ProjectionCmd {
         /// The outcomes topic the projector reads.
         #[arg(long, default_value = "order-outcomes")]
         outcomes_topic: String,
+        /// Go on when the topics can't be replayed whole (finite retention, deleted records).
+        /// The rebuild still never switches past an order whose versions are missing.
+        #[arg(long)]
+        accept_truncated_history: bool,
+        /// Fault injection only (tests): wait this long after claiming the new version.
+        #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+        hold_after_begin: Option<std::time::Duration>,
     },
     /// Discard a rebuild that was interrupted (its tables are dropped).
     Cancel {
@@ -297,7 +304,8 @@ enum SchemasCmd {
 
 #[derive(Debug, Subcommand)]
 enum TopicsCmd {
-    /// Create topics that don't exist yet.
+    /// Create topics that don't exist yet, with their role's settings; existing topics are
+    /// brought to their role's settings (other settings made on them are kept).
     Create {
         /// Topic names.
         #[arg(required = true)]
@@ -305,6 +313,19 @@ enum TopicsCmd {
         /// Partitions per topic.
         #[arg(long, default_value_t = 4)]
         partitions: i32,
+        /// What the topics are for: `history` (kept forever: retention.ms=-1,
+        /// retention.bytes=-1, cleanup.policy=delete), `dead-letters` (kept forever too) or
+        /// `stream` (the broker's defaults). Without it, a name ending in `.dlq` holds dead
+        /// letters and any other is history.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<eip_runtime::topics::TopicRole>,
+    },
+    /// Check that history topics can be replayed whole from offset 0 (kept forever, never
+    /// compacted, no record deleted); exits 1 naming each problem.
+    Check {
+        /// Topic names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Show a topic's partitions with their low and high watermarks.
     Describe {
@@ -592,9 +613,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{:<45} id {}", r.subject, r.id);
             }
         }
-        Command::Topics(TopicsCmd::Create { names, partitions }) => {
-            eipctl::create_topics(&ep, &names, partitions).await?;
+        Command::Topics(TopicsCmd::Create {
+            names,
+            partitions,
+            role,
+        }) => {
+            for change in eipctl::create_topics(&ep, &names, partitions, role).await? {
+                println!("changed {change}");
+            }
             println!("topics ready: {}", names.join(", "));
+        }
+        Command::Topics(TopicsCmd::Check { names }) => {
+            let problems = eip_runtime::topics::history_problems(
+                &ep.kafka(),
+                &names,
+                std::time::Duration::from_secs(15),
+            )
+            .await?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    println!("{p}");
+                }
+                anyhow::bail!(
+                    "{} problem(s): these topics can't be replayed whole from offset 0",
+                    problems.len()
+                );
+            }
+            println!("history kept whole: {}", names.join(", "));
         }
         Command::Topics(TopicsCmd::Describe { name }) => {
             let t = name.clone();
@@ -652,9 +697,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 views,
                 events_topic,
                 outcomes_topic,
+                accept_truncated_history,
+                hold_after_begin,
             } => {
-                cqrs::rebuild_view(&ep, &views.db, &view, vec![events_topic, outcomes_topic])
-                    .await?
+                cqrs::rebuild_view(
+                    &ep,
+                    &views.db,
+                    &view,
+                    vec![events_topic, outcomes_topic],
+                    accept_truncated_history,
+                    hold_after_begin,
+                )
+                .await?
             }
             ProjectionCmd::Cancel { view, views } => cqrs::cancel_view(&views.db, &view)?,
             ProjectionCmd::Drop {
@@ -782,4 +836,10 @@ fn one_line(rendered: &str) -> String {
         "{} (see --help)",
         joined.strip_prefix("error: ").unwrap_or(&joined)
     )
+}
+
+/// A topic role named on the command line.
+fn parse_role(name: &str) -> Result<eip_runtime::topics::TopicRole, String> {
+    eip_runtime::topics::TopicRole::parse(name)
+        .ok_or_else(|| format!("{name:?} is not a role: history, dead-letters or stream"))
 }

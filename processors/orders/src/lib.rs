@@ -347,8 +347,30 @@ impl Stateful for Orders {
         vec![self.events.to_string(), self.outcomes.to_string()]
     }
 
+    /// Commands, events and outcomes are all history: kept forever.
+    fn topic_role(&self, _topic: &str) -> eip_runtime::topics::TopicRole {
+        eip_runtime::topics::TopicRole::History
+    }
+
+    /// A lost journal is rebuilt from offset 0 of the events topic.
+    fn history_topics(&self) -> Vec<String> {
+        vec![self.events.to_string()]
+    }
+
     async fn decode(&self, codec: &Codec, record: &Record) -> Result<Command, ProcessError> {
         let command = codec::command(codec, record.payload.as_deref()).await?;
+        // Its outcome is found by command id and correlation id: a command that can't be
+        // answered by them is refused here, with the reason, rather than decided unseen.
+        for (name, value) in [
+            ("command_id", &command.metadata().command_id),
+            ("correlation_id", &command.metadata().correlation_id),
+        ] {
+            if let Some(problem) = eip_schemas::limits::id_problem(value) {
+                return Err(ProcessError::poison(format!(
+                    "the command's {name} {problem}: its outcome could not be looked up"
+                )));
+            }
+        }
         let id = command.metadata().aggregate_id.as_bytes();
         if record.key.as_deref() != Some(id) {
             // One order's commands must share a partition, which only the key ensures.

@@ -93,7 +93,23 @@ impl Reader {
             .consumer
             .fetch_watermarks(topic, partition, META)
             .map_err(|e| transient("reading watermarks", e))?;
-        let start = from.unwrap_or(low).max(low);
+        // Records the journal never saw were deleted (retention, DeleteRecords): adopting what
+        // is left would skip versions, and an order whose events are all gone would be
+        // accepted again at version 1. Nothing can be decided safely on this partition.
+        let start = from.unwrap_or(0);
+        if start < low {
+            return Err(ProcessError::fatal(format!(
+                "{topic}[{partition}] starts at offset {low}, but the journal needs it from \
+                 offset {start} ({}): the events in between were deleted before they were \
+                 journaled, so orders whose history they hold can't be rebuilt. Restore the \
+                 journal, or the topic's records, before starting again",
+                if from.is_none() {
+                    "it has no record of this partition"
+                } else {
+                    "where publication stood at its last group commit"
+                }
+            )));
+        }
         if start >= high {
             return Ok((Vec::new(), high));
         }

@@ -174,6 +174,11 @@ pub struct Projection {
     touched: HashMap<String, Touched>,
     outcomes: Vec<OutcomeView>,
     counts: Counts,
+    /// In memory only (a rebuild): each order whose history has a gap, as "order: versions
+    /// a..b missing", in the order found.
+    gaps: Vec<String>,
+    /// The orders in `gaps`.
+    gapped: BTreeSet<String>,
 }
 
 impl Projection {
@@ -250,12 +255,29 @@ impl Projection {
                 self.counts.duplicates += 1;
                 Ok(())
             }
-            Step::Gap { have, got } => Err(ProcessError::poison(format!(
-                "order {id} is at version {have} in the views; this event is version {got}, so \
+            Step::Gap { have, got } => {
+                if self.in_memory && self.gapped.insert(id.clone()) {
+                    self.gaps
+                        .push(format!("{id}: versions {}..{} missing", have + 1, got - 1));
+                }
+                Err(ProcessError::poison(format!(
+                    "order {id} is at version {have} in the views; this event is version {got}, so \
                  versions {}..{got} are missing",
-                have + 1
-            ))),
+                    have + 1
+                )))
+            }
         }
+    }
+
+    /// In a rebuild: each order whose history has a gap, with the versions missing, in the
+    /// order found. A rebuild never switches while this is not empty.
+    pub fn gaps(&self) -> &[String] {
+        &self.gaps
+    }
+
+    /// How many orders [`Projection::gaps`] names.
+    pub fn gap_count(&self) -> usize {
+        self.gapped.len()
     }
 
     /// True when the order's view is known (cached or folded).
@@ -282,13 +304,35 @@ impl Projection {
     /// The writes that bring the store from the last commit to now; the staged changes stay
     /// until [`Projection::committed`].
     pub fn writes(&self) -> Vec<Write> {
+        self.writes_from(false)
+    }
+
+    /// [`Projection::writes`] for a store whose rows this projection did not write: a view
+    /// that a rebuild switched to since the last commit. Every row of each touched order is
+    /// written (newest wins keeps any the new version holds at a later state), not only those
+    /// that changed since the last commit, so a row the new version lacks is not left missing.
+    pub fn writes_after_switch(&self) -> Vec<Write> {
+        self.writes_from(true)
+    }
+
+    fn writes_from(&self, whole: bool) -> Vec<Write> {
         let mut writes = Vec::new();
         for (id, touched) in &self.touched {
             let Some(after) = self.orders.get(id) else {
                 continue;
             };
             let before = touched.before.as_ref().map(order_rows).unwrap_or_default();
-            writes.extend(diff(&before, &order_rows(after), after.version));
+            let after_rows = order_rows(after);
+            if whole {
+                writes.extend(
+                    diff(&before, &after_rows, after.version)
+                        .into_iter()
+                        .filter(|w| matches!(w, Write::Delete { .. })),
+                );
+                writes.extend(diff(&[], &after_rows, after.version));
+            } else {
+                writes.extend(diff(&before, &after_rows, after.version));
+            }
             // A row only a state between `before` and `after` had may be in the store too (a
             // rebuild that read further before the switch, a former CQL owner's late write):
             // delete it as well, or it would outlive the state that had it.
@@ -320,6 +364,13 @@ impl Projection {
         if !self.in_memory && self.orders.len() > cap {
             self.orders.clear();
         }
+    }
+
+    /// Forgets the cached orders that are not touched since the last commit: after a view
+    /// switched, they are read again from the new version when next needed.
+    pub fn forget_untouched(&mut self) {
+        let touched = &self.touched;
+        self.orders.retain(|id, _| touched.contains_key(id));
     }
 
     /// Forgets every order (a crash, in tests).
@@ -373,25 +424,16 @@ fn varying_keys(order: &OrderView) -> impl Iterator<Item = (&'static str, Vec<Va
     lines.chain(sales)
 }
 
-/// The largest key value either backend takes (a CQL partition key is at most 64 KiB).
-pub const MAX_KEY_BYTES: usize = 65_535;
-
-/// Refuses a key value the store would refuse for good: empty, or longer than a CQL
-/// partition key may be.
+/// Refuses a key value the store would refuse for good, by the one definition of a valid id
+/// that the write side checks commands against too (`eip_schemas::limits`): empty, or longer
+/// than `MAX_ID_BYTES`.
 fn check_key(table: &str, value: &str) -> Result<(), ProcessError> {
-    let why = if value.is_empty() {
-        "is empty".to_string()
-    } else if value.len() > MAX_KEY_BYTES {
-        format!(
-            "is {} bytes, more than the store's {MAX_KEY_BYTES}",
-            value.len()
-        )
-    } else {
-        return Ok(());
-    };
-    Err(ProcessError::poison(format!(
-        "the store refuses this row for good: a key of {table} {why}"
-    )))
+    match eip_schemas::limits::id_problem(value) {
+        None => Ok(()),
+        Some(why) => Err(ProcessError::poison(format!(
+            "the store refuses this row for good: a key of {table} {why}"
+        ))),
+    }
 }
 
 /// Refuses, before anything is staged, a view whose rows the store would refuse for good
@@ -410,21 +452,50 @@ fn check_rows(order: &OrderView) -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// What one group commit writes, and under which claim.
+#[derive(Debug)]
+pub struct GroupCommit<'a> {
+    /// The partition.
+    pub partition: &'a PartitionId,
+    /// Its claim: the commit is refused if a newer owner raised it.
+    pub epoch: i64,
+    /// The view writes, on the live tables.
+    pub writes: &'a [Write],
+    /// Timer changes.
+    pub timers: &'a [eip_runtime::TimerChange],
+    /// The partition's applied offset.
+    pub up_to: Option<i64>,
+    /// Fault injection: hold the transaction open this long.
+    pub hold: std::time::Duration,
+    /// The view versions `writes` were computed for: if another is live now, the commit is
+    /// refused (transient) so they are computed again.
+    pub expected: Option<&'a Versions>,
+}
+
 /// One group commit: the epoch check, the view writes on the live tables, the ledger.
-pub fn commit(
-    conn: &mut Connection,
-    partition: &PartitionId,
-    epoch: i64,
-    writes: &[Write],
-    timers: &[eip_runtime::TimerChange],
-    up_to: Option<i64>,
-    hold: std::time::Duration,
-) -> Result<Versions, ProcessError> {
+pub fn commit(conn: &mut Connection, c: &GroupCommit<'_>) -> Result<Versions, ProcessError> {
+    let GroupCommit {
+        partition,
+        epoch,
+        writes,
+        timers,
+        up_to,
+        hold,
+        expected,
+    } = *c;
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| classify("group commit", e))?;
     check_epoch(&tx, partition, epoch)?;
     let versions = view_sqlite::versions(&tx).map_err(|e| classify("group commit", e))?;
+    if let Some(expected) = expected
+        && expected.live != versions.live
+    {
+        // A rebuild switched a view since the writes were computed: compute them again.
+        return Err(ProcessError::transient(
+            "a view switched to a rebuilt version during this group commit",
+        ));
+    }
     view_sqlite::execute(&tx, &versions, writes)?;
     write_ledger(&tx, partition, timers, up_to)?;
     if !hold.is_zero() {
@@ -471,6 +542,9 @@ pub struct Projector {
     cql: Option<(ScyllaSettings, Arc<tokio::sync::OnceCell<Arc<ScyllaViews>>>)>,
     /// Taken by each SQLite group commit: this process's partitions write one at a time.
     writer: Arc<Mutex<()>>,
+    /// The topics it reads (events and outcomes): history, replayed from offset 0 by a new
+    /// store or a rebuild.
+    inputs: Vec<String>,
 }
 
 fn store_error(e: StoreError) -> ProcessError {
@@ -503,6 +577,7 @@ impl Projector {
                 hold_commit_open: p.hold_commit_open,
                 cql,
                 writer: Arc::default(),
+                inputs: config.pipeline.inputs.clone(),
             });
         }
         connect(&p.db)
@@ -517,6 +592,7 @@ impl Projector {
             hold_commit_open: p.hold_commit_open,
             cql: None,
             writer: Arc::default(),
+            inputs: config.pipeline.inputs.clone(),
         })
     }
 }
@@ -532,6 +608,16 @@ impl Stateful for Projector {
 
     fn name(&self) -> &str {
         "projector"
+    }
+
+    /// Events and outcomes are history: kept forever.
+    fn topic_role(&self, _topic: &str) -> eip_runtime::topics::TopicRole {
+        eip_runtime::topics::TopicRole::History
+    }
+
+    /// A new views store (or a new replica's group) fills the views from offset 0.
+    fn history_topics(&self) -> Vec<String> {
+        self.inputs.clone()
     }
 
     async fn decode(&self, codec: &Codec, record: &Record) -> Result<Input, ProcessError> {
@@ -617,17 +703,37 @@ impl Stateful for Projector {
     }
 
     async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
-        let writes = state.projection.writes();
-        let (conn, epoch) = match &state.store {
-            PartitionStore::Sqlite { conn, epoch, .. } => (conn.clone(), *epoch),
+        let (conn, epoch, last) = match &state.store {
+            PartitionStore::Sqlite {
+                conn,
+                epoch,
+                versions,
+            } => (conn.clone(), *epoch, versions.clone()),
             PartitionStore::Cql(views) => {
                 // A transient failure fails the flush, which the runtime retries with the same
                 // staged changes; no offset is stored past rows that are not written.
-                views.apply(&writes).await.map_err(store_error)?;
+                views
+                    .apply(&state.projection.writes())
+                    .await
+                    .map_err(store_error)?;
                 state.projection.committed(self.cached_orders);
                 return Ok(());
             }
         };
+        // A rebuild may have switched a view since the last commit. Its new version holds
+        // what the rebuild wrote, not what this partition remembers writing: write every row
+        // of the touched orders, and read the others from the new version when next needed.
+        let now = {
+            let c = locked(&conn)?;
+            view_sqlite::versions(&c).map_err(|e| classify("reading the view versions", e))?
+        };
+        let switched = now.live != last.live;
+        let writes = if switched {
+            state.projection.writes_after_switch()
+        } else {
+            state.projection.writes()
+        };
+        let expected = now.clone();
         let partition = flush.partition.clone();
         let timers = flush.timers.to_vec();
         let up_to = flush.up_to;
@@ -645,11 +751,26 @@ impl Stateful for Projector {
                 .lock()
                 .map_err(|_| ProcessError::fatal("views writer lock poisoned"))?;
             let mut conn = locked(&conn)?;
-            commit(&mut conn, &partition, epoch, &writes, &timers, up_to, hold)
+            commit(
+                &mut conn,
+                &GroupCommit {
+                    partition: &partition,
+                    epoch,
+                    writes: &writes,
+                    timers: &timers,
+                    up_to,
+                    hold,
+                    expected: Some(&expected),
+                },
+            )
         })
         .await?;
         if let PartitionStore::Sqlite { versions: v, .. } = &mut state.store {
             *v = versions;
+        }
+        if switched {
+            state.projection.forget_untouched();
+            tracing::info!(topic = %flush.partition.topic, partition = flush.partition.partition, "a view switched to a rebuilt version: wrote whole orders, cleared the cache");
         }
         state.projection.committed(self.cached_orders);
         Ok(())

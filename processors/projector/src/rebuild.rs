@@ -24,12 +24,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use eip_runtime::config::KafkaConfig;
+use eip_runtime::topics;
 use eip_schemas::{Classify, Codec, ErrorClass};
 use eip_store::sqlite::connect;
 use eip_store::view_rebuild::{self, RebuildError};
 use eip_store::view_sqlite;
 use eip_store::views::{View, view_of};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -50,7 +51,14 @@ pub struct Plan {
     /// The topics the projector reads: events and outcomes.
     pub topics: Vec<String>,
     /// Kafka client settings (brokers); the consumer joins no group.
-    pub kafka: ClientConfig,
+    pub kafka: KafkaConfig,
+    /// True when the operator accepts that the topics can't be replayed whole (finite
+    /// retention, deleted records). Without it the rebuild refuses to start then. Either way
+    /// it never switches past a version gap.
+    pub accept_truncated_history: bool,
+    /// Fault injection only: wait this long after claiming the new version, before reading,
+    /// so a test can stop the rebuild at that point.
+    pub hold_after_begin: Duration,
     /// The codec.
     pub codec: Codec,
 }
@@ -105,23 +113,54 @@ pub enum Error {
     /// unreachable, say): the rebuild stops rather than skip it.
     #[error("a record could not be rebuilt: {0}")]
     Record(String),
+    /// The topics can't be replayed whole from offset 0.
+    #[error("{0}")]
+    History(String),
+    /// Orders whose history has a gap: switching would lose them from the view.
+    #[error(
+        "not switching: {} order(s) have versions missing from the topics, so the new version \
+         would lose or misstate them: {}{}",
+        .count, .sample.join("; "), if *.count > .sample.len() { "; …" } else { "" }
+    )]
+    Gaps {
+        /// How many orders.
+        count: usize,
+        /// The first of them, with the versions missing.
+        sample: Vec<String>,
+    },
 }
 
 type Positions = HashMap<(String, i32), i64>;
 
-fn targets(consumer: &StreamConsumer, topics: &[String]) -> Result<Positions, Error> {
+/// Each partition's (low, high) watermarks.
+type Marks = HashMap<(String, i32), (i64, i64)>;
+
+/// Each partition's (low, high) watermarks: the first offset held and the next to be written.
+fn targets(consumer: &StreamConsumer, topics: &[String]) -> Result<Marks, Error> {
     let mut out = HashMap::new();
     for topic in topics {
         let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         for t in meta.topics() {
             for p in t.partitions() {
-                let (_, high) =
-                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-                out.insert((topic.clone(), p.id()), high);
+                let marks = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                out.insert((topic.clone(), p.id()), marks);
             }
         }
     }
     Ok(out)
+}
+
+/// Raises `next` to the consumer's positions: past a transaction marker or records the broker
+/// skipped, which no message reports.
+fn advance_to_positions(consumer: &StreamConsumer, next: &mut Positions) -> Result<(), Error> {
+    for e in consumer.position()?.elements() {
+        if let Offset::Offset(o) = e.offset()
+            && let Some(n) = next.get_mut(&(e.topic().to_string(), e.partition()))
+        {
+            *n = (*n).max(o);
+        }
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -141,20 +180,44 @@ pub async fn rebuild(
     mut progress: impl FnMut(&Progress),
 ) -> Result<Outcome, Error> {
     let view = plan.view;
+    if !plan.accept_truncated_history {
+        let problems = topics::history_problems(&plan.kafka, &plan.topics, Duration::from_secs(10))
+            .await
+            .map_err(|e| Error::History(format!("checking the topics: {e}")))?;
+        if !problems.is_empty() {
+            return Err(Error::History(topics::refusal(
+                &problems,
+                "--accept-truncated-history (the rebuild still never switches past a gap)",
+            )));
+        }
+    }
     let db = plan.db.clone();
-    let (version, live) = blocking(move || {
+    let (token, live) = blocking(move || {
         let mut conn = connect(&db)?;
         view_sqlite::migrate(&conn)?;
         let live = view_sqlite::versions(&conn)?.live_of(view.tables[0]);
         Ok((view_rebuild::begin_rebuild(&mut conn, view)?, live))
     })
     .await?;
-    let result = fill_and_switch(&plan, version, live, &cancel, &mut progress).await;
+    if !plan.hold_after_begin.is_zero() {
+        tracing::info!(
+            view = view.name,
+            version = token.version,
+            generation = token.generation,
+            "rebuild holding after its begin (fault injection)"
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(plan.hold_after_begin) => {}
+        }
+    }
+    let result = fill_and_switch(&plan, token, live, &cancel, &mut progress).await;
     if !matches!(result, Ok(Outcome::Switched { .. })) {
+        // Only this rebuild's own tables: a successor that replaced it is left alone.
         let db = plan.db.clone();
         blocking(move || {
             let mut conn = connect(&db)?;
-            view_rebuild::cancel_rebuild(&mut conn, view)?;
+            view_rebuild::cancel_rebuild(&mut conn, view, Some(token))?;
             Ok(())
         })
         .await?;
@@ -164,15 +227,18 @@ pub async fn rebuild(
 
 async fn fill_and_switch(
     plan: &Plan,
-    version: i64,
+    token: view_rebuild::Token,
     live: i64,
     cancel: &CancellationToken,
     progress: &mut impl FnMut(&Progress),
 ) -> Result<Outcome, Error> {
-    let mut client = plan.kafka.clone();
+    let version = token.version;
+    let mut client = eip_runtime::kafka::base_config(&plan.kafka);
     client
         .set("group.id", "eipctl-rebuild")
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
     let consumer: StreamConsumer = client.create()?;
     let mut want = targets(&consumer, &plan.topics)?;
@@ -181,23 +247,37 @@ async fn fill_and_switch(
         tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut next: Positions = want.keys().map(|k| (k.clone(), 0)).collect();
+    // Where each partition stands: from its first offset still held (never plain 0, which a
+    // partition emptied by retention never reaches again).
+    let mut next: Positions = want.iter().map(|(k, (low, _))| (k.clone(), *low)).collect();
     let mut conn = connect(&plan.db).map_err(RebuildError::from)?;
     let mut projection = Projection::in_memory();
     let (mut records, mut skipped, mut staged) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     let mut shown = Instant::now();
-    let total = |want: &Positions| want.values().map(|v| *v as u64).sum::<u64>();
+    let total = |want: &Marks| {
+        want.values()
+            .map(|(low, high)| (high - low) as u64)
+            .sum::<u64>()
+    };
+    let at_end = |want: &Marks, next: &Positions| {
+        want.iter()
+            .all(|(k, (_, end))| next.get(k).copied().unwrap_or(0) >= *end)
+    };
     loop {
-        let caught_up = want
-            .iter()
-            .all(|(k, end)| next.get(k).copied().unwrap_or(0) >= *end);
-        if caught_up {
-            write(&mut conn, &mut projection, plan.view, version)?;
+        if at_end(&want, &next) {
+            write(&mut conn, &mut projection, plan.view, token)?;
             staged = 0;
+            let gaps = projection.gaps();
+            if !gaps.is_empty() {
+                return Err(Error::Gaps {
+                    count: projection.gap_count(),
+                    sample: gaps.iter().take(20).cloned().collect(),
+                });
+            }
             let read = next.clone();
             let switched =
-                view_rebuild::switch(&mut conn, plan.view, version, &plan.topics, |applied| {
+                view_rebuild::switch(&mut conn, plan.view, token, &plan.topics, |applied| {
                     applied
                         .iter()
                         .all(|(k, a)| read.get(k).copied().unwrap_or(0) > *a)
@@ -220,21 +300,18 @@ async fn fill_and_switch(
             // from partitions added since too.
             want = targets(&consumer, &plan.topics)?;
             let mut added = TopicPartitionList::new();
-            for (topic, partition) in want.keys() {
+            for ((topic, partition), (low, _)) in &want {
                 if let std::collections::hash_map::Entry::Vacant(v) =
                     next.entry((topic.clone(), *partition))
                 {
                     added.add_partition_offset(topic, *partition, Offset::Beginning)?;
-                    v.insert(0);
+                    v.insert(*low);
                 }
             }
             if added.count() > 0 {
                 consumer.incremental_assign(&added)?;
             }
-            if want
-                .iter()
-                .all(|(k, end)| next.get(k).copied().unwrap_or(0) >= *end)
-            {
+            if at_end(&want, &next) {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(Outcome::Cancelled { live }),
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -246,7 +323,13 @@ async fn fill_and_switch(
             _ = cancel.cancelled() => return Ok(Outcome::Cancelled { live }),
             m = tokio::time::timeout(Duration::from_millis(200), consumer.recv()) => m,
         };
-        if let Ok(message) = message {
+        let Ok(message) = message else {
+            // Nothing came for a while: a partition may end in a transaction marker or in
+            // records the broker no longer serves, which no message reports. Its position does.
+            advance_to_positions(&consumer, &mut next)?;
+            continue;
+        };
+        {
             let m = message?;
             next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
             records += 1;
@@ -270,7 +353,7 @@ async fn fill_and_switch(
                 Err(e) => return Err(Error::Record(e.to_string())),
             }
             if staged >= BATCH {
-                write(&mut conn, &mut projection, plan.view, version)?;
+                write(&mut conn, &mut projection, plan.view, token)?;
                 staged = 0;
             }
         }
@@ -324,13 +407,14 @@ fn write(
     conn: &mut rusqlite::Connection,
     projection: &mut Projection,
     view: &View,
-    version: i64,
+    token: view_rebuild::Token,
 ) -> Result<(), Error> {
+    let version = token.version;
     let writes = projection.writes();
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(RebuildError::from)?;
-    view_rebuild::still_building(&tx, view, version)?;
+    view_rebuild::still_building(&tx, view, token)?;
     for w in writes
         .iter()
         .filter(|w| view_of(w.table()).name == view.name)

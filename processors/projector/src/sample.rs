@@ -16,7 +16,7 @@ use eip_store::sqlite::{LEDGER_DDL, claim, connect};
 use eip_store::view_sqlite::{migrate, versions};
 use eip_store::views::Write;
 
-use crate::{Projection, commit};
+use crate::{GroupCommit, Projection, commit};
 
 /// Events per group commit in [`write_path`].
 pub const BATCH: usize = 5_000;
@@ -112,12 +112,15 @@ pub fn write_path(db: &std::path::Path, events: &[Event]) -> (f64, Vec<Vec<Write
         let up_to = Some(((i + 1) * BATCH) as i64);
         commit(
             &mut conn,
-            &part,
-            epoch,
-            &writes,
-            &[],
-            up_to,
-            std::time::Duration::ZERO,
+            &GroupCommit {
+                partition: &part,
+                epoch,
+                writes: &writes,
+                timers: &[],
+                up_to,
+                hold: std::time::Duration::ZERO,
+                expected: None,
+            },
         )
         .expect("a group commit");
         p.committed(100_000);

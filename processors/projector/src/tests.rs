@@ -135,12 +135,15 @@ fn commit_all(conn: &mut Connection, epoch: i64, projection: &mut Projection) {
     let writes = projection.writes();
     commit(
         conn,
-        &part(),
-        epoch,
-        &writes,
-        &[],
-        None,
-        std::time::Duration::ZERO,
+        &GroupCommit {
+            partition: &part(),
+            epoch,
+            writes: &writes,
+            timers: &[],
+            up_to: None,
+            hold: std::time::Duration::ZERO,
+            expected: None,
+        },
     )
     .unwrap();
     projection.committed(usize::MAX);

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -113,15 +113,6 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// A topic to make sure of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicSpec {
-    /// Name.
-    pub name: String,
-    /// Partitions when created.
-    pub partitions: i32,
-}
-
 /// Topics among `names` that the cluster does not have.
 pub fn missing_topics(
     kafka: &KafkaConfig,
@@ -141,38 +132,6 @@ pub fn missing_topics(
         .filter(|n| !present.contains(n.as_str()))
         .cloned()
         .collect())
-}
-
-/// Creates the topics that don't exist yet; topics that already exist are left alone.
-pub async fn ensure_topics(
-    kafka: &KafkaConfig,
-    topics: &[TopicSpec],
-    timeout: Duration,
-) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            new.iter(),
-            &AdminOptions::new().operation_timeout(Some(timeout)),
-        )
-        .await?;
-    for result in results {
-        match result {
-            Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(AdminError::Create {
-                    topic,
-                    reason: code.to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Deletes topics (tests and tools clean up after themselves).

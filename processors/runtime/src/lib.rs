@@ -25,6 +25,7 @@ pub mod processor;
 pub mod stateful;
 pub mod telemetry;
 pub mod testkit;
+pub mod topics;
 pub mod trace;
 
 use std::future::Future;
@@ -317,16 +318,28 @@ async fn check_topics<S: Stateful, A: Section>(
     topics.dedup();
     let kafka = config.kafka.clone();
     if config.pipeline.create_topics {
-        let specs: Vec<kafka::TopicSpec> = topics
+        let dlq_suffix = config.pipeline.dlq_suffix.as_str();
+        let dlqs: Vec<String> = config
+            .pipeline
+            .inputs
             .iter()
-            .map(|t| kafka::TopicSpec {
+            .map(|i| format!("{i}{dlq_suffix}"))
+            .collect();
+        let specs: Vec<topics::TopicSpec> = topics
+            .iter()
+            .map(|t| topics::TopicSpec {
                 name: t.clone(),
                 partitions: processor
                     .partitions_for(t)
                     .unwrap_or(config.pipeline.topic_partitions),
+                role: if dlqs.contains(t) {
+                    topics::TopicRole::DeadLetters
+                } else {
+                    processor.topic_role(t)
+                },
             })
             .collect();
-        kafka::ensure_topics(&kafka, &specs, Duration::from_secs(10))
+        topics::ensure_topics(&kafka, &specs, Duration::from_secs(10))
             .await
             .map_err(|e| StartupError::new("creating topics", e))?;
     }
@@ -336,12 +349,27 @@ async fn check_topics<S: Stateful, A: Section>(
     .await
     .map_err(|e| StartupError::new("checking topics", e))?
     .map_err(|e| StartupError::new(format!("broker {}", config.kafka.brokers), e))?;
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(StartupError::plain(format!(
+    if !missing.is_empty() {
+        return Err(StartupError::plain(format!(
             "missing topics: {} (create them, or set pipeline.create_topics = true)",
             missing.join(", ")
+        ))
+        .into());
+    }
+    let history: Vec<String> = processor
+        .history_topics()
+        .into_iter()
+        .filter(|t| !config.pipeline.accept_truncated_history.contains(t))
+        .collect();
+    let problems = topics::history_problems(&config.kafka, &history, Duration::from_secs(10))
+        .await
+        .map_err(|e| StartupError::new("checking the history topics", e))?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StartupError::plain(topics::refusal(
+            &problems,
+            "pipeline.accept_truncated_history = [\"TOPIC\"]",
         ))
         .into())
     }

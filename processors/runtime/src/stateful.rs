@@ -180,6 +180,22 @@ pub trait Stateful: Send + Sync + 'static {
         None
     }
 
+    /// What `topic` (an input or an output) is for, which sets how long the broker keeps it
+    /// when the runtime creates it. Dead-letter topics are always
+    /// [`TopicRole::DeadLetters`](crate::topics::TopicRole::DeadLetters).
+    fn topic_role(&self, topic: &str) -> crate::topics::TopicRole {
+        let _ = topic;
+        crate::topics::TopicRole::Stream
+    }
+
+    /// Topics this processor may replay from offset 0 (a lost store rebuilt from them, a new
+    /// view filled from them). At startup the runtime refuses to go on when one of them can't
+    /// be replayed whole (finite retention, compaction, deleted records), unless
+    /// `pipeline.accept_truncated_history` names it.
+    fn history_topics(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// True when `flush` makes staged writes durable, so offsets wait for it; false for a
     /// processor whose only effects are its outputs (offsets then follow acknowledgements).
     fn stages_writes(&self) -> bool {

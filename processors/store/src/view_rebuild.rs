@@ -55,6 +55,26 @@ pub enum RebuildError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// One rebuild's claim on the version it fills: the version, and a generation that is never
+/// reused (SQLite `AUTOINCREMENT`), so a rebuild that was cancelled and replaced by another of
+/// the same version number can't write to, switch, or cancel its successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    /// The version being built.
+    pub version: i64,
+    /// This rebuild's generation.
+    pub generation: i64,
+}
+
+/// The rebuilds' history: one row per rebuild started, with its generation, the version it
+/// filled, and how it stands (`building`, `switched`, `cancelled`).
+pub const REBUILDS_DDL: &str = "CREATE TABLE IF NOT EXISTS view_rebuilds (
+    generation INTEGER PRIMARY KEY AUTOINCREMENT,
+    view TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);";
+
 /// The view named `name`, or the error listing them.
 pub fn find_view(name: &str) -> Result<&'static View, RebuildError> {
     crate::views::view(name).ok_or_else(|| {
@@ -63,10 +83,11 @@ pub fn find_view(name: &str) -> Result<&'static View, RebuildError> {
     })
 }
 
-/// Starts a rebuild of `view`: creates its tables at the live version + 1 and records that
-/// version as `building`. The live version keeps serving.
-pub fn begin_rebuild(conn: &mut Connection, view: &View) -> Result<i64, RebuildError> {
+/// Starts a rebuild of `view`: creates its tables at the live version + 1, records that
+/// version as `building`, and returns the rebuild's [`Token`]. The live version keeps serving.
+pub fn begin_rebuild(conn: &mut Connection, view: &View) -> Result<Token, RebuildError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(REBUILDS_DDL)?;
     let v = versions(&tx)?;
     if let Some(version) = v.building.get(view.name) {
         return Err(RebuildError::InProgress {
@@ -84,8 +105,16 @@ pub fn begin_rebuild(conn: &mut Connection, view: &View) -> Result<i64, RebuildE
         "UPDATE view_versions SET building = ?2 WHERE view = ?1",
         params![view.name, next],
     )?;
+    tx.execute(
+        "INSERT INTO view_rebuilds (view, version, state) VALUES (?1, ?2, 'building')",
+        params![view.name, next],
+    )?;
+    let generation = tx.last_insert_rowid();
     tx.commit()?;
-    Ok(next)
+    Ok(Token {
+        version: next,
+        generation,
+    })
 }
 
 /// The applied offset the live projector's ledger holds for each (topic, partition) of
@@ -114,50 +143,83 @@ pub fn applied(
     Ok(out)
 }
 
-/// Switches readers of `view` to `version` in one transaction, if `caught_up` says the new
-/// version holds everything the live projector has committed (it gets the ledger's applied
-/// offsets). Returns false, changing nothing, if not.
+/// Switches readers of `view` to the rebuild's version in one transaction, if `caught_up`
+/// says the new version holds everything the live projector has committed (it gets the
+/// ledger's applied offsets). Returns false, changing nothing, if not.
 pub fn switch(
     conn: &mut Connection,
     view: &View,
-    version: i64,
+    token: Token,
     topics: &[String],
     caught_up: impl FnOnce(&HashMap<(String, i32), i64>) -> bool,
 ) -> Result<bool, RebuildError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    still_building(&tx, view, version)?;
+    still_building(&tx, view, token)?;
     if !caught_up(&applied(&tx, topics)?) {
         return Ok(false);
     }
     tx.execute(
         "UPDATE view_versions SET live = ?2, building = NULL WHERE view = ?1",
-        params![view.name, version],
+        params![view.name, token.version],
+    )?;
+    tx.execute(
+        "UPDATE view_rebuilds SET state = 'switched' WHERE generation = ?1",
+        params![token.generation],
     )?;
     for table in view.tables {
-        tx.execute_batch(&table.sqlite_alias(version))?;
+        tx.execute_batch(&table.sqlite_alias(token.version))?;
     }
     tx.commit()?;
     Ok(true)
 }
 
-/// Fails unless `version` of `view` is still the one being built (a cancel, and maybe a new
-/// rebuild, may have replaced it).
-pub fn still_building(conn: &Connection, view: &View, version: i64) -> Result<(), RebuildError> {
-    match versions(conn)?.building.get(view.name) {
-        Some(v) if *v == version => Ok(()),
-        other => Err(RebuildError::NoLongerBuilding {
+/// Fails unless the rebuild `token` names is still the one filling `view`: a cancel, and
+/// maybe a new rebuild (even of the same version number), may have replaced it.
+pub fn still_building(conn: &Connection, view: &View, token: Token) -> Result<(), RebuildError> {
+    let building = versions(conn)?.building.get(view.name).copied();
+    let current: Option<i64> = conn
+        .query_row(
+            "SELECT MAX(generation) FROM view_rebuilds WHERE view = ?1 AND state = 'building'",
+            params![view.name],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::SqliteFailure(..) => Ok(None),
+            e => Err(e),
+        })?;
+    if building == Some(token.version) && current == Some(token.generation) {
+        Ok(())
+    } else {
+        Err(RebuildError::NoLongerBuilding {
             view: view.name.to_string(),
-            version,
-            building: other.copied(),
-        }),
+            version: token.version,
+            building,
+        })
     }
 }
 
-/// Discards the rebuild of `view` under way, if any: its tables go, the live version stays.
-/// Returns the version discarded.
-pub fn cancel_rebuild(conn: &mut Connection, view: &View) -> Result<Option<i64>, RebuildError> {
+/// Discards a rebuild of `view`: its tables go, the live version stays. With `only` given,
+/// only that rebuild is discarded (a failed rebuild cleans up after itself, never after a
+/// successor); with None, whichever is under way (`eipctl projection cancel`). Returns the
+/// version discarded.
+pub fn cancel_rebuild(
+    conn: &mut Connection,
+    view: &View,
+    only: Option<Token>,
+) -> Result<Option<i64>, RebuildError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(REBUILDS_DDL)?;
     let building = versions(&tx)?.building.get(view.name).copied();
+    if let Some(token) = only
+        && still_building(&tx, view, token).is_err()
+    {
+        tx.execute(
+            "UPDATE view_rebuilds SET state = 'cancelled' WHERE generation = ?1 AND state = 'building'",
+            params![token.generation],
+        )?;
+        tx.commit()?;
+        return Ok(None);
+    }
     if let Some(version) = building {
         for table in view.tables {
             tx.execute_batch(&format!(
@@ -170,6 +232,10 @@ pub fn cancel_rebuild(conn: &mut Connection, view: &View) -> Result<Option<i64>,
             params![view.name],
         )?;
     }
+    tx.execute(
+        "UPDATE view_rebuilds SET state = 'cancelled' WHERE view = ?1 AND state = 'building'",
+        params![view.name],
+    )?;
     tx.commit()?;
     Ok(building)
 }
@@ -231,13 +297,14 @@ mod tests {
         conn.execute_batch(crate::sqlite::LEDGER_DDL).unwrap();
         migrate(&conn).unwrap();
         let view = find_view("order_summary").unwrap();
-        assert_eq!(begin_rebuild(&mut conn, view).unwrap(), 2);
+        let first = begin_rebuild(&mut conn, view).unwrap();
+        assert_eq!(first.version, 2);
         assert!(matches!(
             begin_rebuild(&mut conn, view),
             Err(RebuildError::InProgress { version: 2, .. })
         ));
         // Not caught up: nothing changes.
-        assert!(!switch(&mut conn, view, 2, &[], |_| false).unwrap());
+        assert!(!switch(&mut conn, view, first, &[], |_| false).unwrap());
         assert_eq!(
             versions(&conn)
                 .unwrap()
@@ -245,9 +312,9 @@ mod tests {
             1
         );
         // Cancelled meanwhile: the switch is refused, and readers keep version 1.
-        assert_eq!(cancel_rebuild(&mut conn, view).unwrap(), Some(2));
+        assert_eq!(cancel_rebuild(&mut conn, view, None).unwrap(), Some(2));
         assert!(matches!(
-            switch(&mut conn, view, 2, &[], |_| true),
+            switch(&mut conn, view, first, &[], |_| true),
             Err(RebuildError::NoLongerBuilding { building: None, .. })
         ));
         assert_eq!(
@@ -256,9 +323,23 @@ mod tests {
                 .live_of(&crate::views::ORDER_SUMMARY),
             1
         );
-        // A new rebuild switches, and the old version can then be dropped, never the live one.
-        assert_eq!(begin_rebuild(&mut conn, view).unwrap(), 2);
-        assert!(switch(&mut conn, view, 2, &[], |_| true).unwrap());
+        // A new rebuild of the same version number gets a new generation: the cancelled one
+        // can neither write, nor switch, nor cancel it.
+        let second = begin_rebuild(&mut conn, view).unwrap();
+        assert_eq!(second.version, 2);
+        assert!(second.generation > first.generation);
+        assert!(still_building(&conn, view, first).is_err());
+        assert!(matches!(
+            switch(&mut conn, view, first, &[], |_| true),
+            Err(RebuildError::NoLongerBuilding {
+                building: Some(2),
+                ..
+            })
+        ));
+        assert_eq!(cancel_rebuild(&mut conn, view, Some(first)).unwrap(), None);
+        still_building(&conn, view, second).unwrap();
+        // The new rebuild switches, and the old version can then be dropped, never the live one.
+        assert!(switch(&mut conn, view, second, &[], |_| true).unwrap());
         assert_eq!(
             versions(&conn)
                 .unwrap()

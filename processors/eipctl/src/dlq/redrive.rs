@@ -86,7 +86,13 @@ pub async fn redrive(
     )?
     .is_empty();
     if !ledger_exists && !opts.dry_run {
-        crate::create_topics(ep, std::slice::from_ref(&ledger), 1).await?;
+        crate::create_topics(
+            ep,
+            std::slice::from_ref(&ledger),
+            1,
+            Some(eip_runtime::topics::TopicRole::History),
+        )
+        .await?;
     }
     let done: HashSet<String> = if ledger_exists {
         read(ep, &ledger)

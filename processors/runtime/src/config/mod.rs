@@ -250,6 +250,11 @@ pub struct PipelineConfig {
     pub flush_interval: Duration,
     /// Backoff for transient errors.
     pub retry: RetryConfig,
+    /// History topics (see the processor's `history_topics`) that the operator accepts can't
+    /// be replayed whole from offset 0, because snapshots cover what is gone. Without this, a
+    /// processor refuses to start when such a topic has finite retention, is compacted, or
+    /// has lost its first records.
+    pub accept_truncated_history: Vec<String>,
 }
 
 impl Default for PipelineConfig {
@@ -266,6 +271,7 @@ impl Default for PipelineConfig {
             flush_records: 5_000,
             flush_interval: Duration::from_millis(100),
             retry: RetryConfig::default(),
+            accept_truncated_history: Vec::new(),
         }
     }
 }

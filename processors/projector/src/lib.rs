@@ -253,6 +253,24 @@ impl Projection {
             }
             Step::Duplicate => {
                 self.counts.duplicates += 1;
+                // The order's view says it is past this event, but the other views may not
+                // be: after a rebuild switched one view, its new version can be ahead of the
+                // live projector, which then loads orders from it. Write every row of the
+                // order as the view has it (newest wins: a row already there is unchanged),
+                // and delete the sales rows a cancelled order no longer has, so no view is
+                // left behind the one the order was read from.
+                if !self.in_memory
+                    && !self.touched.contains_key(id)
+                    && let Some(order) = self.orders.get(id)
+                {
+                    let gone = if order.status == "cancelled" {
+                        sales_keys(order).collect()
+                    } else {
+                        BTreeSet::new()
+                    };
+                    self.touched
+                        .insert(id.clone(), Touched { before: None, gone });
+                }
                 Ok(())
             }
             Step::Gap { have, got } => {
@@ -404,24 +422,26 @@ fn varying_keys(order: &OrderView) -> impl Iterator<Item = (&'static str, Vec<Va
             vec![order.order_id.as_str().into(), l.sku.as_str().into()],
         )
     });
-    let sales = order
-        .confirmed_day
-        .iter()
-        .filter(|_| order.status == "confirmed")
-        .flat_map(|day| {
-            order.lines.iter().map(|l| {
-                (
-                    PRODUCT_SALES.name,
-                    vec![
-                        day.as_str().into(),
-                        l.sku.as_str().into(),
-                        order.currency.as_str().into(),
-                        order.order_id.as_str().into(),
-                    ],
-                )
-            })
-        });
+    let sales = sales_keys(order).filter(|_| order.status == "confirmed");
     lines.chain(sales)
+}
+
+/// The keys of the sales rows an order has while it is confirmed (one per line on its day of
+/// confirmation), whatever its status now.
+fn sales_keys(order: &OrderView) -> impl Iterator<Item = (&'static str, Vec<Value>)> + '_ {
+    order.confirmed_day.iter().flat_map(|day| {
+        order.lines.iter().map(|l| {
+            (
+                PRODUCT_SALES.name,
+                vec![
+                    day.as_str().into(),
+                    l.sku.as_str().into(),
+                    order.currency.as_str().into(),
+                    order.order_id.as_str().into(),
+                ],
+            )
+        })
+    })
 }
 
 /// Refuses a key value the store would refuse for good, by the one definition of a valid id

@@ -11,7 +11,7 @@ use eip_schemas::types::{
 };
 use eip_store::sqlite::{LEDGER_DDL, claim};
 use eip_store::view_sqlite::{self, migrate};
-use eip_store::views::VIEWS;
+use eip_store::views::{VIEWS, view_of};
 use proptest::prelude::*;
 use rusqlite::Connection;
 
@@ -518,4 +518,51 @@ fn a_row_only_a_state_between_two_commits_had_is_deleted_even_if_the_store_got_i
         0,
         "a cancelled order sells nothing"
     );
+}
+
+#[test]
+fn an_order_read_from_a_view_that_is_ahead_of_the_others_brings_every_view_up_to_it() {
+    // The order is placed, confirmed, then cancelled.
+    let (events, _) = history(
+        &[
+            command("o", 0, 0, "A", 2, 1),
+            command("o", 1, 3, "", 0, 1),
+            command("o", 2, 4, "", 0, 1),
+        ],
+        1,
+    );
+    assert_eq!(events.len(), 3);
+    let mut conn = store();
+    let tx = conn.transaction().unwrap();
+    let epoch = claim(&tx, &part()).unwrap().epoch;
+    tx.commit().unwrap();
+    let versions = view_sqlite::versions(&conn).unwrap();
+    // The live projector got as far as the confirmation: every view at version 2, with sales.
+    let mut live = Projection::default();
+    for e in &events[..2] {
+        live.event(&conn, &versions, e).unwrap();
+    }
+    commit_all(&mut conn, epoch, &mut live);
+    // A rebuild of order_summary read further (the cancellation) and switched: that view alone
+    // is at version 3.
+    let mut rebuilt = Projection::in_memory();
+    for e in &events {
+        rebuilt.event_known(e).unwrap();
+    }
+    let ahead: Vec<Write> = rebuilt
+        .writes()
+        .into_iter()
+        .filter(|w| view_of(w.table()).name == "order_summary")
+        .collect();
+    let tx = conn.transaction().unwrap();
+    view_sqlite::execute(&tx, &versions, &ahead).unwrap();
+    tx.commit().unwrap();
+    // The live projector, its cache emptied at the switch, reads the order from order_summary
+    // and meets the cancellation as a duplicate. Every view must still end at version 3: the
+    // customer's row cancelled, the sales rows gone.
+    let mut after_switch = Projection::default();
+    after_switch.event(&conn, &versions, &events[2]).unwrap();
+    assert_eq!(after_switch.counts().duplicates, 1);
+    commit_all(&mut conn, epoch, &mut after_switch);
+    assert_eq!(dump(&conn), clean(&events, 1));
 }

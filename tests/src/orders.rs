@@ -88,10 +88,22 @@ pub fn check_script(
                 assert!(first.reason.as_deref().is_some_and(|r| !r.is_empty()));
             }
         }
+        // A command's outcome is one fact: every report of it, a duplicate's or a decision
+        // made again after a crash, says the same, decision time included.
         for again in &seen[1..] {
             assert_eq!(
-                (again.accepted, again.version, &again.reason_code),
-                (first.accepted, first.version, &first.reason_code),
+                (
+                    again.accepted,
+                    again.version,
+                    &again.reason_code,
+                    again.decided_at
+                ),
+                (
+                    first.accepted,
+                    first.version,
+                    &first.reason_code,
+                    first.decided_at
+                ),
                 "{command}: a repeated outcome differs"
             );
         }

@@ -477,7 +477,15 @@ impl Stateful for Orders {
         let meta = command.metadata();
         let id = meta.aggregate_id.clone();
         let command_id = meta.command_id.clone();
-        let now = effects.now_ms();
+        // A command is decided at the time of its record in the commands topic, not at the
+        // wall clock's now: a command decided again after a crash (its outcome published, not
+        // yet journaled) gets the same outcome, decision time included, so its outcome is one
+        // fact wherever it is read.
+        let now = input
+            .position
+            .timestamp_ms
+            .filter(|t| *t > 0)
+            .unwrap_or_else(|| effects.now_ms());
         let offset = input.position.offset;
         if let Some(previous) = state.decided.get(&command_id) {
             let mut again = previous.clone();

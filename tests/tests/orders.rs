@@ -184,7 +184,9 @@ async fn a_lost_journal_is_rebuilt_from_offset_0_of_the_events_topic() {
     // The journal is gone: a new file, the same group (its offsets are at the end). The new
     // owner of each partition reads the events topic from offset 0 and adopts every event.
     let rebuilt = dir.path().join("rebuilt.db");
-    let second = orders_config(&ep, &t, &rebuilt);
+    let mut second = orders_config(&ep, &t, &rebuilt);
+    // Small chunks: each partition's tail is read back and journaled in many of them.
+    second.processor.read_back_chunk = 16;
     let member = start(&second).await;
     // New commands, decided against the rebuilt state: confirm every open order (story 4, at
     // version 2) with expected_version 2, and add a line to every confirmed one (story 0).
@@ -240,6 +242,46 @@ async fn a_lost_journal_is_rebuilt_from_offset_0_of_the_events_topic() {
         expected.len() >= 30,
         "both kinds of order are in the script"
     );
+    // A command produced to a partition its key does not hash to (a producer with librdkafka's
+    // default partitioner, say) is dead-lettered with the reason, never decided.
+    let (stray_id, _) = script.finals.iter().next().unwrap();
+    let wrong = (eip_runtime::kafka::partition_for(stray_id.as_bytes(), 3) + 1) % 3;
+    let stray = codec
+        .encode(&eip_schemas::types::ConfirmOrder {
+            metadata: eip_schemas::types::CommandMetadata {
+                command_id: format!("{stray_id}/stray"),
+                correlation_id: format!("stray-{stray_id}"),
+                causation_id: None,
+                issued_at: 1,
+                aggregate_id: stray_id.clone(),
+                expected_version: None,
+            },
+        })
+        .await
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&t.names.input)
+                .key(stray_id.as_bytes())
+                .partition(wrong)
+                .payload(&stray),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    wait_for(&ep, &t.names.dlq, 1, WAIT).await;
+    let dead = read_all(&ep, &t.names.dlq).await;
+    let reason = dead[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == eip_runtime::dlq::REASON)
+        .and_then(|(_, v)| v.as_ref())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    assert!(
+        reason.contains(&format!("arrived on partition {wrong}")) && reason.contains("murmur2"),
+        "{reason}"
+    );
     wait_for(
         &ep,
         &t.outcomes,
@@ -249,6 +291,10 @@ async fn a_lost_journal_is_rebuilt_from_offset_0_of_the_events_topic() {
     .await;
     member.stop().await.unwrap();
     let seen = outcomes(&ep, &codec, &t.outcomes).await;
+    assert!(
+        !seen.contains_key(&format!("{stray_id}/stray")),
+        "a command on the wrong partition was decided"
+    );
     for (command, (accepted, version)) in &expected {
         let o = &seen[command][0];
         assert_eq!(

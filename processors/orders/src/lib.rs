@@ -68,6 +68,10 @@ pub struct OrdersConfig {
     /// emptied after a commit and each order is loaded again (snapshot + tail) on its next
     /// command. Bounds memory on a long-lived partition.
     pub cached_orders: usize,
+    /// Events read back per chunk when a partition opens (each chunk is adopted and
+    /// journaled, with how far the read-back got, before the next): the memory a read-back
+    /// holds, whatever the length of the tail.
+    pub read_back_chunk: usize,
     /// Fault injection only: hold every group commit that journals events open this long
     /// before committing, so a test's kill lands between publishing and journaling.
     #[serde(with = "humantime_serde")]
@@ -82,6 +86,7 @@ impl Default for OrdersConfig {
             outcomes_topic: "order-outcomes".into(),
             snapshot_every: 100,
             cached_orders: 100_000,
+            read_back_chunk: 5_000,
             hold_commit_open: std::time::Duration::ZERO,
         }
     }
@@ -112,6 +117,12 @@ impl Section for OrdersConfig {
         if self.cached_orders == 0 {
             return Err(ConfigError::invalid("cached_orders", "must be at least 1"));
         }
+        if self.read_back_chunk == 0 {
+            return Err(ConfigError::invalid(
+                "read_back_chunk",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -130,6 +141,9 @@ pub struct Partition {
     /// The highest input offset whose event was published. A record up to it that is met
     /// undecided (a replay after a crash) was decided before, against the state of its time.
     caused_until: Option<i64>,
+    /// The partition count of the commands topic: a command's key must hash to this
+    /// partition, as the producers' murmur2 partitioner puts it.
+    partitions: usize,
 }
 
 impl std::fmt::Debug for Partition {
@@ -150,6 +164,7 @@ pub struct Orders {
     outcomes: Arc<str>,
     snapshot_every: i64,
     cached_orders: usize,
+    read_back_chunk: usize,
     hold_commit_open: std::time::Duration,
     codec: Codec,
     kafka: ClientConfigSource,
@@ -196,6 +211,7 @@ impl Orders {
             outcomes: Arc::from(p.outcomes_topic.as_str()),
             snapshot_every: i64::from(p.snapshot_every),
             cached_orders: p.cached_orders,
+            read_back_chunk: p.read_back_chunk,
             hold_commit_open: p.hold_commit_open,
             codec: Codec::new(Arc::new(registry)),
             kafka: ClientConfigSource(client),
@@ -388,8 +404,8 @@ impl Stateful for Orders {
         let events_topic = self.events.clone();
         let client = self.kafka.0.clone();
         let part = partition.clone();
-        // Claim, check the partition alignment, and read back in one blocking call.
-        let (mut state, applied, timers, payloads, end) = blocking(move || {
+        // Claim and check the partition alignment in one blocking call.
+        let (mut state, applied, timers, reader, mut from) = blocking(move || {
             let mut conn = connect(&db).map_err(|e| classify("opening the journal", e))?;
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -413,47 +429,72 @@ impl Stateful for Orders {
                 )));
             }
             let published = Journal::publication(&conn, &events_topic, part.partition)?;
-            let (payloads, end) = reader.read(
-                &events_topic,
-                part.partition,
-                published.as_ref().map(|p| p.next_offset),
-                COMMAND_OFFSET,
-            )?;
             let state = Partition {
                 conn: Arc::new(Mutex::new(conn)),
                 epoch: claimed.epoch,
+                partitions: commands,
                 orders: HashMap::new(),
                 decided: HashMap::new(),
                 staged: JournalRows::default(),
                 published: false,
-                caused_until: published.and_then(|p| p.caused_until),
+                caused_until: published.as_ref().and_then(|p| p.caused_until),
             };
-            Ok((state, claimed.applied, claimed.timers, payloads, end))
+            let from = published.map(|p| p.next_offset);
+            Ok((
+                state,
+                claimed.applied,
+                claimed.timers,
+                Arc::new(reader),
+                from,
+            ))
         })
         .await?;
-        let mut events = Vec::new();
-        for r in payloads {
-            if let Some(e) = codec::event(&self.codec, r.payload.as_deref()).await? {
-                events.push((e, r.header));
+        // Read back to the end as it is now, a chunk at a time: each chunk's events are
+        // adopted and journaled with how far the read-back got, before the next is read.
+        let mut until = None;
+        let mut adopted = 0;
+        loop {
+            let (r, topic, number) = (reader.clone(), self.events.clone(), partition.partition);
+            let chunk = self.read_back_chunk;
+            let (payloads, next, end) =
+                blocking(move || r.read_chunk(&topic, number, from, until, chunk, COMMAND_OFFSET))
+                    .await?;
+            until = Some(end);
+            let mut events = Vec::with_capacity(payloads.len());
+            for r in payloads {
+                if let Some(e) = codec::event(&self.codec, r.payload.as_deref()).await? {
+                    events.push((e, r.header));
+                }
             }
+            let conn = state.conn.clone();
+            adopted += {
+                let conn = conn
+                    .lock()
+                    .map_err(|_| ProcessError::fatal("journal connection poisoned"))?;
+                self.adopt(&conn, &mut state, events)?
+            };
+            // Journal what was adopted, and where publication stands, before going on.
+            state.staged.publications.push(Publication {
+                topic: self.events.to_string(),
+                partition: partition.partition,
+                next_offset: next,
+                caused_until: state.caused_until,
+            });
+            if next >= end {
+                break;
+            }
+            let flush = Flush {
+                partition,
+                up_to: None,
+                timers: &[],
+            };
+            self.flush(&mut state, flush).await?;
+            tracing::info!(topic = %partition.topic, partition = partition.partition, read_back_to = next, end, "read-back in progress");
+            from = Some(next);
         }
-        let conn = state.conn.clone();
-        let adopted = {
-            let conn = conn
-                .lock()
-                .map_err(|_| ProcessError::fatal("journal connection poisoned"))?;
-            self.adopt(&conn, &mut state, events)?
-        };
         if adopted > 0 {
             tracing::warn!(topic = %partition.topic, partition = partition.partition, adopted, "adopted events a previous owner published but did not journal");
         }
-        // Journal what was adopted, and where publication stands, before the first record.
-        state.staged.publications.push(Publication {
-            topic: self.events.to_string(),
-            partition: partition.partition,
-            next_offset: end,
-            caused_until: state.caused_until,
-        });
         let flush = Flush {
             partition,
             up_to: None,
@@ -473,6 +514,23 @@ impl Stateful for Orders {
         input: Envelope<Command>,
         effects: &mut Effects,
     ) -> Result<(), ProcessError> {
+        // An order's commands and events share a partition number only when every producer
+        // partitions by murmur2, as the gateway and Kafka's Java client do. A command on
+        // another partition would be decided against another owner's view of its order.
+        let belongs = kafka::partition_for(
+            input.value.metadata().aggregate_id.as_bytes(),
+            state.partitions,
+        );
+        if belongs != input.position.partition {
+            return Err(ProcessError::poison(format!(
+                "the command for order {:?} arrived on partition {} of {}, but its key belongs \
+                 to partition {belongs} (murmur2 of the key, as the gateway and Kafka's Java \
+                 client partition; with librdkafka set partitioner=murmur2_random)",
+                input.value.metadata().aggregate_id,
+                input.position.partition,
+                input.position.topic
+            )));
+        }
         let command = input.value;
         let meta = command.metadata();
         let id = meta.aggregate_id.clone();

@@ -5,7 +5,9 @@
 //! process killed between the two has published events its journal lacks; the next owner
 //! reads the events partition from where the last group commit said publication stood, and
 //! adopts what it finds: the events go into the journal and their commands count as decided.
-//! So no version is published twice. A command redelivered in the very record that caused an
+//! It reads a chunk at a time and journals each chunk with how far it got, so memory stays
+//! bounded, a tail of any length is read, and a retried open goes on from there. So no
+//! version is published twice. A command redelivered in the very record that caused an
 //! adopted event gets its original outcome (the killed owner may not have sent it); any other
 //! record with a decided command id is a duplicate.
 //!
@@ -21,8 +23,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-/// How long a read-back may take before the open fails (and is retried).
-const READ_BACK: Duration = Duration::from_secs(30);
+/// How long the read-back may go without a record before the open fails (and is retried):
+/// it times out on lack of progress, never on the length of the tail.
+const STALLED: Duration = Duration::from_secs(30);
 const META: Duration = Duration::from_secs(10);
 
 fn transient(what: &str, e: rdkafka::error::KafkaError) -> ProcessError {
@@ -80,19 +83,25 @@ impl Reader {
             .map_err(|e| transient("reading a high watermark", e))
     }
 
-    /// Every record of `topic[partition]` from `from` (its start when None) up to its end
-    /// now, as (payload, the value of header `header` as a number), with the end.
-    pub fn read(
+    /// Up to `max` records of `topic[partition]` from `from` (its start when None), stopping
+    /// at `until` (the end when it was first asked, when None): as (payload, the value of
+    /// header `header` as a number), with the offset to read from next and the end aimed at.
+    /// Fails (transient) only when no record comes for [`STALLED`]; fatal when records the
+    /// journal needs were deleted.
+    pub fn read_chunk(
         &self,
         topic: &str,
         partition: i32,
         from: Option<i64>,
+        until: Option<i64>,
+        max: usize,
         header: &str,
-    ) -> Result<(Vec<ReadBack>, i64), ProcessError> {
+    ) -> Result<(Vec<ReadBack>, i64, i64), ProcessError> {
         let (low, high) = self
             .consumer
             .fetch_watermarks(topic, partition, META)
             .map_err(|e| transient("reading watermarks", e))?;
+        let end = until.unwrap_or(high).min(high);
         // Records the journal never saw were deleted (retention, DeleteRecords): adopting what
         // is left would skip versions, and an order whose events are all gone would be
         // accepted again at version 1. Nothing can be decided safely on this partition.
@@ -110,8 +119,8 @@ impl Reader {
                 }
             )));
         }
-        if start >= high {
-            return Ok((Vec::new(), high));
+        if start >= end {
+            return Ok((Vec::new(), start, end));
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(start))
@@ -119,18 +128,20 @@ impl Reader {
         self.consumer
             .assign(&tpl)
             .map_err(|e| transient("assigning the read-back", e))?;
-        let deadline = Instant::now() + READ_BACK;
+        let mut last_progress = Instant::now();
         let mut payloads = Vec::new();
         let mut next = start;
-        while next < high {
-            if Instant::now() > deadline {
+        while next < end && payloads.len() < max {
+            if last_progress.elapsed() > STALLED {
                 let _ = self.consumer.unassign();
                 return Err(ProcessError::transient(format!(
-                    "read-back of {topic}[{partition}] stopped at {next} of {high}"
+                    "read-back of {topic}[{partition}] made no progress for {STALLED:?} at \
+                     offset {next} of {end}"
                 )));
             }
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
+                    last_progress = Instant::now();
                     next = m.offset() + 1;
                     let number = m.headers().and_then(|hs| {
                         hs.iter()
@@ -146,10 +157,21 @@ impl Reader {
                     let _ = self.consumer.unassign();
                     return Err(transient("reading back published events", e));
                 }
-                None => {}
+                None => {
+                    // A transaction marker or a compacted gap ends the partition without a
+                    // record: the position says how far the fetch got.
+                    if let Ok(pos) = self.consumer.position()
+                        && let Some(e) = pos.find_partition(topic, partition)
+                        && let Offset::Offset(o) = e.offset()
+                        && o > next
+                    {
+                        next = o;
+                        last_progress = Instant::now();
+                    }
+                }
             }
         }
         let _ = self.consumer.unassign();
-        Ok((payloads, high))
+        Ok((payloads, next, end))
     }
 }

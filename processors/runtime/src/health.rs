@@ -34,6 +34,30 @@ struct State {
     checks: BTreeMap<&'static str, Outcome>,
     fatal: Option<String>,
     panics: u64,
+    /// Partitions assigned, once known.
+    assigned: Option<usize>,
+    /// Partitions whose state is still being opened (loaded, read back).
+    opening: usize,
+}
+
+impl State {
+    /// The `partitions` check: some assigned, none still opening.
+    fn partitions(&mut self) {
+        let Some(assigned) = self.assigned else {
+            return;
+        };
+        let outcome = if assigned == 0 {
+            Outcome::Fail("none assigned (more replicas than partitions?)".into())
+        } else if self.opening > 0 {
+            Outcome::Fail(format!(
+                "{} of {assigned} still opening: their state is loading (eip_partitions_opening)",
+                self.opening
+            ))
+        } else {
+            Outcome::Pass
+        };
+        self.checks.insert("partitions", outcome);
+    }
 }
 
 /// Shared health state, updated by readiness loops and callbacks, read by the probes.
@@ -67,8 +91,7 @@ impl Health {
         Health {
             state: Mutex::new(State {
                 checks: checks.iter().map(|c| (*c, Outcome::NotYet)).collect(),
-                fatal: None,
-                panics: 0,
+                ..State::default()
             }),
         }
     }
@@ -105,11 +128,23 @@ impl Health {
 
     /// Records the current number of assigned partitions (the `partitions` check).
     pub fn set_assigned(&self, n: usize) {
-        self.report(
-            "partitions",
-            n > 0,
-            "none assigned (more replicas than partitions?)",
-        );
+        self.with(|s| {
+            s.assigned = Some(n);
+            s.partitions();
+        });
+    }
+
+    /// A partition started opening its state (`true`) or finished, either way (`false`). The
+    /// `partitions` check fails while any is opening: the member does not serve it yet.
+    pub fn opening(&self, started: bool) {
+        self.with(|s| {
+            s.opening = if started {
+                s.opening + 1
+            } else {
+                s.opening.saturating_sub(1)
+            };
+            s.partitions();
+        });
     }
 
     /// Marks the process as failed: liveness turns false, with `reason` on `/healthz`.
@@ -201,6 +236,17 @@ mod tests {
         h.set_assigned(2);
         assert!(h.readiness().ready);
         assert_eq!(h.readiness().error, None);
+        // A partition still opening its state is not served yet.
+        h.opening(true);
+        let r = h.readiness();
+        assert!(!r.ready);
+        assert!(
+            r.error
+                .unwrap_or_default()
+                .contains("partitions: 1 of 2 still opening")
+        );
+        h.opening(false);
+        assert!(h.readiness().ready);
         h.fail("registry", "does not answer");
         assert_eq!(
             h.readiness().error.as_deref(),

@@ -113,6 +113,44 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Kafka's murmur2 hash of a key, as its Java client (`Utils.murmur2`) and librdkafka's
+/// `murmur2_random` partitioner compute it.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition of `partitions` that a keyed record goes to with the producers' partitioner
+/// (`murmur2_random`, the Java client's default): the positive murmur2 of the key, modulo the
+/// count. Every eip producer uses it, so a key's records share a partition number across
+/// topics with the same count.
+pub fn partition_for(key: &[u8], partitions: usize) -> i32 {
+    if partitions == 0 {
+        return 0;
+    }
+    ((murmur2(key) & 0x7fff_ffff) as u32 % partitions as u32) as i32
+}
+
 /// Topics among `names` that the cluster does not have.
 pub fn missing_topics(
     kafka: &KafkaConfig,
@@ -182,6 +220,26 @@ pub fn settle_before_close<C: rdkafka::consumer::ConsumerContext>(consumer: &Bas
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_java_client() {
+        // The vectors of Kafka's own UtilsTest.testMurmur2.
+        for (key, hash) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()), hash, "{key}");
+        }
+        assert!((0..3).contains(&partition_for(b"order-1", 3)));
+        assert_eq!(partition_for(b"order-1", 0), 0);
+    }
 
     #[test]
     fn given_user_properties_then_the_producer_gets_them_beside_its_guarantees() {

@@ -34,6 +34,8 @@ pub const READY: &str = "eip_ready";
 pub const PANICS: &str = "eip_panics_total";
 /// Timers pending across the assigned partitions of a stateful processor.
 pub const TIMERS: &str = "eip_timers_pending";
+/// Partitions whose state is still being opened (loaded, read back): assigned, not served yet.
+pub const OPENING: &str = "eip_partitions_opening";
 /// Group commits of a stateful processor by outcome (`durable`, `retried`, `fenced`, `failed`).
 pub const GROUP_COMMITS: &str = "eip_group_commits_total";
 /// How long a stateful processor's group commit took, from its first attempt to durable.
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub panics: IntCounterVec,
     /// See [`TIMERS`].
     pub timers: IntGauge,
+    /// See [`OPENING`].
+    pub opening: IntGauge,
     /// See [`GROUP_COMMITS`]; labels: processor, outcome.
     pub group_commits: IntCounterVec,
     /// See [`GROUP_COMMIT_SECONDS`]; labels: processor.
@@ -123,6 +127,10 @@ impl Metrics {
         let paused = plain_gauge(PAUSED_PARTITIONS, "Partitions paused for backpressure.")?;
         let ready = plain_gauge(READY, "1 when the last readiness check passed.")?;
         let timers = plain_gauge(TIMERS, "Timers pending on the assigned partitions.")?;
+        let opening = plain_gauge(
+            OPENING,
+            "Partitions whose state is still being opened: assigned, not served yet.",
+        )?;
         let group_commit_seconds = HistogramVec::new(
             HistogramOpts::new(
                 GROUP_COMMIT_SECONDS,
@@ -149,6 +157,7 @@ impl Metrics {
         registry.register(Box::new(processing.clone()))?;
         Ok(Metrics {
             timers,
+            opening,
             group_commits: counter(
                 &registry,
                 GROUP_COMMITS,

@@ -177,6 +177,19 @@ impl<S: Stateful> Worker<S> {
     /// Opens the partition's state, retrying transient errors; `None` if it can't be opened
     /// (a fatal error, recorded) or the partition was abandoned meanwhile.
     async fn open(&mut self) -> Option<S::State> {
+        // Until this returns, the partition is assigned but not served: readiness and
+        // `eip_partitions_opening` say so, however it ends.
+        struct Opening<'a>(&'a crate::health::Health, &'a prometheus::IntGauge);
+        impl Drop for Opening<'_> {
+            fn drop(&mut self) {
+                self.0.opening(false);
+                self.1.dec();
+            }
+        }
+        self.core.health.opening(true);
+        self.core.metrics.opening.inc();
+        let core = self.core.clone();
+        let _opening = Opening(&core.health, &core.metrics.opening);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -384,6 +384,26 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
     cfg.pipeline.inputs = vec![s.events.clone(), s.outcomes.clone()];
     let projector =
         InProcess::start_stateful(cfg.clone(), eip_projector::Projector::new(&cfg).unwrap()).await;
+    // An event whose order id no store can key (produced by something other than eip-orders,
+    // which refuses such a command): the CQL server refuses even to read it, and that must
+    // dead-letter the event, not stop the projector at every start.
+    let mut keyless = eip_schemas::types::samples::order_placed(1);
+    keyless.metadata.aggregate_id = String::new();
+    keyless.metadata.aggregate_version = 1;
+    let producer: rdkafka::producer::FutureProducer =
+        eip_runtime::kafka::producer_config(&ep.kafka())
+            .create()
+            .unwrap();
+    let payload = codec.encode(&keyless).await.unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&s.events)
+                .key("")
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     let script = produce_script(&ep, &codec, &s.names.input, "cql", 600, 0).await;
     let views = ScyllaViews::connect(&ScyllaSettings {
         keyspace: keyspace.clone(),
@@ -409,6 +429,21 @@ async fn with_the_cql_store_the_projector_fills_the_same_views() {
         Some(())
     })
     .await;
+    let events_dlq = format!("{}.dlq", s.events);
+    wait_for(&ep, &events_dlq, 1, WAIT).await;
+    let reasons: Vec<String> = read_all(&ep, &events_dlq)
+        .await
+        .iter()
+        .flat_map(|r| r.headers.iter())
+        .filter(|(k, _)| k == eip_runtime::dlq::REASON)
+        .filter_map(|(_, v)| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("a key of order_summary is empty")),
+        "{reasons:?}"
+    );
     orders.stop().await.unwrap();
     projector.stop().await.unwrap();
     check_views(&views, &script).await;

@@ -696,6 +696,10 @@ impl Stateful for Projector {
             Input::Event(event) => event,
             Input::Outcome(outcome) => return state.projection.outcome(outcome),
         };
+        // An id no store could key (empty, oversized) is refused here, before the store is
+        // asked for the order: a CQL server refuses such a read outright, which must not
+        // stop the projector.
+        check_key(ORDER_SUMMARY.name, &event.metadata().aggregate_id)?;
         match &mut state.store {
             PartitionStore::Sqlite { conn, versions, .. } => {
                 let conn = locked(conn)?;

@@ -88,18 +88,23 @@ pub fn fold(view: Option<&OrderView>, event: &Event) -> Step {
             let mut v = v.clone();
             match e {
                 Event::Placed(_) => return Step::Gap { have, got },
+                // Idempotent on the lines: a line already there (a writer that stopped
+                // half-way left it) is replaced, never added twice, and units follow the
+                // events, not what the lines read back happen to hold.
                 Event::LineAdded(e) => {
                     let added = line(&e.line, got);
                     v.units += added.quantity;
-                    let at = v.lines.partition_point(|l| l.sku < added.sku);
-                    v.lines.insert(at, added);
+                    // (The summary's units never counted such a line: it is of this
+                    // version, which the summary did not reach.)
+                    match v.lines.binary_search_by(|l| l.sku.cmp(&added.sku)) {
+                        Ok(at) => v.lines[at] = added,
+                        Err(at) => v.lines.insert(at, added),
+                    }
                     v.total_cents = e.total_cents;
                 }
                 Event::LineRemoved(e) => {
-                    if let Some(at) = v.lines.iter().position(|l| l.sku == e.line.sku) {
-                        let removed = v.lines.remove(at);
-                        v.units -= removed.quantity;
-                    }
+                    v.lines.retain(|l| l.sku != e.line.sku);
+                    v.units -= i64::from(e.line.quantity);
                     v.total_cents = e.total_cents;
                 }
                 Event::Confirmed(_) => {

@@ -566,3 +566,40 @@ fn an_order_read_from_a_view_that_is_ahead_of_the_others_brings_every_view_up_to
     commit_all(&mut conn, epoch, &mut after_switch);
     assert_eq!(dump(&conn), clean(&events, 1));
 }
+
+#[test]
+fn a_line_left_ahead_of_its_summary_is_added_once_and_a_missing_one_removed_by_the_event() {
+    let (events, _) = history(
+        &[
+            command("o", 0, 0, "A", 2, 1),
+            command("o", 1, 1, "C", 5, 1),
+            command("o", 2, 2, "C", 0, 1),
+        ],
+        1,
+    );
+    assert_eq!(events.len(), 3);
+    let Step::Applied(v1) = fold(None, &events[0]) else {
+        panic!("placed")
+    };
+    // Version 1's view, but holding version 2's line C already (read without the version
+    // filter, or left by a writer that stopped half-way).
+    let mut ahead = v1.clone();
+    let Step::Applied(v2) = fold(Some(&v1), &events[1]) else {
+        panic!("added")
+    };
+    ahead.lines = v2.lines.clone();
+    let Step::Applied(again) = fold(Some(&ahead), &events[1]) else {
+        panic!("added again")
+    };
+    assert_eq!(again, v2, "the line is added once, units counted once");
+    // The removal of a line the view lost: units still follow the event.
+    let mut lost = v2.clone();
+    lost.lines.retain(|l| l.sku != "C");
+    let Step::Applied(v3) = fold(Some(&v2), &events[2]) else {
+        panic!("removed")
+    };
+    let Step::Applied(v3_lost) = fold(Some(&lost), &events[2]) else {
+        panic!("removed from the view that lost it")
+    };
+    assert_eq!(v3_lost, v3);
+}

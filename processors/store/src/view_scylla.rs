@@ -489,8 +489,11 @@ impl ViewStore for ScyllaViews {
             placed_at: r.7,
             updated_at: r.8,
             confirmed_day: r.9,
+            // The order as of its summary's version: the summary is written last, so a
+            // writer that stopped half-way may have left line rows of a later version.
             lines: lines
                 .into_iter()
+                .filter(|l| l.3 <= r.6)
                 .map(|l| LineView {
                     sku: l.0,
                     quantity: l.1,

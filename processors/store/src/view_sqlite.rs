@@ -209,12 +209,14 @@ pub fn load_order(
     let Some(mut order) = order else {
         return Ok(None);
     };
+    // The order as of its summary's version: a line row of a later version (written ahead
+    // of its summary by a writer that stopped half-way) is not part of it yet.
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT sku, quantity, unit_price_cents, version FROM {lines} WHERE order_id = ?1 \
-         ORDER BY sku"
+         AND version <= ?2 ORDER BY sku"
     ))?;
     order.lines = stmt
-        .query_map(params![id], |r| {
+        .query_map(params![id, order.version], |r| {
             Ok(LineView {
                 sku: r.get(0)?,
                 quantity: r.get(1)?,

@@ -1271,13 +1271,74 @@ async fn the_openapi_document_matches_the_running_server() {
         (COMMAND, "/v1/commands/cmd-404".into(), 404),
         (COMMANDS, "/v1/commands?correlation_id=corr-1".into(), 200),
         (COMMANDS, "/v1/commands".into(), 400),
+        // Ids no view could hold, and a path that is not UTF-8: 400 with a JSON reason on
+        // either store (they were 404 on SQLite, 503 on CQL, and plain text).
+        (ORDER, format!("/v1/orders/{}", "x".repeat(2_000)), 400),
+        (ORDER, "/v1/orders/%FF%FE%FD".into(), 400),
+        (COMMAND, format!("/v1/commands/{}", "k".repeat(2_000)), 400),
+        (
+            CUSTOMER,
+            format!("/v1/customers/{}/orders", "c".repeat(2_000)),
+            400,
+        ),
+        (
+            COMMANDS,
+            format!("/v1/commands?correlation_id={}", "r".repeat(2_000)),
+            400,
+        ),
+        (
+            COMMANDS,
+            "/v1/commands?correlation_id=corr-1&limit=0".into(),
+            400,
+        ),
+        (
+            COMMANDS,
+            "/v1/commands?correlation_id=corr-1&cursor=nope".into(),
+            400,
+        ),
+        // A cursor far longer than any this API gives out.
+        (
+            CUSTOMER,
+            format!("/v1/customers/c-1/orders?cursor={}", "a".repeat(5_000)),
+            400,
+        ),
     ];
     for (template, path, status) in cases {
         let (path, req) = get(path);
         let obs = gw.send("get", template, req).await;
         assert_eq!(obs.status, status, "{path}: {}", obs.body);
+        assert!(
+            status == 200 || !obs.error().is_empty(),
+            "{path}: a JSON reason: {}",
+            obs.body
+        );
         note(template, "get", &obs);
     }
+    // A cursor is good only for the query it was given out for: c-1's page 2 cursor is
+    // refused for another customer, and the correlation pages chain like the customer's.
+    let (_, req) = get("/v1/customers/c-1/orders?limit=1".into());
+    let c1 = gw.send("get", CUSTOMER, req).await.json();
+    let (_, req) = get(format!(
+        "/v1/customers/c-2/orders?cursor={}",
+        c1["next_cursor"].as_str().unwrap()
+    ));
+    let other = gw.send("get", CUSTOMER, req).await;
+    assert_eq!(other.status, 400, "{}", other.body);
+    assert!(
+        other.error().contains("not one this API gave out"),
+        "{}",
+        other.body
+    );
+    let (_, req) = get("/v1/commands?correlation_id=corr-1&limit=1".into());
+    let page = gw.send("get", COMMANDS, req).await.json();
+    assert_eq!(page["items"][0]["command_id"], json!("cmd-1"));
+    let (_, req) = get(format!(
+        "/v1/commands?correlation_id=corr-1&limit=1&cursor={}",
+        page["next_cursor"].as_str().unwrap()
+    ));
+    let rest = gw.send("get", COMMANDS, req).await.json();
+    assert_eq!(rest["items"], json!([]));
+    assert!(rest["next_cursor"].is_null());
     // Paging: the first page's cursor leads to the second, and the last page has none.
     let (_, req) = get("/v1/customers/c-1/orders?limit=1".into());
     let first = gw.send("get", CUSTOMER, req).await.json();
@@ -1310,10 +1371,34 @@ async fn the_openapi_document_matches_the_running_server() {
         note(template, "get", &obs);
     }
     gw.stop().await;
-    // A gateway whose CQL views cluster does not answer: 503 with the reason.
+    // A gateway whose CQL views cluster does not answer: 503 with the reason, at once while
+    // it is known down. Forty queries at a time end within a few seconds: they do not queue
+    // behind connects of their own (a 3 s connect timeout each, one after another, was 2
+    // minutes).
+    // The cluster's address takes TCP connections (the kernel's backlog) and never answers
+    // one, as a host behind a dropped route does: each connect waits out its timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = gw_config(&ep, &[(PLACE_ORDER, &topic)]);
-    cfg.gateway.views_cql_nodes = vec![dead_address()];
-    let gw = Gw::start(cfg).await;
+    cfg.gateway.views_cql_nodes = vec![silent.local_addr().unwrap().to_string()];
+    let gw = std::sync::Arc::new(Gw::start(cfg).await);
+    let started = std::time::Instant::now();
+    let burst: Vec<_> = (0..40)
+        .map(|i| {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.get_as(ORDER, &format!("/v1/orders/o-{i}")).await })
+        })
+        .collect();
+    for answer in burst {
+        let obs = answer.await.unwrap();
+        assert_eq!(obs.status, 503, "{}", obs.body);
+        assert!(obs.header("retry-after").is_some());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "40 queries to a dead CQL cluster took {:?}",
+        started.elapsed()
+    );
+    let gw = std::sync::Arc::into_inner(gw).unwrap();
     for (template, path) in [
         (ORDER, "/v1/orders/o-1"),
         (CUSTOMER, "/v1/customers/c-1/orders"),

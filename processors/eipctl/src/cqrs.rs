@@ -18,10 +18,11 @@ use eip_orders::aggregate::{Event, replay};
 use eip_projector::rebuild::{Outcome, Plan, Progress, rebuild};
 use eip_store::journal::Journal;
 use eip_store::sqlite::connect;
+use eip_store::view_any::AnyViews;
 use eip_store::view_rebuild::{self, find_view, stored_versions};
 use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
 use eip_store::view_sqlite::{self, Reader};
-use eip_store::view_store::{AnyViews, SqliteViews, ViewStore};
+use eip_store::view_store::{SqliteViews, ViewStore};
 use eip_store::views::VIEWS;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -195,8 +196,15 @@ pub enum Query {
     },
     /// A command's outcome.
     Command(String),
-    /// Outcomes by correlation id.
-    Correlation(String),
+    /// Outcomes by correlation id, a page at a time.
+    Correlation {
+        /// The correlation id.
+        id: String,
+        /// Page size.
+        limit: u32,
+        /// The previous page's cursor.
+        cursor: Option<String>,
+    },
 }
 
 /// Where `eipctl query` reads the views.
@@ -266,8 +274,11 @@ pub async fn query(views: &Views, q: Query) -> anyhow::Result<()> {
         Query::Command(id) => json!(store.command(&id).await?.with_context(|| format!(
             "no outcome for command {id:?}: unknown, or not decided and projected yet"
         ))?),
-        Query::Correlation(id) => {
-            json!({ "correlation_id": id, "items": store.commands_by_correlation(&id).await? })
+        Query::Correlation { id, limit, cursor } => {
+            let page = store
+                .commands_by_correlation(&id, cursor.as_deref(), limit)
+                .await??;
+            json!({ "correlation_id": id, "items": page.items, "next_cursor": page.next_cursor })
         }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -249,10 +249,16 @@ enum QueryCmd {
         #[command(flatten)]
         views: ViewsFrom,
     },
-    /// The outcomes of every command with a correlation id.
+    /// The outcomes of the commands with a correlation id, a page at a time.
     Correlation {
         /// The correlation id.
         id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
         #[command(flatten)]
         views: ViewsFrom,
     },
@@ -773,7 +779,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     views,
                 } => (views, cqrs::Query::Sales { day, limit, cursor }),
                 QueryCmd::Command { id, views } => (views, cqrs::Query::Command(id)),
-                QueryCmd::Correlation { id, views } => (views, cqrs::Query::Correlation(id)),
+                QueryCmd::Correlation {
+                    id,
+                    limit,
+                    cursor,
+                    views,
+                } => (views, cqrs::Query::Correlation { id, limit, cursor }),
                 QueryCmd::Summary { .. } => unreachable!("answered above"),
             };
             cqrs::query(&views.views(), q).await?

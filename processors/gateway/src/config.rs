@@ -94,6 +94,9 @@ pub struct GatewaySettings {
     pub views_db: Option<std::path::PathBuf>,
     /// Read connections to `views_db`, used in turn.
     pub query_connections: usize,
+    /// Query requests answered at once at most; past this a query is 503 with Retry-After at
+    /// once, so a slow or unreachable store can't pile requests up.
+    pub max_queries_in_flight: usize,
     /// Instead of `views_db`: the CQL contact points (`host:port`) of the cluster the
     /// projector writes with `store = "cql"` (ScyllaDB in production). Connected on first
     /// query; until it answers, queries are 503.
@@ -117,6 +120,7 @@ impl Default for GatewaySettings {
             body_timeout: Duration::from_secs(10),
             views_db: None,
             query_connections: 4,
+            max_queries_in_flight: 256,
             views_cql_nodes: Vec::new(),
             views_keyspace: "eip".into(),
         }
@@ -192,6 +196,12 @@ impl GatewayConfig {
         let g = &self.gateway;
         if !(1..=64).contains(&g.query_connections) {
             return Err(invalid("gateway.query_connections", "must be 1 to 64"));
+        }
+        if g.max_queries_in_flight == 0 {
+            return Err(invalid(
+                "gateway.max_queries_in_flight",
+                "must be at least 1",
+            ));
         }
         if g.views_db.is_some() && !g.views_cql_nodes.is_empty() {
             return Err(invalid(

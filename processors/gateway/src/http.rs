@@ -1,12 +1,9 @@
 //! The HTTP routes: `POST /v1/records/{type}`, the probes, `/metrics` and `/openapi.json`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -14,22 +11,20 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use eip_runtime::StartupError;
-use eip_runtime::health::Health;
 use eip_runtime::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 use eip_schemas::convert::{self, ConvertError};
-use eip_schemas::{Catalog, CodecError, CompiledSchema, Registry, frame};
+use eip_schemas::{Catalog, CodecError, frame};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
-use crate::config::GatewayConfig;
-use crate::metrics::{GatewayMetrics, UNROUTED};
+use crate::metrics::UNROUTED;
+use crate::shared::{Problem, Shared, authorize, json_response};
 
 /// The Kafka header naming the media type the record arrived in.
 pub const CONTENT_TYPE_HEADER: &str = "eip.gateway.content-type";
@@ -43,98 +38,6 @@ pub const ACCEPTED: [&str; 5] = [
     "application/vnd.apache.avro",
     "avro/binary",
 ];
-
-/// One routed record type, with its schema and prebuilt Avro reader and writer.
-pub(crate) struct Route {
-    pub(crate) topic: String,
-    compiled: &'static CompiledSchema,
-    reader: GenericDatumReader<'static>,
-    writer: GenericDatumWriter<'static>,
-}
-
-/// Everything the handlers share.
-pub(crate) struct Shared {
-    pub(crate) routes: HashMap<String, Route>,
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) producer: FutureProducer,
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
-    max_body: usize,
-    body_timeout: Duration,
-    retry_after: HeaderValue,
-    tokens: Vec<Vec<u8>>,
-    pub(crate) metrics: GatewayMetrics,
-    /// Liveness and readiness, in the runtime's shape: the checks are [`GATEWAY_CHECKS`].
-    pub(crate) health: Arc<Health>,
-    /// The views the query API serves (`gateway.views_db` or `gateway.views_cql_nodes`), if
-    /// any.
-    pub(crate) views: Option<crate::query::ViewsSource>,
-}
-
-/// The gateway's readiness checks: the broker answers metadata for the routed topics, the
-/// registry answers, every routed topic exists, and the gateway is not shutting down.
-pub(crate) const GATEWAY_CHECKS: &[&str] = &["broker", "registry", "topics", "serving"];
-
-impl Shared {
-    pub(crate) fn new(
-        config: &GatewayConfig,
-        registry: Arc<Registry>,
-        producer: FutureProducer,
-        metrics: GatewayMetrics,
-    ) -> Result<Shared, StartupError> {
-        let catalog = Catalog::global().map_err(|e| StartupError::new("the schema catalog", e))?;
-        let mut routes = HashMap::new();
-        for (type_name, topic) in &config.gateway.routes {
-            let compiled = catalog
-                .get(type_name)
-                .map_err(|e| StartupError::new(format!("route for {type_name}"), e))?;
-            let reader = GenericDatumReader::builder(&compiled.schema)
-                .build()
-                .map_err(|e| StartupError::new(format!("reader for {type_name}"), e))?;
-            let writer = GenericDatumWriter::builder(&compiled.schema)
-                .build()
-                .map_err(|e| StartupError::new(format!("writer for {type_name}"), e))?;
-            routes.insert(
-                type_name.clone(),
-                Route {
-                    topic: topic.clone(),
-                    compiled,
-                    reader,
-                    writer,
-                },
-            );
-        }
-        Ok(Shared {
-            routes,
-            registry,
-            producer,
-            permits: Arc::new(Semaphore::new(config.gateway.max_in_flight)),
-            max_in_flight: config.gateway.max_in_flight,
-            max_body: config.gateway.max_body_bytes,
-            body_timeout: config.gateway.body_timeout,
-            retry_after: HeaderValue::from(config.retry_after_secs()),
-            tokens: config
-                .gateway
-                .auth_tokens
-                .iter()
-                .map(|t| t.as_bytes().to_vec())
-                .collect(),
-            metrics,
-            views: crate::query::ViewsSource::of(&config.gateway)?,
-            health: {
-                let health = Health::new(GATEWAY_CHECKS);
-                health.pass("serving");
-                Arc::new(health)
-            },
-        })
-    }
-
-    /// From now on readiness is false: a load balancer stops sending before the server stops.
-    pub(crate) fn set_stopping(&self) {
-        self.health.fail("serving", "shutting down");
-        self.metrics.ready.set(0);
-    }
-}
 
 /// The router with every endpoint.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -221,14 +124,19 @@ impl Reject {
     }
 }
 
+impl From<Problem> for Reject {
+    fn from(p: Problem) -> Reject {
+        Reject {
+            www_authenticate: p.challenge,
+            ..Reject::new(p.status, p.error)
+        }
+    }
+}
+
 struct Accepted {
     topic: String,
     partition: i32,
     offset: i64,
-}
-
-pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, axum::Json(body)).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,63 +193,6 @@ fn media_type(headers: &HeaderMap) -> Result<(Media, &'static str), Reject> {
         _ => Media::Avro,
     };
     Ok((media, canonical))
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a token
-/// matched. (Lengths can still differ in time; the token's length is not the secret.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-fn authorize(tokens: &[Vec<u8>], headers: &HeaderMap) -> Result<(), Reject> {
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let unauthorized = |error: &str, challenge: &'static str| Reject {
-        www_authenticate: Some(challenge),
-        ..Reject::new(StatusCode::UNAUTHORIZED, error)
-    };
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized(
-            "authentication required: send Authorization: Bearer <token>",
-            "Bearer realm=\"eip-gateway\"",
-        ));
-    };
-    let value = value.as_bytes();
-    let presented = match value.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
-        _ => {
-            return Err(unauthorized(
-                "the Authorization header is not a Bearer token",
-                "Bearer realm=\"eip-gateway\", error=\"invalid_request\"",
-            ));
-        }
-    };
-    // Every token is compared, whichever matches.
-    let matched = tokens
-        .iter()
-        .fold(false, |ok, t| ok | constant_time_eq(t, presented));
-    if matched {
-        Ok(())
-    } else {
-        Err(unauthorized(
-            "the bearer token is not valid",
-            "Bearer realm=\"eip-gateway\", error=\"invalid_token\"",
-        ))
-    }
-}
-
-/// The bearer-token check of `/v1/records`, for other routes: a 401 with its challenge.
-pub(crate) fn check_token(s: &Shared, headers: &HeaderMap) -> Result<(), crate::query::Problem> {
-    authorize(&s.tokens, headers).map_err(|reject| crate::query::Problem {
-        status: reject.status,
-        error: reject.error,
-        challenge: reject.www_authenticate,
-    })
 }
 
 /// The correlation id a request carries, or a new one.
@@ -446,18 +297,20 @@ async fn post_record(
         .and_then(|v| TraceContext::parse(v.as_bytes()))
         .map_or_else(TraceContext::new_root, |parent| parent.child());
     // Authentication comes first: an unauthenticated client gets a 401 whatever else it sent.
-    let (correlation, result) =
-        match authorize(&s.tokens, &headers).and_then(|()| correlation_id(&headers)) {
-            Ok(correlation_id) => {
-                let ids = RequestIds {
-                    correlation_id,
-                    trace,
-                };
-                let outcome = handle(&s, label, &path, query, &headers, body, &ids).await;
-                (Some(ids.correlation_id), outcome)
-            }
-            Err(reject) => (None, Err(reject)),
-        };
+    let (correlation, result) = match authorize(&s.tokens, &headers)
+        .map_err(Reject::from)
+        .and_then(|()| correlation_id(&headers))
+    {
+        Ok(correlation_id) => {
+            let ids = RequestIds {
+                correlation_id,
+                trace,
+            };
+            let outcome = handle(&s, label, &path, query, &headers, body, &ids).await;
+            (Some(ids.correlation_id), outcome)
+        }
+        Err(reject) => (None, Err(reject)),
+    };
     let mut response = match result {
         Ok(accepted) => json_response(
             StatusCode::ACCEPTED,
@@ -784,28 +637,6 @@ mod tests {
                 assert!(reject.error.contains("avro/binary"), "{}", reject.error);
             }
         }
-    }
-
-    #[test]
-    fn given_tokens_then_only_a_matching_bearer_passes() {
-        let tokens = vec![b"alpha".to_vec(), b"beta-2".to_vec()];
-        assert!(authorize(&[], &HeaderMap::new()).is_ok());
-        assert!(authorize(&tokens, &headers(&[("authorization", "Bearer beta-2")])).is_ok());
-        assert!(authorize(&tokens, &headers(&[("authorization", "bearer alpha")])).is_ok());
-        for bad in [
-            None,
-            Some("Bearer alph"),
-            Some("Bearer alphaa"),
-            Some("Basic YWxwaGE="),
-        ] {
-            let h = bad.map_or_else(HeaderMap::new, |v| headers(&[("authorization", v)]));
-            let reject = authorize(&tokens, &h).unwrap_err();
-            assert_eq!(reject.status, StatusCode::UNAUTHORIZED, "{bad:?}");
-            assert!(reject.www_authenticate.unwrap().starts_with("Bearer"));
-        }
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

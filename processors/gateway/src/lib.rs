@@ -24,6 +24,7 @@ mod http;
 pub mod metrics;
 mod query;
 mod readiness;
+mod shared;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,7 +87,7 @@ pub async fn serve(
     let producer: FutureProducer = producer_config
         .create()
         .map_err(|e| StartupError::new("kafka producer", e))?;
-    let shared = Arc::new(http::Shared::new(
+    let shared = Arc::new(shared::Shared::new(
         &config,
         Arc::new(registry),
         producer.clone(),

@@ -15,37 +15,60 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use eip_runtime::StartupError;
+use eip_store::view_any::AnyViews;
 use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
-use eip_store::view_store::{AnyViews, SqliteViews, StoreError, ViewStore};
+use eip_store::view_store::{SqliteViews, StoreError, ViewStore};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OnceCell;
 
 use crate::config::GatewaySettings;
-use crate::http::{Shared, check_token, json_response};
+use crate::shared::{Problem, Shared, check_token, json_response, problem};
 
 /// Where the views come from: opened at startup (SQLite), or connected on first use (CQL).
+///
+/// While a CQL cluster can't be reached, one request at a time tries to connect, and only
+/// once the back-off since the last failure (1 s, doubling to 30 s) has passed; every other
+/// request is answered 503 at once with the last failure's reason, never queued behind
+/// connects of its own.
 #[derive(Debug)]
 pub(crate) struct ViewsSource {
     ready: OnceCell<Arc<AnyViews>>,
     cql: Option<ScyllaSettings>,
+    /// Taken by the one request that connects.
+    connecting: tokio::sync::Mutex<()>,
+    /// The last failed connect: when, why, and the back-off before the next.
+    down: std::sync::Mutex<Option<Down>>,
+}
+
+#[derive(Debug, Clone)]
+struct Down {
+    at: std::time::Instant,
+    backoff: std::time::Duration,
+    reason: String,
 }
 
 impl ViewsSource {
     /// The views `settings` name, if any.
     pub(crate) fn of(settings: &GatewaySettings) -> Result<Option<ViewsSource>, StartupError> {
+        let source = |ready, cql| ViewsSource {
+            ready,
+            cql,
+            connecting: tokio::sync::Mutex::new(()),
+            down: std::sync::Mutex::new(None),
+        };
         if let Some(path) = &settings.views_db {
             let views = SqliteViews::open(path, settings.query_connections)
                 .map_err(|e| StartupError::new(format!("the views at {}", path.display()), e))?;
-            return Ok(Some(ViewsSource {
-                ready: OnceCell::new_with(Some(Arc::new(AnyViews::Sqlite(views)))),
-                cql: None,
-            }));
+            return Ok(Some(source(
+                OnceCell::new_with(Some(Arc::new(AnyViews::Sqlite(views)))),
+                None,
+            )));
         }
         if settings.views_cql_nodes.is_empty() {
             return Ok(None);
@@ -57,27 +80,89 @@ impl ViewsSource {
             must_exist: true,
             ..ScyllaSettings::new(Vec::new())
         };
-        Ok(Some(ViewsSource {
-            ready: OnceCell::new(),
-            cql: Some(cql),
-        }))
+        Ok(Some(source(OnceCell::new(), Some(cql))))
+    }
+
+    fn last_down(&self) -> Option<Down> {
+        self.down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The store, connecting to the CQL cluster the first time.
     async fn get(&self) -> Result<Arc<AnyViews>, Problem> {
-        self.ready
-            .get_or_try_init(|| async {
-                let settings = self
-                    .cql
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Permanent("no views store is configured".into()))?;
-                ScyllaViews::connect(settings)
-                    .await
-                    .map(|v| Arc::new(AnyViews::Cql(Box::new(v))))
-            })
+        if let Some(views) = self.ready.get() {
+            return Ok(views.clone());
+        }
+        let unavailable = |d: &Down| {
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the views could not be read: {}", d.reason),
+            )
+        };
+        // Known down and still backing off, or another request is connecting: answer now.
+        if let Some(d) = self.last_down()
+            && d.at.elapsed() < d.backoff
+        {
+            return Err(unavailable(&d));
+        }
+        let Ok(_turn) = self.connecting.try_lock() else {
+            return Err(match self.last_down() {
+                Some(d) => unavailable(&d),
+                None => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the views' CQL cluster is being connected: try again shortly",
+                ),
+            });
+        };
+        if let Some(views) = self.ready.get() {
+            return Ok(views.clone());
+        }
+        let settings = self
+            .cql
+            .as_ref()
+            .ok_or_else(|| store_problem(StoreError::Permanent("no views store".into())))?;
+        // The driver's own connect timeout covers one connection, not the whole session (a
+        // host that takes connections and never answers held it for minutes): bound it all.
+        let limit = settings.connect_timeout + std::time::Duration::from_secs(2);
+        let connected = tokio::time::timeout(limit, ScyllaViews::connect(settings))
             .await
-            .cloned()
-            .map_err(store_problem)
+            .unwrap_or_else(|_| {
+                Err(StoreError::Transient(format!(
+                    "no answer from the CQL cluster {:?} within {limit:?}",
+                    settings.nodes
+                )))
+            });
+        match connected {
+            Ok(v) => {
+                let views = Arc::new(AnyViews::Cql(Box::new(v)));
+                let _ = self.ready.set(views.clone());
+                *self
+                    .down
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Ok(views)
+            }
+            Err(e) => {
+                let mut down = self
+                    .down
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let backoff = down
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(1), |d| {
+                        (d.backoff * 2).min(std::time::Duration::from_secs(30))
+                    });
+                let d = Down {
+                    at: std::time::Instant::now(),
+                    backoff,
+                    reason: e.to_string(),
+                };
+                *down = Some(d.clone());
+                Err(unavailable(&d))
+            }
+        }
     }
 }
 
@@ -101,33 +186,46 @@ pub(crate) struct PageQuery {
     cursor: Option<String>,
 }
 
-/// `correlation_id` of the commands query.
+/// `correlation_id`, `limit` and `cursor` of the commands query.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CorrelationQuery {
     correlation_id: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
-/// A refused query: its status, its reason, and the authentication challenge of a 401.
-#[derive(Debug)]
-pub(crate) struct Problem {
-    pub(crate) status: StatusCode,
-    pub(crate) error: String,
-    pub(crate) challenge: Option<&'static str>,
+/// A path parameter as text, or a 400 with the reason (bad percent-encoding, not UTF-8).
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    p.map(|Path(v)| v)
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
-fn problem(status: StatusCode, error: impl Into<String>) -> Problem {
-    Problem {
-        status,
-        error: error.into(),
-        challenge: None,
+/// A 400 for an id no view could hold, by the one definition the write side checks too.
+fn id(what: &str, value: &str) -> Result<(), Problem> {
+    match eip_schemas::limits::id_problem(value) {
+        None => Ok(()),
+        Some(why) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            format!("the {what} {why}: no view holds such an id"),
+        )),
     }
 }
 
-async fn views(s: &Shared, headers: &HeaderMap) -> Result<Arc<AnyViews>, Problem> {
+/// The store to answer from, and the permit this query holds while it is answered.
+async fn views(
+    s: &Shared,
+    headers: &HeaderMap,
+) -> Result<(Arc<AnyViews>, tokio::sync::OwnedSemaphorePermit), Problem> {
     check_token(s, headers)?;
+    let Ok(permit) = s.queries.clone().try_acquire_owned() else {
+        return Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many queries in flight (gateway.max_queries_in_flight): try again shortly",
+        ));
+    };
     match &s.views {
-        Some(source) => source.get().await,
+        Some(source) => Ok((source.get().await?, permit)),
         None => Err(problem(
             StatusCode::NOT_FOUND,
             "this gateway serves no views: set gateway.views_db to the projector's file, or \
@@ -155,6 +253,12 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
 fn result(r: Result<Response, Problem>) -> Response {
     r.unwrap_or_else(|p| {
         let mut response = json_response(p.status, json!({ "error": p.error }));
+        if p.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if let Some(challenge) = p.challenge {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -169,11 +273,13 @@ fn result(r: Result<Response, Problem>) -> Response {
 pub(crate) async fn order(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     result(
         async {
-            let store = views(&s, &headers).await?;
+            let (store, _permit) = views(&s, &headers).await?;
+            let id = path(order_id)?;
+            self::id("order id", &id)?;
             match store.order(&id).await.map_err(store_problem)? {
                 Some(order) => Ok(json_response(StatusCode::OK, json!(order))),
                 None => Err(problem(
@@ -190,12 +296,14 @@ pub(crate) async fn order(
 pub(crate) async fn customer_orders(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(customer): Path<String>,
+    customer: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     result(
         async {
-            let store = views(&s, &headers).await?;
+            let (store, _permit) = views(&s, &headers).await?;
+            let customer = path(customer)?;
+            id("customer id", &customer)?;
             let page = query(q)?;
             let limit = limit(&page)?;
             let page = store
@@ -222,12 +330,13 @@ fn is_day(day: &str) -> bool {
 pub(crate) async fn sales(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(day): Path<String>,
+    day: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     result(
         async {
-            let store = views(&s, &headers).await?;
+            let (store, _permit) = views(&s, &headers).await?;
+            let day = path(day)?;
             if !is_day(&day) {
                 return Err(problem(
                     StatusCode::BAD_REQUEST,
@@ -254,11 +363,13 @@ pub(crate) async fn sales(
 pub(crate) async fn command(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    command_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     result(
         async {
-            let store = views(&s, &headers).await?;
+            let (store, _permit) = views(&s, &headers).await?;
+            let id = path(command_id)?;
+            self::id("command id", &id)?;
             match store.command(&id).await.map_err(store_problem)? {
                 Some(outcome) => Ok(json_response(StatusCode::OK, json!(outcome))),
                 None => Err(problem(
@@ -282,20 +393,31 @@ pub(crate) async fn commands(
 ) -> Response {
     result(
         async {
-            let store = views(&s, &headers).await?;
-            let Some(correlation) = query(q)?.correlation_id.filter(|c| !c.is_empty()) else {
+            let (store, _permit) = views(&s, &headers).await?;
+            let q = query(q)?;
+            let Some(correlation) = q.correlation_id.clone().filter(|c| !c.is_empty()) else {
                 return Err(problem(
                     StatusCode::BAD_REQUEST,
                     "give correlation_id, or ask for one command at /v1/commands/{command_id}",
                 ));
             };
-            let items = store
-                .commands_by_correlation(&correlation)
+            id("correlation id", &correlation)?;
+            let limit = limit(&PageQuery {
+                limit: q.limit,
+                cursor: None,
+            })?;
+            let page = store
+                .commands_by_correlation(&correlation, q.cursor.as_deref(), limit)
                 .await
-                .map_err(store_problem)?;
+                .map_err(store_problem)?
+                .map_err(|e| problem(StatusCode::BAD_REQUEST, e.to_string()))?;
             Ok(json_response(
                 StatusCode::OK,
-                json!({ "correlation_id": correlation, "items": items }),
+                json!({
+                    "correlation_id": correlation,
+                    "items": page.items,
+                    "next_cursor": page.next_cursor,
+                }),
             ))
         }
         .await,

@@ -9,7 +9,7 @@ use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::http::Shared;
+use crate::shared::Shared;
 
 /// Re-checks the broker (metadata of every routed topic) and the registry every `interval`
 /// until `stop`.

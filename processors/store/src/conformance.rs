@@ -216,11 +216,39 @@ pub async fn run<S: ViewStore>(store: &S) {
     assert_eq!(k2.reason_code.as_deref(), Some("duplicate_sku"));
     assert_eq!(store.command("k-404").await.expect("command"), None);
     let by = store
-        .commands_by_correlation("r-1")
+        .commands_by_correlation("r-1", None, 10)
         .await
-        .expect("by correlation");
+        .expect("by correlation")
+        .expect("no cursor");
     assert_eq!(
-        by.iter().map(|o| o.command_id.as_str()).collect::<Vec<_>>(),
+        by.items
+            .iter()
+            .map(|o| o.command_id.as_str())
+            .collect::<Vec<_>>(),
         ["k-1", "k-2"]
+    );
+    assert_eq!(by.next_cursor, None);
+    // A page at a time, each with the cursor the last one gave; a cursor of another
+    // correlation id is refused.
+    let first = store
+        .commands_by_correlation("r-1", None, 1)
+        .await
+        .expect("by correlation")
+        .expect("no cursor");
+    assert_eq!(first.items[0].command_id, "k-1");
+    let cursor = first.next_cursor.expect("a second page");
+    let second = store
+        .commands_by_correlation("r-1", Some(&cursor), 1)
+        .await
+        .expect("by correlation")
+        .expect("its own cursor");
+    assert_eq!(second.items[0].command_id, "k-2");
+    assert!(
+        store
+            .commands_by_correlation("r-2", Some(&cursor), 1)
+            .await
+            .expect("by correlation")
+            .is_err(),
+        "another query's cursor"
     );
 }

@@ -20,6 +20,8 @@
 pub mod conformance;
 pub mod journal;
 pub mod sqlite;
+pub mod view_any;
+pub mod view_page;
 pub mod view_rebuild;
 pub mod view_scylla;
 pub mod view_sqlite;

@@ -31,7 +31,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use tokio::sync::Semaphore;
 
-use crate::view_sqlite::{BadCursor, CustomerOrder, Page, Sales, decode_cursor, encode_cursor};
+use crate::view_page::{BadCursor, CustomerOrder, Page, Sales, decode_cursor, encode_cursor};
 use crate::view_store::{Paged, StoreError, ViewStore};
 use crate::views::{
     COMMAND_STATUS, COMMANDS_BY_CORRELATION, LineView, ORDER_LINES, ORDER_SUMMARY,
@@ -132,6 +132,7 @@ struct Reads {
     sales_after: PreparedStatement,
     command: PreparedStatement,
     correlation: PreparedStatement,
+    correlation_after: PreparedStatement,
 }
 
 /// The views in a CQL keyspace. See the module docs.
@@ -304,7 +305,13 @@ impl ScyllaViews {
             ))
             .await?,
             correlation: prepare(format!(
-                "SELECT {outcome_columns} FROM {} WHERE correlation_id = ?",
+                "SELECT {outcome_columns} FROM {} WHERE correlation_id = ? LIMIT ?",
+                t(&COMMANDS_BY_CORRELATION)
+            ))
+            .await?,
+            correlation_after: prepare(format!(
+                "SELECT {outcome_columns} FROM {} WHERE correlation_id = ? AND command_id > ? \
+                 LIMIT ?",
                 t(&COMMANDS_BY_CORRELATION)
             ))
             .await?,
@@ -510,7 +517,8 @@ impl ViewStore for ScyllaViews {
         cursor: Option<&str>,
         n: u32,
     ) -> Paged<CustomerOrder> {
-        let after: Option<(i64, String)> = match decode_cursor(cursor) {
+        let scope = ("customer", customer);
+        let after: Option<(i64, String)> = match decode_cursor(scope, cursor) {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
@@ -553,14 +561,15 @@ impl ViewStore for ScyllaViews {
             .then(|| {
                 items
                     .last()
-                    .map(|o| encode_cursor(&(o.placed_at, &o.order_id)))
+                    .map(|o| encode_cursor(scope, &(o.placed_at, &o.order_id)))
             })
             .flatten();
         Ok(Ok(Page { items, next_cursor }))
     }
 
     async fn product_sales(&self, day: &str, cursor: Option<&str>, n: u32) -> Paged<Sales> {
-        let after: Option<(String, String)> = match decode_cursor::<(String, String)>(cursor) {
+        let scope = ("sales", day);
+        let after: Option<(String, String)> = match decode_cursor(scope, cursor) {
             Ok(a) => a,
             Err(BadCursor) => return Ok(Err(BadCursor)),
         };
@@ -596,7 +605,11 @@ impl ViewStore for ScyllaViews {
             })
             .collect();
         let next_cursor = (items.len() == n as usize)
-            .then(|| items.last().map(|s| encode_cursor(&(&s.sku, &s.currency))))
+            .then(|| {
+                items
+                    .last()
+                    .map(|s| encode_cursor(scope, &(&s.sku, &s.currency)))
+            })
             .flatten();
         Ok(Ok(Page { items, next_cursor }))
     }
@@ -608,10 +621,42 @@ impl ViewStore for ScyllaViews {
         Ok(rows.into_iter().next().map(outcome))
     }
 
-    async fn commands_by_correlation(&self, id: &str) -> Result<Vec<OutcomeView>, StoreError> {
-        let rows: Vec<OutcomeRow> = self
-            .rows("reading commands", &self.reads.correlation, (id,))
-            .await?;
-        Ok(rows.into_iter().map(outcome).collect())
+    async fn commands_by_correlation(
+        &self,
+        id: &str,
+        cursor: Option<&str>,
+        n: u32,
+    ) -> Paged<OutcomeView> {
+        let scope = ("correlation", id);
+        let after: Option<String> = match decode_cursor(scope, cursor) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        if n == 0 {
+            return Ok(Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+        let what = "reading commands";
+        let rows: Vec<OutcomeRow> = match &after {
+            None => {
+                self.rows(what, &self.reads.correlation, (id, limit(n)))
+                    .await?
+            }
+            Some(last) => {
+                self.rows(
+                    what,
+                    &self.reads.correlation_after,
+                    (id, last.as_str(), limit(n)),
+                )
+                .await?
+            }
+        };
+        let items: Vec<OutcomeView> = rows.into_iter().map(outcome).collect();
+        let next_cursor = (items.len() == n as usize)
+            .then(|| items.last().map(|o| encode_cursor(scope, &o.command_id)))
+            .flatten();
+        Ok(Ok(Page { items, next_cursor }))
     }
 }

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::view_sqlite::{self, BadCursor, CustomerOrder, Page, Reader, Sales};
+use crate::view_page::{CustomerOrder, Sales};
+use crate::view_sqlite::{self, Reader};
 use crate::views::{OrderView, OutcomeView, Write};
 
 /// A store failure, classified.
@@ -33,7 +34,8 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// A query answer that may be refused for its cursor.
-pub type Paged<T> = Result<Result<Page<T>, BadCursor>, StoreError>;
+pub type Paged<T> =
+    Result<Result<crate::view_page::Page<T>, crate::view_page::BadCursor>, StoreError>;
 
 /// The views, whichever store holds them.
 pub trait ViewStore: Send + Sync {
@@ -62,11 +64,13 @@ pub trait ViewStore: Send + Sync {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<OutcomeView>, StoreError>> + Send;
-    /// Outcomes by correlation id, by command id.
+    /// A page of the outcomes of the commands with correlation id `id`, by command id.
     fn commands_by_correlation(
         &self,
         id: &str,
-    ) -> impl Future<Output = Result<Vec<OutcomeView>, StoreError>> + Send;
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Paged<OutcomeView>> + Send;
 }
 
 /// The SQLite backend behind the trait: writes in their own transaction on the live tables,
@@ -142,67 +146,15 @@ impl ViewStore for SqliteViews {
         self.read(move |r| r.command(&id)).await
     }
 
-    async fn commands_by_correlation(&self, id: &str) -> Result<Vec<OutcomeView>, StoreError> {
-        let id = id.to_string();
-        self.read(move |r| r.commands_by_correlation(&id)).await
-    }
-}
-
-/// Either backend, chosen by configuration.
-#[derive(Debug)]
-pub enum AnyViews {
-    /// The SQLite file.
-    Sqlite(SqliteViews),
-    /// The CQL cluster.
-    Cql(Box<crate::view_scylla::ScyllaViews>),
-}
-
-impl ViewStore for AnyViews {
-    async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        match self {
-            AnyViews::Sqlite(s) => s.apply(writes).await,
-            AnyViews::Cql(s) => s.apply(writes).await,
-        }
-    }
-
-    async fn order(&self, id: &str) -> Result<Option<OrderView>, StoreError> {
-        match self {
-            AnyViews::Sqlite(s) => s.order(id).await,
-            AnyViews::Cql(s) => s.order(id).await,
-        }
-    }
-
-    async fn customer_orders(
+    async fn commands_by_correlation(
         &self,
-        customer: &str,
+        id: &str,
         cursor: Option<&str>,
         limit: u32,
-    ) -> Paged<CustomerOrder> {
-        match self {
-            AnyViews::Sqlite(s) => s.customer_orders(customer, cursor, limit).await,
-            AnyViews::Cql(s) => s.customer_orders(customer, cursor, limit).await,
-        }
-    }
-
-    async fn product_sales(&self, day: &str, cursor: Option<&str>, limit: u32) -> Paged<Sales> {
-        match self {
-            AnyViews::Sqlite(s) => s.product_sales(day, cursor, limit).await,
-            AnyViews::Cql(s) => s.product_sales(day, cursor, limit).await,
-        }
-    }
-
-    async fn command(&self, id: &str) -> Result<Option<OutcomeView>, StoreError> {
-        match self {
-            AnyViews::Sqlite(s) => s.command(id).await,
-            AnyViews::Cql(s) => s.command(id).await,
-        }
-    }
-
-    async fn commands_by_correlation(&self, id: &str) -> Result<Vec<OutcomeView>, StoreError> {
-        match self {
-            AnyViews::Sqlite(s) => s.commands_by_correlation(id).await,
-            AnyViews::Cql(s) => s.commands_by_correlation(id).await,
-        }
+    ) -> Paged<OutcomeView> {
+        let (id, cursor) = (id.to_string(), cursor.map(str::to_string));
+        self.read(move |r| r.commands_by_correlation_page(&id, cursor.as_deref(), limit))
+            .await
     }
 }
 

@@ -1,0 +1,70 @@
+//! The dispatch over the view backends: [`AnyViews`] is whichever one the configuration
+//! names, behind the same [`ViewStore`] trait. It is the one module that knows both.
+
+use crate::view_page::{CustomerOrder, Sales};
+use crate::view_scylla::ScyllaViews;
+use crate::view_store::{Paged, SqliteViews, StoreError, ViewStore};
+use crate::views::{OrderView, OutcomeView, Write};
+
+/// Either backend, chosen by configuration.
+#[derive(Debug)]
+pub enum AnyViews {
+    /// The SQLite file.
+    Sqlite(SqliteViews),
+    /// The CQL cluster.
+    Cql(Box<ScyllaViews>),
+}
+
+impl ViewStore for AnyViews {
+    async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.apply(writes).await,
+            AnyViews::Cql(s) => s.apply(writes).await,
+        }
+    }
+
+    async fn order(&self, id: &str) -> Result<Option<OrderView>, StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.order(id).await,
+            AnyViews::Cql(s) => s.order(id).await,
+        }
+    }
+
+    async fn customer_orders(
+        &self,
+        customer: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Paged<CustomerOrder> {
+        match self {
+            AnyViews::Sqlite(s) => s.customer_orders(customer, cursor, limit).await,
+            AnyViews::Cql(s) => s.customer_orders(customer, cursor, limit).await,
+        }
+    }
+
+    async fn product_sales(&self, day: &str, cursor: Option<&str>, limit: u32) -> Paged<Sales> {
+        match self {
+            AnyViews::Sqlite(s) => s.product_sales(day, cursor, limit).await,
+            AnyViews::Cql(s) => s.product_sales(day, cursor, limit).await,
+        }
+    }
+
+    async fn command(&self, id: &str) -> Result<Option<OutcomeView>, StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.command(id).await,
+            AnyViews::Cql(s) => s.command(id).await,
+        }
+    }
+
+    async fn commands_by_correlation(
+        &self,
+        id: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Paged<OutcomeView> {
+        match self {
+            AnyViews::Sqlite(s) => s.commands_by_correlation(id, cursor, limit).await,
+            AnyViews::Cql(s) => s.commands_by_correlation(id, cursor, limit).await,
+        }
+    }
+}

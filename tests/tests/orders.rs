@@ -425,3 +425,230 @@ async fn partitions_handed_over_under_load_never_decide_on_stale_state() {
     let events = event_versions(&ep, &codec, &t.events).await;
     check_script(&script, &seen, &events);
 }
+
+/// A command whose event the events topic can't take (its `max.message.bytes` is smaller) is
+/// rejected `too_large` before anything changes: the order does not exist afterwards, so the
+/// journal never holds a version the topic never got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_its_topic_is_rejected_and_changes_nothing() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let ep = endpoints();
+    let names = fresh_topics(&ep, "orders-large", 1).await;
+    let t = Topics {
+        events: format!("{}-events", names.input),
+        outcomes: format!("{}-outcomes", names.input),
+        names,
+    };
+    create_topics(&ep, &[&t.outcomes], 1).await;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        eip_runtime::kafka::base_config(&ep.kafka())
+            .create()
+            .unwrap();
+    let events = NewTopic::new(&t.events, 1, TopicReplication::Fixed(1))
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("max.message.bytes", "16384");
+    for r in admin
+        .create_topics([&events], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = orders_config(&ep, &t, &dir.path().join("orders.db"));
+    // Batches no larger than the topic takes, as its operator must set them.
+    cfg.kafka
+        .producer_properties
+        .insert("batch.size".into(), "8192".into());
+    let member = start(&cfg).await;
+    let codec = codec(&ep);
+    let sample = eip_schemas::types::samples::order_placed(1);
+    let meta = |n: u32| eip_schemas::types::CommandMetadata {
+        command_id: format!("big/c{n}"),
+        correlation_id: "big".into(),
+        causation_id: None,
+        issued_at: 1,
+        aggregate_id: "big".into(),
+        expected_version: None,
+    };
+    let line = |i: usize| eip_schemas::types::OrderLine {
+        sku: format!("sku-{i:040}"),
+        quantity: 1,
+        unit_price_cents: 100,
+    };
+    let place = |n: u32, lines: usize| {
+        CommandRecord::Place(eip_schemas::types::PlaceOrder {
+            metadata: meta(n),
+            customer_id: "c-big".into(),
+            lines: (0..lines).map(line).collect(),
+            currency: "EUR".into(),
+            shipping_address: sample.shipping_address.clone(),
+        })
+    };
+    let commands = [
+        place(1, 400),
+        CommandRecord::AddLine(eip_schemas::types::AddOrderLine {
+            metadata: meta(2),
+            line: line(999),
+        }),
+        place(3, 2),
+    ];
+    let producer: rdkafka::producer::FutureProducer =
+        eip_runtime::kafka::producer_config(&ep.kafka())
+            .create()
+            .unwrap();
+    for c in &commands {
+        let payload = c.avro(&codec).await.unwrap();
+        producer
+            .send(
+                FutureRecord::to(&t.names.input)
+                    .key("big")
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for(&ep, &t.outcomes, 3, WAIT).await;
+    member.stop().await.unwrap();
+    let seen = outcomes(&ep, &codec, &t.outcomes).await;
+    let first = &seen["big/c1"][0];
+    assert_eq!(first.reason_code.as_deref(), Some("too_large"), "{first:?}");
+    assert!(
+        first
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("max.message.bytes")),
+        "{first:?}"
+    );
+    assert_eq!(
+        seen["big/c2"][0].reason_code.as_deref(),
+        Some("unknown_order"),
+        "the refused placement changed nothing"
+    );
+    let third = &seen["big/c3"][0];
+    assert!(third.accepted && third.version == 1, "{third:?}");
+    assert_eq!(
+        event_versions(&ep, &codec, &t.events).await["big"],
+        vec![1],
+        "one event, of the small placement"
+    );
+    assert!(read_all(&ep, &t.names.dlq).await.is_empty());
+}
+
+/// An output refused for good that the processor could not foresee (here an outcome larger
+/// than its topic takes) stops eip-orders with the reason instead of keeping a state change
+/// whose output never exists; once the topic is fixed, a restart publishes the outcome and the
+/// journal and the topics agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_refused_for_good_stops_the_processor_and_keeps_no_state_change() {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    let ep = endpoints();
+    let names = fresh_topics(&ep, "orders-refused", 1).await;
+    let t = Topics {
+        events: format!("{}-events", names.input),
+        outcomes: format!("{}-outcomes", names.input),
+        names,
+    };
+    create_topics(&ep, &[&t.events], 1).await;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        eip_runtime::kafka::base_config(&ep.kafka())
+            .create()
+            .unwrap();
+    let small = NewTopic::new(&t.outcomes, 1, TopicReplication::Fixed(1))
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("max.message.bytes", "2048");
+    for r in admin
+        .create_topics([&small], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let mut cfg = orders_config(&ep, &t, &db);
+    cfg.kafka
+        .producer_properties
+        .insert("batch.size".into(), "1024".into());
+    let codec = codec(&ep);
+    // Ids of 1,000 bytes each are valid, and their outcome is over 2 KiB.
+    let long = |c: char| c.to_string().repeat(1_000);
+    let place = CommandRecord::Place(eip_schemas::types::PlaceOrder {
+        metadata: eip_schemas::types::CommandMetadata {
+            command_id: long('k'),
+            correlation_id: long('r'),
+            causation_id: None,
+            issued_at: 1,
+            aggregate_id: "o-1".into(),
+            expected_version: None,
+        },
+        customer_id: "c-1".into(),
+        lines: vec![eip_schemas::types::OrderLine {
+            sku: "A".into(),
+            quantity: 1,
+            unit_price_cents: 1,
+        }],
+        currency: "EUR".into(),
+        shipping_address: eip_schemas::types::samples::order_placed(1).shipping_address,
+    });
+    let producer: rdkafka::producer::FutureProducer =
+        eip_runtime::kafka::producer_config(&ep.kafka())
+            .create()
+            .unwrap();
+    let payload = place.avro(&codec).await.unwrap();
+    producer
+        .send(
+            FutureRecord::to(&t.names.input)
+                .key("o-1")
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let member = start(&cfg).await;
+    let stopped = tokio::time::timeout(WAIT, member.join()).await.unwrap();
+    let reason = eip_schemas::chain(&stopped.unwrap_err());
+    assert!(
+        reason.contains("refused for good") && reason.contains("max.message.bytes"),
+        "{reason}"
+    );
+    // Nothing of it was journaled, and nothing was dead-lettered.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert!(
+        eip_store::journal::Journal::history(&conn, "o-1")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(read_all(&ep, &t.names.dlq).await.is_empty());
+    // The operator raises the topic's limit: a restart adopts the published event and sends
+    // the command's outcome, and the journal holds the order.
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(&t.outcomes))
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("max.message.bytes", "1048576");
+    for r in admin
+        .alter_configs([&alter], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    cfg.kafka.producer_properties.remove("batch.size");
+    let member = start(&cfg).await;
+    wait_for(&ep, &t.outcomes, 1, WAIT).await;
+    member.stop().await.unwrap();
+    let seen = outcomes(&ep, &codec, &t.outcomes).await;
+    assert!(seen[&long('k')].iter().any(|o| o.accepted && !o.duplicate));
+    assert_eq!(event_versions(&ep, &codec, &t.events).await["o-1"], vec![1]);
+    assert_eq!(
+        eip_store::journal::Journal::history(&conn, "o-1")
+            .unwrap()
+            .len(),
+        1
+    );
+}

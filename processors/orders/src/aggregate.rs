@@ -190,6 +190,8 @@ pub const REJECTION_CODES: &[&str] = &[
     "bad_order_id",
     "bad_sku",
     "amount_too_large",
+    // Given by the processor, not by `handle`: the event would not fit in its topic.
+    "too_large",
 ];
 
 /// The sum over `lines` of quantity × unit price, or `amount_too_large` when a product or the

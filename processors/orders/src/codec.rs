@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use eip_runtime::{Output, ProcessError};
-use eip_schemas::codec::decode_with;
+use eip_schemas::codec::{decode_with, encode_with_id};
 use eip_schemas::frame;
 use eip_schemas::types::{
     AddOrderLine, CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderLineAdded,
@@ -55,4 +55,17 @@ pub fn publish(topic: &std::sync::Arc<str>, event: &Event) -> Output {
         Event::Confirmed(e) => Output::record(topic.clone(), key, e),
         Event::Cancelled(e) => Output::record(topic.clone(), key, e),
     }
+}
+
+/// The size of `event` framed as Avro (the registry id does not change it), as the broker
+/// will weigh it against the topic's `max.message.bytes`.
+pub fn encoded_len(event: &Event) -> Result<usize, ProcessError> {
+    let framed = match event {
+        Event::Placed(e) => encode_with_id(0, e),
+        Event::LineAdded(e) => encode_with_id(0, e),
+        Event::LineRemoved(e) => encode_with_id(0, e),
+        Event::Confirmed(e) => encode_with_id(0, e),
+        Event::Cancelled(e) => encode_with_id(0, e),
+    };
+    framed.map(|bytes| bytes.len()).map_err(ProcessError::Codec)
 }

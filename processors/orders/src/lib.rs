@@ -47,6 +47,10 @@ use crate::readback::Reader;
 /// snapshots are then ignored and their orders replayed from version 1, never misread.
 pub const SNAPSHOT_SCHEMA: i64 = 1;
 
+/// Room left in a record for its key, headers and the batch's framing, on top of the event:
+/// an order id and a correlation id are at most 1,024 bytes each, the headers a few hundred.
+pub const RECORD_ROOM: usize = 4_096;
+
 /// The header of every published event that carries the input offset of the command that
 /// caused it: the read-back learns from it which commands were decided before a crash.
 pub const COMMAND_OFFSET: &str = "eip-command-offset";
@@ -144,6 +148,10 @@ pub struct Partition {
     /// The partition count of the commands topic: a command's key must hash to this
     /// partition, as the producers' murmur2 partitioner puts it.
     partitions: usize,
+    /// The largest event the events topic takes (its `max.message.bytes`, and the
+    /// producer's `message.max.bytes`), less room for the key and headers: a command whose
+    /// event would be larger is rejected `too_large` before anything changes.
+    max_event_bytes: usize,
 }
 
 impl std::fmt::Debug for Partition {
@@ -168,6 +176,8 @@ pub struct Orders {
     hold_commit_open: std::time::Duration,
     codec: Codec,
     kafka: ClientConfigSource,
+    /// The cluster settings, for DescribeConfigs of the output topics at open.
+    cluster: eip_runtime::config::KafkaConfig,
     watermarks: Arc<Reader>,
 }
 
@@ -215,6 +225,7 @@ impl Orders {
             hold_commit_open: p.hold_commit_open,
             codec: Codec::new(Arc::new(registry)),
             kafka: ClientConfigSource(client),
+            cluster: config.kafka.clone(),
             watermarks: Arc::new(watermarks),
         })
     }
@@ -222,6 +233,59 @@ impl Orders {
     /// The journal file.
     pub fn db(&self) -> &std::path::Path {
         &self.db
+    }
+
+    /// The largest event worth publishing: the events topic's `max.message.bytes` and the
+    /// producer's `message.max.bytes`, whichever is smaller, less [`RECORD_ROOM`].
+    async fn max_event_bytes(&self) -> Result<usize, ProcessError> {
+        let topic = self.events.to_string();
+        let settings = eip_runtime::topics::topic_setting(
+            &self.cluster,
+            std::slice::from_ref(&topic),
+            "max.message.bytes",
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| ProcessError::Transient {
+            reason: format!("reading {topic}'s max.message.bytes"),
+            source: Some(Arc::new(e)),
+        })?;
+        let topic_max = settings
+            .get(&topic)
+            .and_then(|v| v.as_deref()?.parse::<usize>().ok())
+            .unwrap_or(usize::MAX);
+        let producer_max = self
+            .cluster
+            .producer_properties
+            .get("message.max.bytes")
+            .or_else(|| self.cluster.properties.get("message.max.bytes"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        Ok(topic_max.min(producer_max).saturating_sub(RECORD_ROOM))
+    }
+
+    /// The JSON of `event` for the journal, or `too_large` when the event would not fit in
+    /// the events topic: a rejection made before anything changes, so the state never holds
+    /// a version the topic can't have.
+    fn fits(&self, event: &Event, max: usize) -> Result<Option<String>, aggregate::Rejection> {
+        let json = serde_json::to_string(event).ok();
+        // Avro is never longer than this JSON (no field names, no quotes, varints), so an
+        // event whose JSON fits is not encoded twice.
+        if json.as_ref().is_some_and(|j| j.len() <= max) {
+            return Ok(json);
+        }
+        let avro = codec::encoded_len(event).unwrap_or(usize::MAX);
+        if avro <= max {
+            return Ok(json);
+        }
+        Err(aggregate::Rejection {
+            code: "too_large",
+            reason: format!(
+                "its event would be {avro} bytes, more than the {max} that {} takes \
+                 (max.message.bytes, less room for the key and headers)",
+                self.events
+            ),
+        })
     }
 
     /// Loads an order as its snapshot plus the events after it (None: it does not exist).
@@ -248,6 +312,7 @@ impl Orders {
         &self,
         state: &mut Partition,
         event: &Event,
+        json: Option<String>,
         command: &str,
         at: i64,
         source_offset: Option<i64>,
@@ -257,7 +322,7 @@ impl Orders {
         let order = apply(state.orders.remove(&id), event);
         let version = order.version;
         let command_id = meta.causation_id.clone().unwrap_or_default();
-        if let Ok(json) = serde_json::to_string(event) {
+        if let Some(json) = json.or_else(|| serde_json::to_string(event).ok()) {
             state.staged.events.push(JournalEvent {
                 aggregate_id: id.clone(),
                 version,
@@ -344,7 +409,7 @@ impl Orders {
                 Event::Cancelled(_) => "CancelOrder",
             };
             let at = event.metadata().occurred_at;
-            self.record(state, &event, kind, at, source_offset);
+            self.record(state, &event, None, kind, at, source_offset);
             adopted += 1;
         }
         Ok(adopted)
@@ -400,6 +465,7 @@ impl Stateful for Orders {
     }
 
     async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
+        let max_event_bytes = self.max_event_bytes().await?;
         let db = self.db.clone();
         let events_topic = self.events.clone();
         let client = self.kafka.0.clone();
@@ -433,6 +499,7 @@ impl Stateful for Orders {
                 conn: Arc::new(Mutex::new(conn)),
                 epoch: claimed.epoch,
                 partitions: commands,
+                max_event_bytes,
                 orders: HashMap::new(),
                 decided: HashMap::new(),
                 staged: JournalRows::default(),
@@ -606,8 +673,12 @@ impl Stateful for Orders {
             Some(then) => handle(then.as_ref(), &command, now),
             None => handle(state.orders.get(&id), &command, now),
         };
+        // An accepted command whose event the events topic could not take is refused here,
+        // on replay too (it was refused the first time for the same reason).
+        let max = state.max_event_bytes;
+        let decided = decided.and_then(|event| self.fits(&event, max).map(|json| (event, json)));
         match decided {
-            Ok(event) if then.is_some() => {
+            Ok((event, _)) if then.is_some() => {
                 // Accepted then, its event would have been published before the later ones.
                 return Err(ProcessError::fatal(format!(
                     "{command_id} at offset {offset} is accepted on replay but published no \
@@ -616,8 +687,8 @@ impl Stateful for Orders {
                     event.version() - 1
                 )));
             }
-            Ok(event) => {
-                let outcome = self.record(state, &event, command.kind(), now, Some(offset));
+            Ok((event, json)) => {
+                let outcome = self.record(state, &event, json, command.kind(), now, Some(offset));
                 state.published = true;
                 let mut output = codec::publish(&self.events, &event);
                 output

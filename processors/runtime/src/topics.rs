@@ -168,6 +168,25 @@ async fn describe(
     Ok(out)
 }
 
+/// The value of the topic-level setting `key` (e.g. `max.message.bytes`) of each of
+/// `topics`, as the broker applies it (a default included); None where it did not say.
+pub async fn topic_setting(
+    kafka: &KafkaConfig,
+    topics: &[String],
+    key: &str,
+    timeout: Duration,
+) -> Result<HashMap<String, Option<String>>, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
+    Ok(describe(&admin, topics, timeout)
+        .await?
+        .into_iter()
+        .map(|(topic, entries)| {
+            let value = entries.get(key).and_then(|(v, _)| v.clone());
+            (topic, value)
+        })
+        .collect())
+}
+
 /// Brings existing `topics` to their role's settings, keeping every other setting made on the
 /// topic. Returns what was changed, as `topic: key a -> b` lines. Only operator tools call
 /// this (`eipctl topics create`); processors never alter a topic, they refuse to start.

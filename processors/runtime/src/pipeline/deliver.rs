@@ -401,6 +401,23 @@ pub(super) async fn acker<S: Stateful>(
             }
         }
         if let Some((topic, e)) = failed {
+            if core.processor.stages_writes() {
+                // A stateful processor already changed its state for this record (and may
+                // have decided later records on top of it): dead-lettering the input would
+                // keep a state change whose output never exists. Stop instead; nothing of
+                // this batch is made durable (the group commit waits for this record's
+                // acknowledgement, which never comes), and the record is decided again after
+                // the restart. A processor refuses what it can't publish before it changes
+                // its state (eip-orders: `too_large`), so this is for the unforeseen.
+                core.stop.fatal(format!(
+                    "an output of {}[{}] offset {offset} to {topic} was refused for good \
+                     ({e}); its state change is not kept. If the record is too large, raise \
+                     {topic}'s max.message.bytes (and keep the producer's batch.size at or \
+                     below it)",
+                    key.0, key.1
+                ));
+                break 'acks;
+            }
             // The broker refused this output for good (too large, invalid): the input is poison.
             let reason = format!("delivery to {topic} failed: {e}");
             let Some(dl) = dead_letter(

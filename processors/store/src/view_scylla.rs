@@ -254,7 +254,7 @@ impl ScyllaViews {
                 );
             }
         }
-        let t = |table: &Table| format!("{ks}.{}", table.physical(version_of(table)));
+        let t = |table: &Table| format!("{ks}.{}", table.cql_physical(version_of(table)));
         let customer_columns = "order_id, placed_at, status, currency, total_cents, version";
         let outcome_columns = "command_id, correlation_id, aggregate_id, command, accepted, \
                                version, reason_code, reason, decided_at";
@@ -289,13 +289,14 @@ impl ScyllaViews {
             ))
             .await?,
             sales_first: prepare(format!(
-                "SELECT {sales_columns} FROM {} WHERE day = ? GROUP BY sku, currency LIMIT ?",
+                "SELECT {sales_columns} FROM {} WHERE day = ? AND bucket = ? \
+                 GROUP BY sku, currency LIMIT ?",
                 t(&PRODUCT_SALES)
             ))
             .await?,
             sales_after: prepare(format!(
-                "SELECT {sales_columns} FROM {} WHERE day = ? AND (sku, currency) > (?, ?) \
-                 GROUP BY sku, currency LIMIT ?",
+                "SELECT {sales_columns} FROM {} WHERE day = ? AND bucket = ? \
+                 AND (sku, currency) > (?, ?) GROUP BY sku, currency LIMIT ?",
                 t(&PRODUCT_SALES)
             ))
             .await?,
@@ -374,16 +375,23 @@ impl ScyllaViews {
             .writes
             .get(&(table, upsert))
             .ok_or_else(|| StoreError::Permanent(format!("no statement for {table}")))?;
+        let table_def = w.table();
         let values: Vec<Option<CqlValue>> = match w {
             Write::Upsert { row, stamp } => row
                 .values
                 .iter()
                 .map(cql)
+                .chain(
+                    table_def
+                        .bucket_of(&row.values)
+                        .map(|b| Some(CqlValue::Int(b))),
+                )
                 .chain([Some(CqlValue::BigInt(*stamp))])
                 .collect(),
             Write::Delete { key, stamp, .. } => [Some(CqlValue::BigInt(*stamp))]
                 .into_iter()
                 .chain(key.iter().map(cql))
+                .chain(table_def.bucket_of(key).map(|b| Some(CqlValue::Int(b))))
                 .collect(),
         };
         self.session
@@ -580,30 +588,49 @@ impl ViewStore for ScyllaViews {
             }));
         }
         let what = "reading a day's sales";
-        let rows: Vec<(String, String, i64, i64, i64)> = match &after {
-            None => {
-                self.rows(what, &self.reads.sales_first, (day, limit(n)))
-                    .await?
+        // A day is spread over buckets: each bucket gives its first `n` groups after the
+        // cursor, in (sku, currency) order, and their sums are added up. The first `n` keys
+        // over all buckets are each among the first `n` of every bucket that has them, so
+        // their sums are whole.
+        let count = PRODUCT_SALES.cql_buckets.as_ref().map_or(1, |b| b.count);
+        let after = &after;
+        let reads = (0..count).map(|bucket| {
+            let bucket = i32::try_from(bucket).unwrap_or(0);
+            async move {
+                let rows: Vec<(String, String, i64, i64, i64)> = match after {
+                    None => {
+                        self.rows(what, &self.reads.sales_first, (day, bucket, limit(n)))
+                            .await?
+                    }
+                    Some((sku, currency)) => {
+                        self.rows(
+                            what,
+                            &self.reads.sales_after,
+                            (day, bucket, sku.as_str(), currency.as_str(), limit(n)),
+                        )
+                        .await?
+                    }
+                };
+                Ok::<_, StoreError>(rows)
             }
-            Some((sku, currency)) => {
-                self.rows(
-                    what,
-                    &self.reads.sales_after,
-                    (day, sku.as_str(), currency.as_str(), limit(n)),
-                )
-                .await?
+        });
+        let mut merged: std::collections::BTreeMap<(String, String), Sales> =
+            std::collections::BTreeMap::new();
+        for rows in futures_util::future::join_all(reads).await {
+            for r in rows? {
+                let s = merged.entry((r.0.clone(), r.1.clone())).or_insert(Sales {
+                    sku: r.0,
+                    currency: r.1,
+                    units: 0,
+                    revenue_cents: 0,
+                    orders: 0,
+                });
+                s.units += r.2;
+                s.revenue_cents += r.3;
+                s.orders += r.4;
             }
-        };
-        let items: Vec<Sales> = rows
-            .into_iter()
-            .map(|r| Sales {
-                sku: r.0,
-                currency: r.1,
-                units: r.2,
-                revenue_cents: r.3,
-                orders: r.4,
-            })
-            .collect();
+        }
+        let items: Vec<Sales> = merged.into_values().take(n as usize).collect();
         let next_cursor = (items.len() == n as usize)
             .then(|| {
                 items

@@ -89,6 +89,32 @@ pub struct Table {
     pub partition: usize,
     /// The clustering columns' order, for the columns after the partition key.
     pub clustering: &'static [Sort],
+    /// On CQL only: the partition spread over buckets, so no partition grows without bound.
+    pub cql_buckets: Option<Buckets>,
+}
+
+/// A CQL table whose partition key gets a `bucket` column: `hash(by) % count` of each row's
+/// `by` column (a key column), so one partition key value (one day of sales) spreads over
+/// `count` partitions, and so over the cluster, instead of growing into one hot partition. A
+/// read of one key value reads every bucket and combines them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Buckets {
+    /// The key column the bucket is computed from.
+    pub by: &'static str,
+    /// How many buckets.
+    pub count: u32,
+}
+
+impl Buckets {
+    /// The bucket of a row whose `by` column is `value`: FNV-1a, stable across builds.
+    pub fn of(&self, value: &str) -> i32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in value.as_bytes() {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        (h % self.count.max(1)) as i32
+    }
 }
 
 impl Table {
@@ -100,6 +126,25 @@ impl Table {
     /// The table's name at `version`.
     pub fn physical(&self, version: i64) -> String {
         format!("{}_v{version}", self.name)
+    }
+
+    /// The CQL table's name at `version`: a bucketed table's name says its bucket count, so
+    /// a table of another shape is never written by mistake.
+    pub fn cql_physical(&self, version: i64) -> String {
+        match &self.cql_buckets {
+            Some(b) => format!("{}_b{}_v{version}", self.name, b.count),
+            None => self.physical(version),
+        }
+    }
+
+    /// The CQL bucket of a row or key whose values are in column order, if the table has
+    /// buckets.
+    pub fn bucket_of(&self, values: &[Value]) -> Option<i32> {
+        let b = self.cql_buckets.as_ref()?;
+        match values.get(self.index(b.by)) {
+            Some(Value::Text(s)) => Some(b.of(s)),
+            _ => Some(0),
+        }
     }
 
     fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -139,13 +184,18 @@ impl Table {
 
     /// `CREATE TABLE IF NOT EXISTS` for CQL in `keyspace`, with its clustering order.
     pub fn cql_ddl(&self, keyspace: &str, version: i64) -> String {
-        let columns: Vec<String> = self
+        let mut columns: Vec<String> = self
             .columns
             .iter()
             .map(|c| format!("{} {}", c.name, c.ty.cql()))
             .collect();
         let names: Vec<&str> = self.key_names().collect();
         let (partition, clustering) = names.split_at(self.partition);
+        let mut partition = partition.to_vec();
+        if self.cql_buckets.is_some() {
+            columns.push("bucket int".into());
+            partition.push("bucket");
+        }
         let mut key = format!("({})", partition.join(", "));
         for c in clustering {
             key.push_str(", ");
@@ -153,7 +203,7 @@ impl Table {
         }
         let mut ddl = format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.{} ({}, PRIMARY KEY ({key}))",
-            self.physical(version),
+            self.cql_physical(version),
             columns.join(", ")
         );
         if !clustering.is_empty() {
@@ -207,11 +257,15 @@ impl Table {
     /// CQL: insert a whole row `USING TIMESTAMP ?`; parameters are the columns in order, then
     /// the timestamp (the order's version, so an older write never overwrites a newer one).
     pub fn cql_insert(&self, keyspace: &str, version: i64) -> String {
-        let names: Vec<&str> = self.names().collect();
+        let mut names: Vec<&str> = self.names().collect();
+        if self.cql_buckets.is_some() {
+            // The bucket goes after the columns (see `bucket_of`).
+            names.push("bucket");
+        }
         let marks = vec!["?"; names.len()].join(", ");
         format!(
             "INSERT INTO {keyspace}.{} ({}) VALUES ({marks}) USING TIMESTAMP ?",
-            self.physical(version),
+            self.cql_physical(version),
             names.join(", ")
         )
     }
@@ -219,10 +273,13 @@ impl Table {
     /// CQL: delete a row `USING TIMESTAMP ?` by its key; parameters are the timestamp, then
     /// the key columns in order.
     pub fn cql_delete(&self, keyspace: &str, version: i64) -> String {
-        let filter: Vec<String> = self.key_names().map(|n| format!("{n} = ?")).collect();
+        let mut filter: Vec<String> = self.key_names().map(|n| format!("{n} = ?")).collect();
+        if self.cql_buckets.is_some() {
+            filter.push("bucket = ?".into());
+        }
         format!(
             "DELETE FROM {keyspace}.{} USING TIMESTAMP ? WHERE {}",
-            self.physical(version),
+            self.cql_physical(version),
             filter.join(" AND ")
         )
     }
@@ -274,6 +331,7 @@ pub const ORDER_SUMMARY: Table = Table {
     ],
     partition: 1,
     clustering: &[],
+    cql_buckets: None,
 };
 
 /// An order's lines, by SKU, beside its summary.
@@ -288,6 +346,7 @@ pub const ORDER_LINES: Table = Table {
     ],
     partition: 1,
     clustering: &[Sort::Asc],
+    cql_buckets: None,
 };
 
 /// Each customer's orders, newest first.
@@ -304,6 +363,7 @@ pub const ORDERS_BY_CUSTOMER: Table = Table {
     ],
     partition: 1,
     clustering: &[Sort::Desc, Sort::Asc],
+    cql_buckets: None,
 };
 
 /// What each confirmed order sold, per day (UTC, of the confirmation), SKU and currency. The
@@ -322,6 +382,10 @@ pub const PRODUCT_SALES: Table = Table {
     ],
     partition: 1,
     clustering: &[Sort::Asc, Sort::Asc, Sort::Asc],
+    cql_buckets: Some(Buckets {
+        by: "order_id",
+        count: 16,
+    }),
 };
 
 /// Every command's outcome by command id.
@@ -340,6 +404,7 @@ pub const COMMAND_STATUS: Table = Table {
     ],
     partition: 1,
     clustering: &[],
+    cql_buckets: None,
 };
 
 /// The same outcomes by correlation id.
@@ -358,6 +423,7 @@ pub const COMMANDS_BY_CORRELATION: Table = Table {
     ],
     partition: 1,
     clustering: &[Sort::Asc],
+    cql_buckets: None,
 };
 
 /// Every view.
@@ -729,9 +795,22 @@ mod tests {
         );
         assert_eq!(
             PRODUCT_SALES.cql_delete("eip", 1),
-            "DELETE FROM eip.product_sales_v1 USING TIMESTAMP ? WHERE day = ? AND sku = ? AND \
-             currency = ? AND order_id = ?"
+            "DELETE FROM eip.product_sales_b16_v1 USING TIMESTAMP ? WHERE day = ? AND sku = ? \
+             AND currency = ? AND order_id = ? AND bucket = ?"
         );
+        assert_eq!(
+            PRODUCT_SALES.cql_ddl("eip", 1),
+            "CREATE TABLE IF NOT EXISTS eip.product_sales_b16_v1 (day text, sku text, currency \
+             text, order_id text, units bigint, revenue_cents bigint, version bigint, bucket \
+             int, PRIMARY KEY ((day, bucket), sku, currency, order_id)) WITH CLUSTERING ORDER \
+             BY (sku ASC, currency ASC, order_id ASC)"
+        );
+        // Buckets spread a day's orders and are stable.
+        let buckets = PRODUCT_SALES.cql_buckets.as_ref().unwrap();
+        let used: std::collections::BTreeSet<i32> =
+            (0..1_000).map(|i| buckets.of(&format!("order-{i}"))).collect();
+        assert_eq!(used.len(), 16);
+        assert_eq!(buckets.of("order-1"), buckets.of("order-1"));
         assert_eq!(
             PRODUCT_SALES.sqlite_delete(1),
             "DELETE FROM product_sales_v1 WHERE day = ?1 AND sku = ?2 AND currency = ?3 AND \

@@ -807,8 +807,9 @@ mod tests {
         );
         // Buckets spread a day's orders and are stable.
         let buckets = PRODUCT_SALES.cql_buckets.as_ref().unwrap();
-        let used: std::collections::BTreeSet<i32> =
-            (0..1_000).map(|i| buckets.of(&format!("order-{i}"))).collect();
+        let used: std::collections::BTreeSet<i32> = (0..1_000)
+            .map(|i| buckets.of(&format!("order-{i}")))
+            .collect();
         assert_eq!(used.len(), 16);
         assert_eq!(buckets.of("order-1"), buckets.of("order-1"));
         assert_eq!(

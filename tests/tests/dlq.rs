@@ -204,7 +204,13 @@ async fn fixture(prefix: &str) -> Fixture {
     create_topics(&f.ep, &[&f.dlq], 2).await;
     create_topics(&f.ep, &[&f.orders, &f.payments], 3).await;
     create_topics(&f.ep, &[&f.elsewhere], 1).await;
+    let letters = produce_letters(&f, f.now).await;
+    Fixture { letters, ..f }
+}
 
+/// Produces the dead letters of [`specs`] to `f.dlq` as failed `now`, the i-th to DLQ
+/// partition i % 2.
+async fn produce_letters(f: &Fixture, now: OffsetDateTime) -> Vec<Letter> {
     let codec = codec(&f.ep);
     let producer: FutureProducer = eip_runtime::kafka::producer_config(&f.ep.kafka())
         .create()
@@ -243,7 +249,7 @@ async fn fixture(prefix: &str) -> Fixture {
             payload: Some(payload.clone()),
             headers: original,
         };
-        let first = f.now - time::Duration::minutes(s.failed_ago_min.unwrap_or(0));
+        let first = now - time::Duration::minutes(s.failed_ago_min.unwrap_or(0));
         let mut h = dlq::headers(
             &record,
             &dlq::Failure {
@@ -270,7 +276,7 @@ async fn fixture(prefix: &str) -> Fixture {
             .payload(payload.as_ref())
             .headers(to_kafka(&h));
         if let Some(ago) = s.timestamp_ago_min {
-            let ts = f.now - time::Duration::minutes(ago);
+            let ts = now - time::Duration::minutes(ago);
             out = out.timestamp((ts.unix_timestamp_nanos() / 1_000_000) as i64);
         }
         let delivered = producer
@@ -290,7 +296,7 @@ async fn fixture(prefix: &str) -> Fixture {
             correlation_id,
         });
     }
-    Fixture { letters, ..f }
+    letters
 }
 
 fn at(f: &Fixture, t: &str) -> OffsetDateTime {
@@ -298,7 +304,9 @@ fn at(f: &Fixture, t: &str) -> OffsetDateTime {
 }
 
 async fn listed(f: &Fixture, filter: Filter) -> BTreeSet<DlqPosition> {
-    let l = eipctl::dlq::list(&f.ep, &f.dlq, &filter).await.unwrap();
+    let l = eipctl::dlq::list(&f.ep, &f.dlq, &filter, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(l.scanned, f.letters.len());
     l.entries.iter().map(|e| e.position()).collect()
 }
@@ -373,7 +381,7 @@ fn keys<K: Ord + Clone>(m: &BTreeMap<K, ReadRecord>) -> Vec<K> {
 async fn list_filters_select_exactly_the_matching_records() {
     let f = fixture("dlqlist").await;
 
-    let all = eipctl::dlq::list(&f.ep, &f.dlq, &Filter::default())
+    let all = eipctl::dlq::list(&f.ep, &f.dlq, &Filter::default(), usize::MAX)
         .await
         .unwrap();
     assert_eq!(
@@ -533,7 +541,7 @@ async fn list_filters_select_exactly_the_matching_records() {
         until: Some(at(&f, "2h")),
         ..Filter::default()
     };
-    let err = eipctl::dlq::list(&f.ep, &f.dlq, &backwards)
+    let err = eipctl::dlq::list(&f.ep, &f.dlq, &backwards, usize::MAX)
         .await
         .unwrap_err();
     assert!(matches!(err, OpsError::Invalid { .. }), "{err}");
@@ -717,13 +725,15 @@ async fn redrive_moves_exactly_the_filtered_records_once() {
         .iter()
         .map(|r| String::from_utf8(r.key.as_ref().unwrap().to_vec()).unwrap())
         .collect();
-    assert_eq!(
-        entries,
-        selected
-            .iter()
-            .map(|p| format!("{}/{}", p.partition, p.offset))
-            .collect()
-    );
+    // Keyed by position and the dead letter's timestamp: `<partition>/<offset>/<ms>`.
+    let expected: BTreeSet<String> = read_all(&f.ep, &f.dlq)
+        .await
+        .iter()
+        .filter(|r| selected.contains(&DlqPosition::of(r)))
+        .map(eipctl::dlq::ledger_key_of)
+        .collect();
+    assert_eq!(expected.len(), 3);
+    assert_eq!(entries, expected);
 
     // Again: nothing moves; the same records are reported as already redriven.
     let again = eipctl::dlq::redrive(&f.ep, &f.dlq, &filter, &RedriveOptions::default())
@@ -1085,4 +1095,258 @@ async fn the_cli_lists_shows_and_redrives_as_json() {
         "{err}"
     );
     assert_eq!(read_all(&f.ep, &f.orders).await.len(), 0);
+}
+
+/// Deletes `topic` and waits until the broker no longer lists it.
+async fn delete_topic(ep: &Endpoints, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = eip_runtime::kafka::base_config(&ep.kafka())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.delete_topics(&[topic], &opts).await.unwrap() {
+        r.unwrap();
+    }
+    let names = vec![topic.to_string()];
+    eventually("the topic is gone", Duration::from_secs(60), || {
+        let (ep, names) = (ep.clone(), names.clone());
+        async move {
+            let missing =
+                eip_runtime::kafka::missing_topics(&ep.kafka(), &names, Duration::from_secs(10))
+                    .ok()?;
+            (!missing.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_dlq_is_not_mistaken_for_its_old_ledger() {
+    let f = fixture("dlqrecreate").await;
+    let filter = Filter {
+        source_topic: Some(f.payments.clone()),
+        ..Filter::default()
+    };
+    let first = eipctl::dlq::redrive(&f.ep, &f.dlq, &filter, &RedriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(moved(&first), f.positions(&[2, 3, 6]));
+
+    // The DLQ is deleted and created again, and new dead letters land at the old positions.
+    delete_topic(&f.ep, &f.dlq).await;
+    create_topics(&f.ep, &[&f.dlq], 2).await;
+    let letters = produce_letters(&f, f.now + time::Duration::minutes(1)).await;
+    let positions = |ls: &[Letter]| ls.iter().map(|l| l.pos).collect::<Vec<_>>();
+    assert_eq!(
+        positions(&letters),
+        positions(&f.letters),
+        "the same positions"
+    );
+
+    // They are new dead letters: the ledger of the old ones doesn't hide them.
+    let again = eipctl::dlq::redrive(&f.ep, &f.dlq, &filter, &RedriveOptions::default())
+        .await
+        .unwrap();
+    assert!(again.already_redriven.is_empty(), "{:?}", again.lines());
+    assert_eq!(moved(&again), f.positions(&[2, 3, 6]));
+    assert_eq!(read_all(&f.ep, &f.payments).await.len(), 6);
+
+    // And they are redriven once.
+    let third = eipctl::dlq::redrive(&f.ep, &f.dlq, &filter, &RedriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(third.moved_total(), 0, "{:?}", third.lines());
+    assert_eq!(
+        third
+            .already_redriven
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        f.positions(&[2, 3, 6])
+    );
+    assert_eq!(read_all(&f.ep, &f.payments).await.len(), 6);
+}
+
+/// Produces `n` dead letters of `source` to `dlq` (keys `key-<i>`, payloads `payload-<i>`),
+/// and waits for every acknowledgement.
+async fn produce_many(ep: &Endpoints, dlq_topic: &str, source: &str, n: usize) {
+    let producer: FutureProducer = eip_runtime::kafka::producer_config(&ep.kafka())
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let key = Bytes::from(format!("key-{i}"));
+        let payload = Bytes::from(format!("payload-{i}"));
+        let record = Record {
+            position: Position {
+                topic: Arc::from(source),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+            },
+            key: Some(key.clone()),
+            payload: Some(payload.clone()),
+            headers: Headers::new(),
+        };
+        let h = dlq::headers(
+            &record,
+            &dlq::Failure {
+                class: ErrorClass::Poison,
+                reason: "rule failed: bulk",
+                processor: "router",
+                attempts: 1,
+                first_failure: OffsetDateTime::now_utc(),
+            },
+        );
+        let out = FutureRecord::to(dlq_topic)
+            .key(key.as_ref())
+            .payload(payload.as_ref())
+            .headers(to_kafka(&h));
+        pending.push(producer.send_result(out).map_err(|(e, _)| e).unwrap());
+        if pending.len() >= 5_000 {
+            for d in pending.drain(..) {
+                d.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    }
+    for d in pending {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// The DLQ position each record of `topic` was redriven from (`eip.redrive.from`), with how
+/// many records name it.
+async fn redriven_from(ep: &Endpoints, topic: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in read_all(ep, topic).await {
+        *out.entry(header(&r, REDRIVE_FROM)[0].to_string())
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_redrives_move_each_record_once() {
+    let ep = endpoints();
+    let base = unique("dlqrace");
+    let (dlq_topic, source) = (format!("{base}.dlq"), format!("{base}-orders"));
+    create_topics(&ep, &[&dlq_topic, &source], 3).await;
+    let n = 3_000;
+    produce_many(&ep, &dlq_topic, &source, n).await;
+
+    // Two operators start a redrive of the same DLQ at the same moment.
+    let run = || {
+        tokio::process::Command::new(bin("eipctl"))
+            .args(["--brokers", ep.brokers.as_str()])
+            .args(["--registry", ep.registry.as_str()])
+            .args(["dlq", "redrive", "--topic", dlq_topic.as_str(), "--json"])
+            .args(["--chunk-records", "250"])
+            .env_remove("EIP_KAFKA_BROKERS")
+            .env_remove("EIP_REGISTRY_URL")
+            .output()
+    };
+    let (a, b) = tokio::join!(run(), run());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let outcome = |o: &std::process::Output| {
+        format!(
+            "{}: {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout)
+                .chars()
+                .take(300)
+                .collect::<String>(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let (a_text, b_text) = (outcome(&a), outcome(&b));
+    assert!(
+        a.status.success() || b.status.success(),
+        "one run finishes: {a_text} / {b_text}"
+    );
+    for (o, text) in [(&a, &a_text), (&b, &b_text)] {
+        if !o.status.success() {
+            assert!(text.contains("another redrive"), "{text}");
+        }
+    }
+
+    // Each dead letter arrived exactly once, and the ledger holds each exactly once.
+    let from = redriven_from(&ep, &source).await;
+    assert_eq!(from.len(), n, "{a_text} / {b_text}");
+    let twice: Vec<_> = from.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "moved more than once: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    let ledger = read_all(&ep, &eipctl::dlq::ledger_topic(&dlq_topic)).await;
+    let keys: BTreeSet<Bytes> = ledger.iter().map(|r| r.key.clone().unwrap()).collect();
+    assert_eq!((ledger.len(), keys.len()), (n, n));
+
+    // A third run finds every record in the ledger.
+    let third = eipctl::dlq::redrive(
+        &ep,
+        &dlq_topic,
+        &Filter::default(),
+        &RedriveOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(third.moved_total(), 0);
+    assert_eq!(third.already_redriven_total, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_dlq_is_listed_and_redriven_a_chunk_at_a_time() {
+    let ep = endpoints();
+    let base = unique("dlqlarge");
+    let (dlq_topic, source) = (format!("{base}.dlq"), format!("{base}-orders"));
+    create_topics(&ep, &[&dlq_topic, &source], 2).await;
+    let n = 20_000;
+    produce_many(&ep, &dlq_topic, &source, n).await;
+
+    // list counts every record and keeps only the first --limit.
+    let listing = eipctl::dlq::list(&ep, &dlq_topic, &Filter::default(), 5)
+        .await
+        .unwrap();
+    assert_eq!((listing.scanned, listing.matched), (n, n));
+    assert_eq!(
+        listing
+            .entries
+            .iter()
+            .map(|e| e.position())
+            .collect::<Vec<_>>(),
+        (0..5)
+            .map(|offset| DlqPosition {
+                partition: 0,
+                offset
+            })
+            .collect::<Vec<_>>()
+    );
+
+    // redrive moves 1,500 records per transaction.
+    let opts = RedriveOptions {
+        chunk_records: 1_500,
+        ..RedriveOptions::default()
+    };
+    let report = eipctl::dlq::redrive(&ep, &dlq_topic, &Filter::default(), &opts)
+        .await
+        .unwrap();
+    assert_eq!((report.scanned, report.moved_total()), (n, n));
+    assert_eq!(report.chunks, n.div_ceil(1_500));
+    assert_eq!(report.moved_records.len(), eipctl::dlq::REPORT_LIMIT);
+    let from = redriven_from(&ep, &source).await;
+    assert_eq!(from.len(), n);
+    assert!(from.values().all(|c| *c == 1));
+    let ledger = read_all(&ep, &eipctl::dlq::ledger_topic(&dlq_topic)).await;
+    let keys: BTreeSet<Bytes> = ledger.iter().map(|r| r.key.clone().unwrap()).collect();
+    assert_eq!((ledger.len(), keys.len()), (n, n));
+
+    let again = eipctl::dlq::redrive(&ep, &dlq_topic, &Filter::default(), &opts)
+        .await
+        .unwrap();
+    assert_eq!(again.moved_total(), 0);
+    assert_eq!((again.already_redriven_total, again.chunks), (n, 0));
+    assert_eq!(again.already_redriven.len(), eipctl::dlq::REPORT_LIMIT);
+    assert_eq!(read_all(&ep, &source).await.len(), n);
 }

@@ -78,6 +78,20 @@ pub enum OpsError {
     /// A redrive stopped part-way; the message says what was and wasn't done.
     #[error("redrive incomplete: {0}")]
     Incomplete(String),
+    /// Another redrive of the same DLQ started and fenced this one; the message says what
+    /// this one had done.
+    #[error("{0}")]
+    Superseded(String),
+    /// A ledger record eipctl can't read; nothing was done.
+    #[error("ledger {topic} offset {offset}: {reason}")]
+    Ledger {
+        /// The ledger topic.
+        topic: String,
+        /// The unreadable record's offset.
+        offset: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
@@ -308,6 +322,10 @@ fn reader_with(ep: &Endpoints, eof: bool) -> Result<BaseConsumer, OpsError> {
     )
     .set("enable.auto.commit", "false")
     .set("auto.offset.reset", "earliest")
+    // Only committed records: an aborted redrive chunk was never moved.
+    .set("isolation.level", "read_committed")
+    // The prefetch queue is part of a reader's memory: bound it (librdkafka's default is 64 MiB).
+    .set("queued.max.messages.kbytes", READER_PREFETCH_KBYTES)
     .set("enable.partition.eof", if eof { "true" } else { "false" });
     Ok(c.create()?)
 }
@@ -430,61 +448,137 @@ impl ReadRecord {
     }
 }
 
-/// Reads every record currently in `topic`, in offset order per partition.
+/// Kilobytes of records a reader prefetches, at most.
+const READER_PREFETCH_KBYTES: &str = "16384";
+
+/// A read of `topic` from its beginning to the ends it had when the read started, handed out a
+/// bounded chunk at a time, so that reading a topic of any size takes bounded memory.
 ///
-/// The end is each partition's high watermark, taken when the read starts: records that
+/// The end is each partition's high watermark, taken when the scan starts: records that
 /// arrive later are left for the next read. A partition also ends where the reader reaches its
 /// end before that offset (the last offsets held transaction markers, say), so a read never
-/// waits for a record that can't come.
+/// waits for a record that can't come. Only committed records are read.
+pub struct Scan {
+    consumer: BaseConsumer,
+    topic: String,
+    ends: Vec<(i32, i64, i64)>,
+    behind: HashMap<i32, i64>,
+    idle: Duration,
+    read: usize,
+}
+
+impl Scan {
+    /// Starts reading `topic`; a read that gets no record for `idle` fails with
+    /// [`OpsError::Timeout`].
+    pub fn start(ep: &Endpoints, topic: &str, idle: Duration) -> Result<Scan, OpsError> {
+        let ends = watermarks(ep, topic)?;
+        Scan::until(ep, topic, &ends, idle)
+    }
+
+    /// Reads `topic` again from its beginning, up to the same `ends` (as [`Scan::ends`] gave
+    /// them), so that a second pass sees the records the first one saw.
+    pub fn until(
+        ep: &Endpoints,
+        topic: &str,
+        ends: &[(i32, i64, i64)],
+        idle: Duration,
+    ) -> Result<Scan, OpsError> {
+        let consumer = reader_with(ep, true)?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, _, _) in ends {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Scan {
+            consumer,
+            topic: topic.to_string(),
+            ends: ends.to_vec(),
+            behind: ends
+                .iter()
+                .filter(|(_, low, high)| high > low)
+                .map(|(p, _, high)| (*p, *high))
+                .collect(),
+            idle,
+            read: 0,
+        })
+    }
+
+    /// (partition, low, high) of every partition when the scan started.
+    pub fn ends(&self) -> &[(i32, i64, i64)] {
+        &self.ends
+    }
+
+    /// The next records, at most `max_records` of them and, past the first, at most about
+    /// `max_bytes` of keys and payloads, sorted by (partition, offset); `None` at the end.
+    pub fn next_chunk(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<ReadRecord>>, OpsError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut deadline = Instant::now() + self.idle;
+        while !self.behind.is_empty() && out.len() < max_records && bytes < max_bytes {
+            if Instant::now() >= deadline {
+                return Err(OpsError::Timeout {
+                    what: format!(
+                        "reading {}: no record for {:?} after {} records",
+                        self.topic, self.idle, self.read
+                    ),
+                    after: self.idle,
+                });
+            }
+            let Some(result) = self.consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = match result {
+                Ok(m) => m,
+                // The broker restarting or a connection dropping: keep reading until the deadline.
+                Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+                )) => continue,
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.behind.remove(&partition);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            deadline = Instant::now() + self.idle;
+            let Some(&high) = self.behind.get(&m.partition()) else {
+                continue;
+            };
+            if m.offset() >= high {
+                continue;
+            }
+            if m.offset() + 1 >= high {
+                self.behind.remove(&m.partition());
+            }
+            let r = ReadRecord::from_message(&m);
+            bytes +=
+                r.key.as_ref().map_or(0, Bytes::len) + r.payload.as_ref().map_or(0, Bytes::len);
+            self.read += 1;
+            out.push(r);
+        }
+        if out.is_empty() {
+            return Ok(None);
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        Ok(Some(out))
+    }
+}
+
+/// Reads every record currently in `topic`, in offset order per partition, into memory (see
+/// [`Scan`] for where the read ends; use it directly to read a large topic in chunks).
 pub fn read_all(
     ep: &Endpoints,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, OpsError> {
-    let marks = watermarks(ep, topic)?;
-    let consumer = reader_with(ep, true)?;
-    consumer.assign(&beginning(ep, topic)?)?;
-    let mut behind: HashMap<i32, i64> = marks
-        .iter()
-        .filter(|(_, low, high)| high > low)
-        .map(|(p, _, high)| (*p, *high))
-        .collect();
+    let mut scan = Scan::start(ep, topic, timeout)?;
     let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while !behind.is_empty() {
-        if Instant::now() >= deadline {
-            return Err(OpsError::Timeout {
-                what: format!("reading {topic}: {} records so far", out.len()),
-                after: timeout,
-            });
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = match result {
-            Ok(m) => m,
-            // The broker restarting or a connection dropping: keep reading until the deadline.
-            Err(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
-            )) => continue,
-            Err(KafkaError::PartitionEOF(partition)) => {
-                behind.remove(&partition);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Some(&high) = behind.get(&m.partition()) else {
-            continue;
-        };
-        if m.offset() >= high {
-            continue;
-        }
-        if m.offset() + 1 >= high {
-            behind.remove(&m.partition());
-        }
-        out.push(ReadRecord::from_message(&m));
+    while let Some(chunk) = scan.next_chunk(usize::MAX, usize::MAX)? {
+        out.extend(chunk);
     }
-    out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
 }
 

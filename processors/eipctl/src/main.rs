@@ -391,6 +391,10 @@ enum DlqCmd {
         /// Say what would move; produce nothing and create nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Dead letters read, planned and moved (in one Kafka transaction) at a time.
+        #[arg(long, default_value_t = eipctl::dlq::DEFAULT_CHUNK_RECORDS,
+              value_parser = parse_chunk)]
+        chunk_records: usize,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -448,6 +452,15 @@ fn parse_when(s: &str) -> Result<time::OffsetDateTime, String> {
     })
 }
 
+fn parse_chunk(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?}: expected a whole number of records, at least 1"
+        )),
+    }
+}
+
 fn parse_regex(s: &str) -> Result<eipctl::dlq::Regex, String> {
     eipctl::dlq::Regex::new(s).map_err(|e| {
         // The regex crate explains syntax errors over several lines; keep the last one.
@@ -471,9 +484,9 @@ async fn dlq(ep: Endpoints, cmd: DlqCmd) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let listing = eipctl::dlq::list(&ep, &topic, &filter.into_filter()).await?;
-            let shown = listing.entries.len().min(limit);
-            for e in listing.entries.iter().take(limit) {
+            let listing = eipctl::dlq::list(&ep, &topic, &filter.into_filter(), limit).await?;
+            let shown = listing.entries.len();
+            for e in &listing.entries {
                 if json {
                     println!("{}", serde_json::to_string(&ListLine::Record(e))?);
                 } else {
@@ -484,7 +497,7 @@ async fn dlq(ep: Endpoints, cmd: DlqCmd) -> anyhow::Result<()> {
                 let summary = ListLine::Summary {
                     topic: &listing.topic,
                     scanned: listing.scanned,
-                    matched: listing.entries.len(),
+                    matched: listing.matched,
                     shown,
                     by_class: &listing.by_class,
                 };
@@ -497,9 +510,9 @@ async fn dlq(ep: Endpoints, cmd: DlqCmd) -> anyhow::Result<()> {
                     .collect();
                 println!(
                     "{} of {} records in {topic} match{}; by class: {}",
-                    listing.entries.len(),
+                    listing.matched,
                     listing.scanned,
-                    if shown < listing.entries.len() {
+                    if shown < listing.matched {
                         format!(" (showing the first {shown}; raise --limit for more)")
                     } else {
                         String::new()
@@ -531,12 +544,14 @@ async fn dlq(ep: Endpoints, cmd: DlqCmd) -> anyhow::Result<()> {
             to,
             max_redrives,
             dry_run,
+            chunk_records,
             json,
         } => {
             let opts = eipctl::dlq::RedriveOptions {
                 to,
                 max_redrives,
                 dry_run,
+                chunk_records,
             };
             let report = eipctl::dlq::redrive(&ep, &topic, &filter.into_filter(), &opts).await?;
             if json {

@@ -74,8 +74,16 @@ pub trait ViewStore: Send + Sync {
 }
 
 /// The SQLite backend behind the trait: writes in their own transaction on the live tables,
-/// reads through [`Reader`] on tokio's blocking pool. (The projector writes SQLite inside its
-/// group commit instead, with the partition ledger.)
+/// reads through [`Reader`] on tokio's blocking pool.
+///
+/// [`ViewStore::apply`] here has no epoch check, on purpose: the trait is the write path the
+/// two backends share, and ScyllaDB has no partition ledger or epoch to check (its writes are
+/// fenced by `USING TIMESTAMP`, newest wins). The projector writes SQLite inside its group
+/// commit instead, in one transaction with the epoch check and the partition's applied offset
+/// (`eip_projector`'s `commit`), which the trait can't express without giving ScyllaDB a
+/// transaction it doesn't have. So this `apply` serves the conformance suite and tools only;
+/// it is still newest-wins by version, so a late write never replaces a newer row, but nothing
+/// that owns partitions may write through it. See docs/cqrs.md, "Where SQLite fits".
 #[derive(Debug, Clone)]
 pub struct SqliteViews {
     path: PathBuf,

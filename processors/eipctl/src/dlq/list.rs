@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use eip_runtime::dlq as headers;
 use serde::Serialize;
 
-use crate::{Endpoints, OpsError, ReadRecord};
+use crate::{Endpoints, OpsError, ReadRecord, Scan};
 
 use super::*;
 
@@ -121,10 +121,46 @@ pub struct Listing {
     pub topic: String,
     /// Records read.
     pub scanned: usize,
-    /// Records that passed the filter, in (partition, offset) order.
+    /// Records that passed the filter.
+    pub matched: usize,
+    /// The first matching records in (partition, offset) order, at most the limit asked for.
     pub entries: Vec<Entry>,
     /// Matching records by `eip.dlq.error-class` (`unknown` without one).
     pub by_class: BTreeMap<String, usize>,
+}
+
+impl Listing {
+    /// An empty listing of `topic`.
+    pub fn new(topic: &str) -> Listing {
+        Listing {
+            topic: topic.to_string(),
+            scanned: 0,
+            matched: 0,
+            entries: Vec::new(),
+            by_class: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one chunk of `records`: counts every match, and keeps the first `limit` entries.
+    pub fn add(&mut self, records: &[ReadRecord], filter: &Filter, limit: usize) {
+        self.scanned += records.len();
+        for r in records.iter().filter(|r| filter.matches(r)) {
+            self.matched += 1;
+            *self
+                .by_class
+                .entry(
+                    r.header(headers::ERROR_CLASS)
+                        .unwrap_or("unknown")
+                        .to_string(),
+                )
+                .or_insert(0) += 1;
+            if limit > 0 {
+                self.entries.push(Entry::of(r));
+            }
+        }
+        self.entries.sort_by_key(|e| (e.partition, e.offset));
+        self.entries.truncate(limit);
+    }
 }
 
 /// One line of `list --json`: a record, or the summary at the end.
@@ -148,30 +184,31 @@ pub enum ListLine<'a> {
     },
 }
 
-/// Selects the dead letters among `records` that pass `filter`.
+/// Selects the dead letters among `records` that pass `filter`, all of them.
 pub fn summarize(topic: &str, records: &[ReadRecord], filter: &Filter) -> Listing {
-    let entries: Vec<Entry> = records
-        .iter()
-        .filter(|r| filter.matches(r))
-        .map(Entry::of)
-        .collect();
-    let mut by_class = BTreeMap::new();
-    for e in &entries {
-        *by_class
-            .entry(e.class.clone().unwrap_or_else(|| "unknown".into()))
-            .or_insert(0) += 1;
-    }
-    Listing {
-        topic: topic.to_string(),
-        scanned: records.len(),
-        entries,
-        by_class,
-    }
+    let mut l = Listing::new(topic);
+    l.add(records, filter, usize::MAX);
+    l
 }
 
-/// Reads every record of the DLQ `topic` and lists those that pass `filter`.
-pub async fn list(ep: &Endpoints, topic: &str, filter: &Filter) -> Result<Listing, OpsError> {
+/// Reads the DLQ `topic` a chunk at a time and lists the records that pass `filter`: every
+/// match is counted, and the first `limit` are kept, so memory stays bounded whatever the
+/// size of the DLQ.
+pub async fn list(
+    ep: &Endpoints,
+    topic: &str,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Listing, OpsError> {
     filter.validate()?;
-    let records = read(ep, topic).await?;
-    Ok(summarize(topic, &records, filter))
+    let (e, t) = (ep.clone(), topic.to_string());
+    let mut scan = crate::blocking(move || Scan::start(&e, &t, READ_TIMEOUT)).await?;
+    let mut listing = Listing::new(topic);
+    loop {
+        let (s, chunk) = next_chunk(scan, DEFAULT_CHUNK_RECORDS).await?;
+        scan = s;
+        let Some(chunk) = chunk else { break };
+        listing.add(&chunk, filter, limit);
+    }
+    Ok(listing)
 }

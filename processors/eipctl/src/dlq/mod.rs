@@ -14,8 +14,11 @@
 //!
 //! Planning is kept apart from effects: [`plan`] and [`summarize`] are pure functions of the
 //! records read, tested without a broker; [`list`], [`show`] and [`redrive`] do the I/O. One
-//! module each: `list`, `show`, `plan` (what a redrive would move or refuse) and `redrive`
-//! (sending, the ledger, the report). The decisions behind redrive are written down in
+//! module each: `list`, `show`, `plan` (what a redrive would move or refuse), `ledger` (what
+//! was redriven, keyed so that a recreated DLQ is not mistaken for the old one) and `redrive`
+//! (one Kafka transaction per chunk, which also fences a concurrent redrive of the same DLQ).
+//! `list` and `redrive` read a DLQ a bounded chunk at a time ([`crate::Scan`]), so their
+//! memory does not grow with the DLQ. The decisions behind redrive are written down in
 //! `docs/dlq.md`.
 
 use std::time::Duration;
@@ -26,10 +29,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Endpoints, OpsError, ReadRecord};
+use crate::{OpsError, ReadRecord, Scan};
 
 pub use regex::Regex;
 
+mod ledger;
 mod list;
 mod plan;
 mod redrive;
@@ -38,6 +42,7 @@ mod show;
 #[cfg(test)]
 mod tests;
 
+pub use ledger::{Ledger, ledger_key, ledger_key_of};
 pub use list::{Entry, ListLine, Listing, list, summarize};
 pub use plan::{Move, Plan, RedriveOptions, RedriveReport, Refused, plan, redriven_headers};
 pub use redrive::redrive;
@@ -60,22 +65,31 @@ pub const LEDGER_SUFFIX: &str = ".redriven";
 /// Default of `--max-redrives`: a record that failed again after three redrives needs a fix,
 /// not a fourth try.
 pub const DEFAULT_MAX_REDRIVES: u32 = 3;
-/// How long reading a DLQ or its ledger may take before the tool gives up.
+/// How long reading a DLQ or its ledger may go without a record before the tool gives up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one redriven record may wait for its acknowledgement. The pipeline's producer
 /// waits forever (`message.timeout.ms=0`); an operator's command should end with an error.
-pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// A transactional producer needs it below [`TRANSACTION_TIMEOUT`].
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(50);
+/// How long one chunk's transaction may stay open. A redrive that dies mid-chunk holds back
+/// `read_committed` consumers of its target topics for at most this long (or until the next
+/// redrive of the DLQ aborts it), so it is kept short.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of `--chunk-records`: how many dead letters `list` and `redrive` hold, plan and
+/// (for redrive) move in one transaction at a time.
+pub const DEFAULT_CHUNK_RECORDS: usize = 1000;
+/// A chunk also ends once its keys and payloads pass this many bytes (it holds at least one
+/// record), so that large dead letters don't make a chunk large.
+pub const CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// A redrive report lists at most this many positions of each kind (moved, already redriven,
+/// refused), the first ones in (partition, offset) order; its counts are always whole.
+pub const REPORT_LIMIT: usize = 1000;
 /// Bytes of a binary payload shown as hex.
 pub const HEX_PREVIEW_BYTES: usize = 64;
 
 /// The ledger topic of `dlq`.
 pub fn ledger_topic(dlq: &str) -> String {
     format!("{dlq}{LEDGER_SUFFIX}")
-}
-
-/// The ledger key of the dead letter at `partition`/`offset`.
-pub fn ledger_key(partition: i32, offset: i64) -> String {
-    format!("{partition}/{offset}")
 }
 
 /// Parses a `--since`/`--until` argument: an RFC 3339 time, or a humantime duration meaning
@@ -230,8 +244,16 @@ impl std::fmt::Display for DlqPosition {
     }
 }
 
-/// Every record of `topic`, read to its end.
-pub(crate) async fn read(ep: &Endpoints, topic: &str) -> Result<Vec<ReadRecord>, OpsError> {
-    let (ep, t) = (ep.clone(), topic.to_string());
-    crate::blocking(move || crate::read_all(&ep, &t, READ_TIMEOUT)).await
+/// The next chunk of `scan` (at most `records` records, about [`CHUNK_BYTES`]), read off the
+/// async runtime; the scan comes back with it.
+pub(crate) async fn next_chunk(
+    scan: Scan,
+    records: usize,
+) -> Result<(Scan, Option<Vec<ReadRecord>>), OpsError> {
+    crate::blocking(move || {
+        let mut scan = scan;
+        let chunk = scan.next_chunk(records.max(1), CHUNK_BYTES)?;
+        Ok((scan, chunk))
+    })
+    .await
 }

@@ -2,7 +2,7 @@
 //! where with which headers, and which are refused (loop guard, already in the ledger, no
 //! target), and the report of it. No I/O here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use eip_runtime::dlq as headers;
@@ -22,6 +22,9 @@ pub struct RedriveOptions {
     pub max_redrives: u32,
     /// Plan and report, but produce nothing and create nothing.
     pub dry_run: bool,
+    /// Dead letters read, planned and moved (in one transaction) at a time; see
+    /// [`DEFAULT_CHUNK_RECORDS`].
+    pub chunk_records: usize,
 }
 
 impl Default for RedriveOptions {
@@ -30,6 +33,7 @@ impl Default for RedriveOptions {
             to: None,
             max_redrives: DEFAULT_MAX_REDRIVES,
             dry_run: false,
+            chunk_records: DEFAULT_CHUNK_RECORDS,
         }
     }
 }
@@ -71,14 +75,14 @@ pub struct Plan {
     pub filtered_out: usize,
 }
 
-/// Decides what happens to each of `records`: filtered out, already in the ledger (`done`
-/// holds ledger keys), refused by the loop guard, or moved to `--to` or its source topic.
+/// Decides what happens to each of `records` (one chunk of the DLQ): filtered out, already
+/// in the `ledger`, refused by the loop guard, or moved to `--to` or its source topic.
 ///
 /// A selected record with neither a source topic nor `--to` is an error for the whole run
-/// (nothing is produced), so no record is silently skipped.
+/// (redrive plans every chunk before it produces anything), so no record is silently skipped.
 pub fn plan(
     records: &[ReadRecord],
-    done: &HashSet<String>,
+    ledger: &Ledger,
     filter: &Filter,
     opts: &RedriveOptions,
 ) -> Result<Plan, OpsError> {
@@ -92,7 +96,7 @@ pub fn plan(
             plan.filtered_out += 1;
             continue;
         }
-        if done.contains(&ledger_key(r.partition, r.offset)) {
+        if ledger.contains(r) {
             plan.already_redriven.push(DlqPosition::of(r));
             continue;
         }
@@ -132,11 +136,18 @@ pub fn plan(
         }
     }
     if !unroutable.is_empty() {
+        let more = unroutable.len().saturating_sub(SHOWN_POSITIONS);
+        unroutable.truncate(SHOWN_POSITIONS);
         return Err(OpsError::Unroutable(format!(
-            "{} selected record(s) have no {} header ({}); pass --to or narrow the filter",
-            unroutable.len(),
+            "{} selected record(s) have no {} header ({}{}); pass --to or narrow the filter",
+            unroutable.len() + more,
             headers::SOURCE_TOPIC,
-            unroutable.join(", ")
+            unroutable.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         )));
     }
     Ok(plan)
@@ -181,7 +192,11 @@ pub struct Moved {
     pub redrive_count: u32,
 }
 
-/// What `redrive` did, exactly.
+/// Positions a report's text line or an error names, at most; the rest are counted.
+const SHOWN_POSITIONS: usize = 20;
+
+/// What `redrive` did, exactly. The lists hold at most [`REPORT_LIMIT`] positions each (the
+/// first in (partition, offset) order); the counts are always whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RedriveReport {
     /// The DLQ topic.
@@ -194,22 +209,87 @@ pub struct RedriveReport {
     pub scanned: usize,
     /// Records moved, by target topic.
     pub moved: BTreeMap<String, usize>,
-    /// Every record moved.
+    /// How many records moved.
+    pub moved_total: usize,
+    /// The first records moved.
     pub moved_records: Vec<Moved>,
-    /// Records skipped because the ledger says they were redriven already.
+    /// How many records were skipped because the ledger says they were redriven already.
+    pub already_redriven_total: usize,
+    /// The first of them.
     pub already_redriven: Vec<DlqPosition>,
-    /// Records refused by the loop guard.
+    /// How many records the loop guard refused.
+    pub refused_total: usize,
+    /// The first of them.
     pub refused: Vec<Refused>,
     /// The loop guard's limit.
     pub max_redrives: u32,
     /// Records the filter left out.
     pub filtered_out: usize,
+    /// Chunks moved, one Kafka transaction each (0 in a dry run).
+    pub chunks: usize,
+}
+
+/// Appends `more` to `list`, keeping the first [`REPORT_LIMIT`] by `key`.
+fn keep_first<T, K: Ord>(list: &mut Vec<T>, more: impl IntoIterator<Item = T>, key: fn(&T) -> K) {
+    list.extend(more);
+    list.sort_by_key(key);
+    list.truncate(REPORT_LIMIT);
 }
 
 impl RedriveReport {
+    /// An empty report of a redrive of `topic` run with `opts`.
+    pub fn new(topic: &str, opts: &RedriveOptions) -> RedriveReport {
+        RedriveReport {
+            topic: topic.to_string(),
+            ledger: ledger_topic(topic),
+            dry_run: opts.dry_run,
+            scanned: 0,
+            moved: BTreeMap::new(),
+            moved_total: 0,
+            moved_records: Vec::new(),
+            already_redriven_total: 0,
+            already_redriven: Vec::new(),
+            refused_total: 0,
+            refused: Vec::new(),
+            max_redrives: opts.max_redrives,
+            filtered_out: 0,
+            chunks: 0,
+        }
+    }
+
+    /// Adds what the plan of one chunk does.
+    pub fn add(&mut self, plan: &Plan) {
+        self.scanned += plan.scanned;
+        self.filtered_out += plan.filtered_out;
+        for m in &plan.moves {
+            *self.moved.entry(m.target.clone()).or_insert(0) += 1;
+        }
+        self.moved_total += plan.moves.len();
+        keep_first(
+            &mut self.moved_records,
+            plan.moves.iter().map(|m| Moved {
+                partition: m.record.partition,
+                offset: m.record.offset,
+                target: m.target.clone(),
+                redrive_count: m.count,
+            }),
+            |m| (m.partition, m.offset),
+        );
+        self.already_redriven_total += plan.already_redriven.len();
+        keep_first(
+            &mut self.already_redriven,
+            plan.already_redriven.iter().copied(),
+            |p| *p,
+        );
+        self.refused_total += plan.refused.len();
+        keep_first(&mut self.refused, plan.refused.iter().cloned(), |r| {
+            (r.partition, r.offset)
+        });
+    }
+
     /// Total records moved.
     pub fn moved_total(&self) -> usize {
-        self.moved_records.len()
+        self.moved_total
     }
 
     /// The report for people, one fact per line.
@@ -231,19 +311,30 @@ impl RedriveReport {
         out.push(if per_topic.is_empty() {
             format!("{verb} 0")
         } else {
-            format!("{verb} {}: {}", self.moved_total(), per_topic.join(", "))
+            format!("{verb} {}: {}", self.moved_total, per_topic.join(", "))
         });
-        let positions = |ps: &mut dyn Iterator<Item = String>| ps.collect::<Vec<_>>().join(", ");
-        out.push(if self.already_redriven.is_empty() {
+        let positions = |total: usize, ps: &mut dyn Iterator<Item = String>| {
+            let shown: Vec<String> = ps.take(SHOWN_POSITIONS).collect();
+            let more = total.saturating_sub(shown.len());
+            if more > 0 {
+                format!("{} and {more} more", shown.join(", "))
+            } else {
+                shown.join(", ")
+            }
+        };
+        out.push(if self.already_redriven_total == 0 {
             "already redriven 0".into()
         } else {
             format!(
                 "already redriven {} (skipped): {}",
-                self.already_redriven.len(),
-                positions(&mut self.already_redriven.iter().map(|p| p.to_string()))
+                self.already_redriven_total,
+                positions(
+                    self.already_redriven_total,
+                    &mut self.already_redriven.iter().map(|p| p.to_string())
+                )
             )
         });
-        out.push(if self.refused.is_empty() {
+        out.push(if self.refused_total == 0 {
             format!(
                 "refused by the loop guard (--max-redrives {}) 0",
                 self.max_redrives
@@ -252,45 +343,20 @@ impl RedriveReport {
             format!(
                 "refused by the loop guard (--max-redrives {}) {}: {}",
                 self.max_redrives,
-                self.refused.len(),
-                positions(&mut self.refused.iter().map(|r| format!(
-                    "{}@{} (eip.redrive.count {})",
-                    r.partition,
-                    r.offset,
-                    r.redrive_count
-                        .map_or_else(|| "unreadable".to_string(), |n| n.to_string())
-                )))
+                self.refused_total,
+                positions(
+                    self.refused_total,
+                    &mut self.refused.iter().map(|r| format!(
+                        "{}@{} (eip.redrive.count {})",
+                        r.partition,
+                        r.offset,
+                        r.redrive_count
+                            .map_or_else(|| "unreadable".to_string(), |n| n.to_string())
+                    ))
+                )
             )
         });
         out.push(format!("filtered out {}", self.filtered_out));
         out
-    }
-}
-
-pub(super) fn report(topic: &str, plan: &Plan, opts: &RedriveOptions) -> RedriveReport {
-    let mut moved = BTreeMap::new();
-    for m in &plan.moves {
-        *moved.entry(m.target.clone()).or_insert(0) += 1;
-    }
-    RedriveReport {
-        topic: topic.to_string(),
-        ledger: ledger_topic(topic),
-        dry_run: opts.dry_run,
-        scanned: plan.scanned,
-        moved,
-        moved_records: plan
-            .moves
-            .iter()
-            .map(|m| Moved {
-                partition: m.record.partition,
-                offset: m.record.offset,
-                target: m.target.clone(),
-                redrive_count: m.count,
-            })
-            .collect(),
-        already_redriven: plan.already_redriven.clone(),
-        refused: plan.refused.clone(),
-        max_redrives: opts.max_redrives,
-        filtered_out: plan.filtered_out,
     }
 }

@@ -1,19 +1,25 @@
-//! `eipctl dlq redrive`: carries out a [`plan`](super::plan()): sends the records, waits for
-//! every acknowledgement, then writes the ledger entries that make a second run move nothing.
+//! `eipctl dlq redrive`: carries out a [`plan`](super::plan()), a chunk at a time: each
+//! chunk's records and its ledger entries are written in one Kafka transaction, so a record is
+//! in the ledger exactly when it is in its target topic.
+//!
+//! The transactional id is derived from the DLQ (`eipctl-redrive-<dlq>`), so two redrives of
+//! one DLQ fence each other: the later one's `init_transactions` aborts the earlier one's open
+//! chunk and makes every later write of it fail, and only then does the later one read the
+//! ledger. Whatever the timing, each dead letter moves once.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use eip_runtime::kafka;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::producer::{FutureProducer, Producer};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::{Endpoints, OpsError, send};
+use crate::{Endpoints, OpsError, Scan, send};
 
-use super::plan::report;
 use super::*;
 
 /// One ledger entry: which dead letter went where, when.
@@ -22,6 +28,7 @@ pub(super) struct LedgerEntry<'a> {
     dlq: &'a str,
     partition: i32,
     offset: i64,
+    timestamp: Option<i64>,
     target: &'a str,
     redrive_count: u32,
     at: &'a str,
@@ -37,27 +44,24 @@ pub(super) fn owned_headers(hs: &[(String, Option<Bytes>)]) -> OwnedHeaders {
         })
 }
 
-pub(super) async fn delivered(f: DeliveryFuture) -> Result<(), String> {
-    match f.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e.to_string()),
-        Err(_) => Err("delivery cancelled".into()),
-    }
+/// The transactional id of redrives of `dlq`: one per DLQ, so that they fence each other.
+pub fn transactional_id(dlq: &str) -> String {
+    format!("eipctl-redrive-{dlq}")
 }
 
 /// Redrives the dead letters of `topic` that pass `filter`.
 ///
-/// Reads the DLQ and its ledger `<topic>.redriven` from the beginning with a fresh reader
-/// (see [`crate::read_all`]), [`plan`]s, and unless `opts.dry_run`:
-/// 1. produces every moved record with the idempotent producer and awaits every
-///    acknowledgement;
-/// 2. then writes one ledger entry per acknowledged record (key `<partition>/<offset>`) and
-///    awaits those.
+/// Unless `opts.dry_run`, first takes the DLQ's transactional id (fencing any redrive of it
+/// still running), then reads the ledger `<topic>.redriven` (committed entries only). Then
+/// two passes over the DLQ, each [`RedriveOptions::chunk_records`] dead letters at a time:
+/// 1. **check**: [`plan`] every chunk and check that every target topic exists, so an
+///    unroutable record fails the run before anything is produced; a dry run stops here;
+/// 2. **move**: plan each chunk again (the same records, up to the same ends) and, in one
+///    transaction, produce its moved records and their ledger entries, then commit.
 ///
-/// So a record is in the ledger only once it is safely in its target topic. A crash between
-/// the two steps redrives those records once more on the next run (consumers dedupe by event
-/// id); the other order could lose them. When some records fail to produce, the rest are still
-/// recorded in the ledger and the error says how many failed, so a rerun retries only those.
+/// A chunk that fails is rolled back whole: nothing of it is in a target topic or the ledger,
+/// and a rerun moves it. A run fenced by a later one stops with [`OpsError::Superseded`]; what
+/// it committed is in the ledger, which the later run read after fencing it.
 pub async fn redrive(
     ep: &Endpoints,
     topic: &str,
@@ -71,6 +75,12 @@ pub async fn redrive(
             reason: "must be at least 1 (0 would refuse every record)".into(),
         });
     }
+    if opts.chunk_records == 0 {
+        return Err(OpsError::Invalid {
+            what: "--chunk-records".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
     if opts.to.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err(OpsError::Invalid {
             what: "--to".into(),
@@ -78,62 +88,166 @@ pub async fn redrive(
         });
     }
     let ledger = ledger_topic(topic);
-    let records = read(ep, topic).await?;
+    let (e, t) = (ep.clone(), topic.to_string());
+    let scan = crate::blocking(move || Scan::start(&e, &t, READ_TIMEOUT)).await?;
+    let ends = scan.ends().to_vec();
     let ledger_exists = kafka::missing_topics(
         &ep.kafka(),
         std::slice::from_ref(&ledger),
         Duration::from_secs(10),
     )?
     .is_empty();
-    if !ledger_exists && !opts.dry_run {
-        crate::create_topics(
-            ep,
-            std::slice::from_ref(&ledger),
-            1,
-            Some(eip_runtime::topics::TopicRole::History),
-        )
-        .await?;
-    }
-    let done: HashSet<String> = if ledger_exists {
-        read(ep, &ledger)
-            .await?
-            .into_iter()
-            .filter_map(|r| r.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
-            .collect()
+    let producer = if opts.dry_run {
+        None
     } else {
-        HashSet::new()
+        if !ledger_exists {
+            crate::create_topics(
+                ep,
+                std::slice::from_ref(&ledger),
+                1,
+                Some(eip_runtime::topics::TopicRole::History),
+            )
+            .await?;
+        }
+        Some(claim(ep, topic).await?)
     };
-    let plan = plan(&records, &done, filter, opts)?;
-    let report = report(topic, &plan, opts);
-    if plan.moves.is_empty() {
-        return Ok(report);
-    }
-    let targets: Vec<String> = report.moved.keys().cloned().collect();
-    let missing = kafka::missing_topics(&ep.kafka(), &targets, Duration::from_secs(10))?;
-    if !missing.is_empty() {
-        return Err(OpsError::Unroutable(format!(
-            "target topic(s) {} do not exist; create them or pass --to",
-            missing.join(", ")
-        )));
-    }
-    if opts.dry_run {
-        return Ok(report);
-    }
+    let done = if ledger_exists || producer.is_some() {
+        read_ledger(ep, &ledger, &ends).await?
+    } else {
+        Ledger::default()
+    };
 
-    let mut config = kafka::producer_config(&ep.kafka());
-    config.set(
-        "message.timeout.ms",
-        DELIVERY_TIMEOUT.as_millis().to_string(),
-    );
-    let producer: FutureProducer = config.create()?;
+    // Pass 1: plan every chunk; fail before producing anything if a record can't be routed.
+    let mut check = RedriveReport::new(topic, opts);
+    let mut targets = BTreeSet::new();
+    let mut scan = scan;
+    loop {
+        let (s, chunk) = next_chunk(scan, opts.chunk_records).await?;
+        scan = s;
+        let Some(chunk) = chunk else { break };
+        let p = plan(&chunk, &done, filter, opts)?;
+        targets.extend(p.moves.iter().map(|m| m.target.clone()));
+        check.add(&p);
+    }
+    drop(scan);
+    let targets: Vec<String> = targets.into_iter().collect();
+    if !targets.is_empty() {
+        let missing = kafka::missing_topics(&ep.kafka(), &targets, Duration::from_secs(10))?;
+        if !missing.is_empty() {
+            return Err(OpsError::Unroutable(format!(
+                "target topic(s) {} do not exist; create them or pass --to",
+                missing.join(", ")
+            )));
+        }
+    }
+    let Some(producer) = producer.filter(|_| check.moved_total > 0) else {
+        return Ok(check);
+    };
+
+    // Pass 2: the same records again, each chunk moved in one transaction.
+    let mut report = RedriveReport::new(topic, opts);
     let at = OffsetDateTime::now_utc();
+    let (e, t, en) = (ep.clone(), topic.to_string(), ends.clone());
+    let mut scan = crate::blocking(move || Scan::until(&e, &t, &en, READ_TIMEOUT)).await?;
+    loop {
+        let (s, chunk) = next_chunk(scan, opts.chunk_records).await?;
+        scan = s;
+        let Some(chunk) = chunk else { break };
+        let p = plan(&chunk, &done, filter, opts)?;
+        if !p.moves.is_empty() {
+            move_chunk(&producer, topic, &ledger, &p, at)
+                .await
+                .map_err(|e| stopped(topic, &report, e))?;
+            report.chunks += 1;
+        }
+        report.add(&p);
+    }
+    Ok(report)
+}
+
+/// Takes the transactional id of `dlq`'s redrives: any redrive of it still running is fenced,
+/// and its open chunk aborted, before this returns.
+async fn claim(ep: &Endpoints, dlq: &str) -> Result<FutureProducer, OpsError> {
+    let mut config = kafka::producer_config(&ep.kafka());
+    config
+        .set("transactional.id", transactional_id(dlq))
+        .set(
+            "transaction.timeout.ms",
+            TRANSACTION_TIMEOUT.as_millis().to_string(),
+        )
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
+    let producer: FutureProducer = config.create()?;
+    let p = producer.clone();
+    crate::blocking(move || Ok(p.init_transactions(TRANSACTION_TIMEOUT)?)).await?;
+    Ok(producer)
+}
+
+/// The committed entries of the ledger topic `ledger`, keeping those at or above the DLQ's
+/// low watermarks (`ends`: partition, low, high).
+async fn read_ledger(
+    ep: &Endpoints,
+    ledger: &str,
+    ends: &[(i32, i64, i64)],
+) -> Result<Ledger, OpsError> {
+    let (e, t) = (ep.clone(), ledger.to_string());
+    let mut scan = crate::blocking(move || Scan::start(&e, &t, READ_TIMEOUT)).await?;
+    let mut done = Ledger::new(ends.iter().map(|(p, low, _)| (*p, *low)));
+    loop {
+        let (s, chunk) = next_chunk(scan, DEFAULT_CHUNK_RECORDS * 10).await?;
+        scan = s;
+        let Some(chunk) = chunk else { break };
+        for r in &chunk {
+            done.add(ledger, r)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Produces the moves of `plan` and their ledger entries in one transaction, and commits it.
+/// On failure the transaction is aborted (unless the producer was fenced, when there is
+/// nothing left to abort).
+async fn move_chunk(
+    producer: &FutureProducer,
+    dlq: &str,
+    ledger: &str,
+    plan: &Plan,
+    at: OffsetDateTime,
+) -> Result<(), OpsError> {
+    producer.begin_transaction()?;
+    match send_chunk(producer, dlq, ledger, plan, at).await {
+        Ok(()) => {
+            let p = producer.clone();
+            let committed =
+                crate::blocking(move || Ok(p.commit_transaction(TRANSACTION_TIMEOUT)?)).await;
+            if committed.is_err() {
+                abort(producer).await;
+            }
+            committed
+        }
+        Err(e) => {
+            abort(producer).await;
+            Err(e)
+        }
+    }
+}
+
+async fn send_chunk(
+    producer: &FutureProducer,
+    dlq: &str,
+    ledger: &str,
+    plan: &Plan,
+    at: OffsetDateTime,
+) -> Result<(), OpsError> {
     let at_text = rfc3339(at);
-    let mut pending = Vec::with_capacity(plan.moves.len());
     for m in &plan.moves {
-        let hs = owned_headers(&redriven_headers(topic, m, at));
-        pending.push(
+        let hs = owned_headers(&redriven_headers(dlq, m, at));
+        // The commit waits for every acknowledgement and fails if one failed.
+        drop(
             send(
-                &producer,
+                producer,
                 &m.target,
                 m.record.key.as_deref(),
                 m.record.payload.as_deref(),
@@ -142,31 +256,22 @@ pub async fn redrive(
             .await?,
         );
     }
-    let mut acked = Vec::with_capacity(pending.len());
-    let mut failed = Vec::new();
-    for (m, f) in plan.moves.iter().zip(pending) {
-        match delivered(f).await {
-            Ok(()) => acked.push(m),
-            Err(e) => failed.push((DlqPosition::of(&m.record), e)),
-        }
-    }
-
-    let mut ledger_pending = Vec::with_capacity(acked.len());
-    for m in &acked {
+    for m in &plan.moves {
         let entry = LedgerEntry {
-            dlq: topic,
+            dlq,
             partition: m.record.partition,
             offset: m.record.offset,
+            timestamp: m.record.timestamp_ms,
             target: &m.target,
             redrive_count: m.count,
             at: &at_text,
         };
         let value = serde_json::to_vec(&entry).map_err(|e| OpsError::Task(e.to_string()))?;
-        let key = ledger_key(m.record.partition, m.record.offset);
-        ledger_pending.push(
+        let key = ledger_key_of(&m.record);
+        drop(
             send(
-                &producer,
-                &ledger,
+                producer,
+                ledger,
                 Some(key.as_bytes()),
                 Some(&value),
                 OwnedHeaders::new(),
@@ -174,31 +279,41 @@ pub async fn redrive(
             .await?,
         );
     }
-    let mut ledger_failed = Vec::new();
-    for (m, f) in acked.iter().zip(ledger_pending) {
-        if let Err(e) = delivered(f).await {
-            ledger_failed.push((DlqPosition::of(&m.record), e));
-        }
+    Ok(())
+}
+
+async fn abort(producer: &FutureProducer) {
+    let p = producer.clone();
+    // A fenced or otherwise dead producer can't abort; the broker aborts its transaction when
+    // the next redrive takes the id, or after TRANSACTION_TIMEOUT.
+    let _ = crate::blocking(move || Ok(p.abort_transaction(TRANSACTION_TIMEOUT)?)).await;
+}
+
+/// Whether `e` says another producer took this transactional id.
+fn is_fenced(e: &OpsError) -> bool {
+    matches!(e, OpsError::Kafka(k) if matches!(
+        k.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    ))
+}
+
+/// The error of a redrive that stopped at a chunk, saying what was done before it.
+fn stopped(dlq: &str, report: &RedriveReport, e: OpsError) -> OpsError {
+    let done = format!(
+        "{} records were moved in {} chunks before it and are in the ledger",
+        report.moved_total, report.chunks
+    );
+    if is_fenced(&e) {
+        OpsError::Superseded(format!(
+            "another redrive of {dlq} took over and fenced this one ({e}); {done}, and the other run skips them"
+        ))
+    } else {
+        OpsError::Incomplete(format!(
+            "a chunk failed and was rolled back: {e}; {done}; rerun to move the rest"
+        ))
     }
-    if !failed.is_empty() || !ledger_failed.is_empty() {
-        let mut parts = vec![format!(
-            "produced {} of {} records",
-            acked.len(),
-            plan.moves.len()
-        )];
-        if let Some((p, e)) = failed.first() {
-            parts.push(format!(
-                "{} not produced (first: {p}: {e}); rerun to retry them",
-                failed.len()
-            ));
-        }
-        if let Some((p, e)) = ledger_failed.first() {
-            parts.push(format!(
-                "{} produced but not recorded in {ledger} (first: {p}: {e}); a rerun would redrive them again",
-                ledger_failed.len()
-            ));
-        }
-        return Err(OpsError::Incomplete(parts.join("; ")));
-    }
-    Ok(report)
 }

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use apache_avro::types::Value;
 use bytes::Bytes;
@@ -72,9 +72,30 @@ fn dead(
         key: Some(Bytes::from_static(b"order-1")),
         payload: Some(Bytes::from_static(b"{}")),
         headers: h,
-        // 2026-03-01T06:00:00Z
-        timestamp_ms: Some(1_772_344_800_000),
+        timestamp_ms: Some(TS),
     }
+}
+
+/// The timestamp of every [`dead`] letter: 2026-03-01T06:00:00Z.
+const TS: i64 = 1_772_344_800_000;
+
+/// A ledger of `entries` (key, value), as read from ledger offsets 0, 1, ...
+fn ledger(entries: &[(&str, &str)]) -> Result<Ledger, OpsError> {
+    let mut l = Ledger::default();
+    for (i, (k, v)) in entries.iter().enumerate() {
+        l.add(
+            "x.dlq.redriven",
+            &ReadRecord {
+                partition: 0,
+                offset: i as i64,
+                key: Some(Bytes::from(k.to_string())),
+                payload: Some(Bytes::from(v.to_string())),
+                headers: Vec::new(),
+                timestamp_ms: None,
+            },
+        )?;
+    }
+    Ok(l)
 }
 
 fn sample() -> Vec<ReadRecord> {
@@ -236,7 +257,7 @@ fn entries_carry_the_headers_and_count_by_class() {
 #[test]
 fn plan_sorts_every_record_into_exactly_one_outcome() {
     let rs = sample();
-    let done = HashSet::from([ledger_key(0, 1)]);
+    let done = ledger(&[(&ledger_key(0, 1, Some(TS)), "{}")]).unwrap();
     let opts = RedriveOptions {
         max_redrives: 2,
         ..RedriveOptions::default()
@@ -294,7 +315,7 @@ fn plan_sorts_every_record_into_exactly_one_outcome() {
         max_redrives: 5,
         ..opts
     };
-    let err = plan(&rs, &HashSet::new(), &Filter::default(), &all)
+    let err = plan(&rs, &Ledger::default(), &Filter::default(), &all)
         .unwrap_err()
         .to_string();
     assert!(err.contains("1@1") && err.contains("--to"), "{err}");
@@ -313,7 +334,7 @@ fn unreadable_redrive_counts_are_refused() {
     );
     let p = plan(
         &[r],
-        &HashSet::new(),
+        &Ledger::default(),
         &Filter::default(),
         &RedriveOptions::default(),
     )
@@ -424,4 +445,135 @@ fn payloads_render_as_text_or_hex() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_ledger_tells_a_recreated_dlq_from_the_old_one() {
+    // Given the ledger entry of the dead letter at 0@1,
+    let l = ledger(&[(&ledger_key(0, 1, Some(TS)), "{}")]).unwrap();
+    let old = dead(0, 1, Some("orders"), "poison", "x", None, &[]);
+    assert!(l.contains(&old));
+    // when the DLQ was recreated and a new dead letter sits at 0@1 (a later timestamp),
+    let new = ReadRecord {
+        timestamp_ms: Some(TS + 1),
+        ..old.clone()
+    };
+    // then it is not taken for the one redriven.
+    assert!(!l.contains(&new));
+    assert_eq!(ledger_key_of(&new), format!("0/1/{}", TS + 1));
+    let untimed = ReadRecord {
+        timestamp_ms: None,
+        ..old
+    };
+    assert_eq!(ledger_key_of(&untimed), "0/1/-");
+    assert!(!l.contains(&untimed));
+    assert!(ledger(&[("0/1/-", "{}")]).unwrap().contains(&untimed));
+}
+
+#[test]
+fn entries_written_before_issue_17_match_only_letters_older_than_their_redrive() {
+    // Given an old entry `0/1`, redriven at 07:00, an hour after the letter's timestamp,
+    let l = ledger(&[(
+        "0/1",
+        r#"{"dlq":"x.dlq","partition":0,"offset":1,"target":"orders","redrive_count":1,"at":"2026-03-01T07:00:00Z"}"#,
+    )])
+    .unwrap();
+    let letter = dead(0, 1, Some("orders"), "poison", "x", None, &[]);
+    // then that letter was redriven,
+    assert!(l.contains(&letter));
+    // but one written at 0@1 after the redrive (a recreated DLQ) was not,
+    assert!(!l.contains(&ReadRecord {
+        timestamp_ms: Some(TS + 2 * 3_600_000),
+        ..letter.clone()
+    }));
+    // and neither was one at another position.
+    assert!(!l.contains(&ReadRecord {
+        offset: 2,
+        ..letter
+    }));
+}
+
+#[test]
+fn a_ledger_entry_eipctl_never_writes_is_refused() {
+    for (key, value) in [
+        ("0/1", "{}"),
+        ("0/1", "not json"),
+        ("zero/1/5", "{}"),
+        ("0/1/soon", "{}"),
+        ("0/1/2/3", "{}"),
+        ("", "{}"),
+    ] {
+        let err = ledger(&[(key, value)]).unwrap_err();
+        assert!(
+            matches!(err, OpsError::Ledger { offset: 0, .. }),
+            "{key:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn ledger_entries_below_the_dlq_low_watermark_are_dropped() {
+    let mut l = Ledger::new([(0, 5)]);
+    for (offset, key) in [(0, "0/1/7"), (1, "0/5/7"), (2, "1/1/7")] {
+        l.add(
+            "x",
+            &ReadRecord {
+                partition: 0,
+                offset,
+                key: Some(Bytes::from_static(key.as_bytes())),
+                payload: None,
+                headers: Vec::new(),
+                timestamp_ms: None,
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(l.len(), 2);
+}
+
+#[test]
+fn reports_and_listings_of_many_chunks_count_everything_and_keep_the_first() {
+    // Given 2,500 dead letters read in three chunks, out of order across chunks,
+    let all: Vec<ReadRecord> = (0..2_500)
+        .map(|i| {
+            dead(
+                i % 2,
+                i64::from(i / 2),
+                Some("orders"),
+                "poison",
+                "x",
+                None,
+                &[],
+            )
+        })
+        .collect();
+    let mut chunks: Vec<Vec<ReadRecord>> = all.chunks(1_000).map(<[_]>::to_vec).collect();
+    chunks.reverse();
+    let opts = RedriveOptions::default();
+    let mut report = RedriveReport::new("x.dlq", &opts);
+    let mut listing = Listing::new("x.dlq");
+    for c in &chunks {
+        report.add(&plan(c, &Ledger::default(), &Filter::default(), &opts).unwrap());
+        listing.add(c, &Filter::default(), 3);
+    }
+    // then the counts are whole and the lists hold the first ones in (partition, offset) order.
+    assert_eq!((report.scanned, report.moved_total()), (2_500, 2_500));
+    assert_eq!(
+        report.moved,
+        BTreeMap::from([("orders".to_string(), 2_500)])
+    );
+    assert_eq!(report.moved_records.len(), REPORT_LIMIT);
+    assert!(
+        report
+            .moved_records
+            .iter()
+            .all(|m| m.partition == 0 && m.offset < 1_000)
+    );
+    assert!(report.lines()[1].starts_with("moved 2500: 2500 to orders"));
+    assert_eq!((listing.scanned, listing.matched), (2_500, 2_500));
+    assert_eq!(positions(&listing), vec![(0, 0), (0, 1), (0, 2)]);
+    assert_eq!(
+        listing.by_class,
+        BTreeMap::from([("poison".to_string(), 2_500)])
+    );
 }

@@ -426,35 +426,55 @@ async fn partitions_handed_over_under_load_never_decide_on_stale_state() {
     check_script(&script, &seen, &events);
 }
 
-/// A command whose event the events topic can't take (its `max.message.bytes` is smaller) is
-/// rejected `too_large` before anything changes: the order does not exist afterwards, so the
-/// journal never holds a version the topic never got.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_too_large_for_its_topic_is_rejected_and_changes_nothing() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let ep = endpoints();
-    let names = fresh_topics(&ep, "orders-large", 1).await;
+/// Fresh topics of one partition, the events topic (`events_small`) or the outcomes topic
+/// taking records of at most `max_bytes` (`max.message.bytes`), and an admin client.
+async fn topics_with_a_small_one(
+    ep: &Endpoints,
+    prefix: &str,
+    events_small: bool,
+    max_bytes: &str,
+) -> (
+    Topics,
+    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let names = fresh_topics(ep, prefix, 1).await;
     let t = Topics {
         events: format!("{}-events", names.input),
         outcomes: format!("{}-outcomes", names.input),
         names,
     };
-    create_topics(&ep, &[&t.outcomes], 1).await;
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+    let (small, other) = if events_small {
+        (&t.events, &t.outcomes)
+    } else {
+        (&t.outcomes, &t.events)
+    };
+    create_topics(ep, &[other], 1).await;
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         eip_runtime::kafka::base_config(&ep.kafka())
             .create()
             .unwrap();
-    let events = NewTopic::new(&t.events, 1, TopicReplication::Fixed(1))
+    let topic = NewTopic::new(small, 1, TopicReplication::Fixed(1))
         .set("retention.ms", "-1")
         .set("retention.bytes", "-1")
-        .set("max.message.bytes", "16384");
+        .set("max.message.bytes", max_bytes);
     for r in admin
-        .create_topics([&events], &AdminOptions::new())
+        .create_topics([&topic], &AdminOptions::new())
         .await
         .unwrap()
     {
         r.unwrap();
     }
+    (t, admin)
+}
+
+/// A command whose event the events topic can't take (its `max.message.bytes` is smaller) is
+/// rejected `too_large` before anything changes: the order does not exist afterwards, so the
+/// journal never holds a version the topic never got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_its_topic_is_rejected_and_changes_nothing() {
+    let ep = endpoints();
+    let (t, _admin) = topics_with_a_small_one(&ep, "orders-large", true, "16384").await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = orders_config(&ep, &t, &dir.path().join("orders.db"));
     // Batches no larger than the topic takes, as its operator must set them.
@@ -543,32 +563,9 @@ async fn an_event_too_large_for_its_topic_is_rejected_and_changes_nothing() {
 /// journal and the topics agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_refused_for_good_stops_the_processor_and_keeps_no_state_change() {
-    use rdkafka::admin::{
-        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
-    };
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
     let ep = endpoints();
-    let names = fresh_topics(&ep, "orders-refused", 1).await;
-    let t = Topics {
-        events: format!("{}-events", names.input),
-        outcomes: format!("{}-outcomes", names.input),
-        names,
-    };
-    create_topics(&ep, &[&t.events], 1).await;
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        eip_runtime::kafka::base_config(&ep.kafka())
-            .create()
-            .unwrap();
-    let small = NewTopic::new(&t.outcomes, 1, TopicReplication::Fixed(1))
-        .set("retention.ms", "-1")
-        .set("retention.bytes", "-1")
-        .set("max.message.bytes", "2048");
-    for r in admin
-        .create_topics([&small], &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    let (t, admin) = topics_with_a_small_one(&ep, "orders-refused", false, "2048").await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orders.db");
     let mut cfg = orders_config(&ep, &t, &db);

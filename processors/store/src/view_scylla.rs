@@ -402,6 +402,24 @@ impl ScyllaViews {
     }
 }
 
+/// Where a page of `n` rows of the query `scope` starts (the cursor's key), or its answer at
+/// once: a cursor this API did not give out, or the empty page of `n` = 0.
+#[allow(clippy::type_complexity)]
+fn page_start<K: serde::de::DeserializeOwned, T>(
+    scope: (&str, &str),
+    cursor: Option<&str>,
+    n: u32,
+) -> Result<Option<K>, Result<Page<T>, BadCursor>> {
+    let after = decode_cursor(scope, cursor).map_err(Err)?;
+    if n == 0 {
+        return Err(Ok(Page {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
+    }
+    Ok(after)
+}
+
 type OutcomeRow = (
     String,
     String,
@@ -526,16 +544,10 @@ impl ViewStore for ScyllaViews {
         n: u32,
     ) -> Paged<CustomerOrder> {
         let scope = ("customer", customer);
-        let after: Option<(i64, String)> = match decode_cursor(scope, cursor) {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(e)),
+        let after: Option<(i64, String)> = match page_start(scope, cursor, n) {
+            Ok(after) => after,
+            Err(answer) => return Ok(answer),
         };
-        if n == 0 {
-            return Ok(Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            }));
-        }
         let what = "reading a customer's orders";
         let mut items: Vec<CustomerOrder> = match &after {
             None => {
@@ -577,16 +589,10 @@ impl ViewStore for ScyllaViews {
 
     async fn product_sales(&self, day: &str, cursor: Option<&str>, n: u32) -> Paged<Sales> {
         let scope = ("sales", day);
-        let after: Option<(String, String)> = match decode_cursor(scope, cursor) {
-            Ok(a) => a,
-            Err(BadCursor) => return Ok(Err(BadCursor)),
+        let after: Option<(String, String)> = match page_start(scope, cursor, n) {
+            Ok(after) => after,
+            Err(answer) => return Ok(answer),
         };
-        if n == 0 {
-            return Ok(Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            }));
-        }
         let what = "reading a day's sales";
         // A day is spread over buckets: each bucket gives its first `n` groups after the
         // cursor, in (sku, currency) order, and their sums are added up. The first `n` keys
@@ -655,16 +661,10 @@ impl ViewStore for ScyllaViews {
         n: u32,
     ) -> Paged<OutcomeView> {
         let scope = ("correlation", id);
-        let after: Option<String> = match decode_cursor(scope, cursor) {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(e)),
+        let after: Option<String> = match page_start(scope, cursor, n) {
+            Ok(after) => after,
+            Err(answer) => return Ok(answer),
         };
-        if n == 0 {
-            return Ok(Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            }));
-        }
         let what = "reading commands";
         let rows: Vec<OutcomeRow> = match &after {
             None => {

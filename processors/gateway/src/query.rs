@@ -277,9 +277,10 @@ pub(crate) async fn order(
 ) -> Response {
     result(
         async {
-            let (store, _permit) = views(&s, &headers).await?;
+            check_token(&s, &headers)?;
             let id = path(order_id)?;
             self::id("order id", &id)?;
+            let (store, _permit) = views(&s, &headers).await?;
             match store.order(&id).await.map_err(store_problem)? {
                 Some(order) => Ok(json_response(StatusCode::OK, json!(order))),
                 None => Err(problem(
@@ -301,11 +302,12 @@ pub(crate) async fn customer_orders(
 ) -> Response {
     result(
         async {
-            let (store, _permit) = views(&s, &headers).await?;
+            check_token(&s, &headers)?;
             let customer = path(customer)?;
             id("customer id", &customer)?;
             let page = query(q)?;
             let limit = limit(&page)?;
+            let (store, _permit) = views(&s, &headers).await?;
             let page = store
                 .customer_orders(&customer, page.cursor.as_deref(), limit)
                 .await
@@ -335,7 +337,7 @@ pub(crate) async fn sales(
 ) -> Response {
     result(
         async {
-            let (store, _permit) = views(&s, &headers).await?;
+            check_token(&s, &headers)?;
             let day = path(day)?;
             if !is_day(&day) {
                 return Err(problem(
@@ -345,6 +347,7 @@ pub(crate) async fn sales(
             }
             let page = query(q)?;
             let limit = limit(&page)?;
+            let (store, _permit) = views(&s, &headers).await?;
             let page = store
                 .product_sales(&day, page.cursor.as_deref(), limit)
                 .await
@@ -367,9 +370,10 @@ pub(crate) async fn command(
 ) -> Response {
     result(
         async {
-            let (store, _permit) = views(&s, &headers).await?;
+            check_token(&s, &headers)?;
             let id = path(command_id)?;
             self::id("command id", &id)?;
+            let (store, _permit) = views(&s, &headers).await?;
             match store.command(&id).await.map_err(store_problem)? {
                 Some(outcome) => Ok(json_response(StatusCode::OK, json!(outcome))),
                 None => Err(problem(
@@ -393,7 +397,7 @@ pub(crate) async fn commands(
 ) -> Response {
     result(
         async {
-            let (store, _permit) = views(&s, &headers).await?;
+            check_token(&s, &headers)?;
             let q = query(q)?;
             let Some(correlation) = q.correlation_id.clone().filter(|c| !c.is_empty()) else {
                 return Err(problem(
@@ -406,6 +410,7 @@ pub(crate) async fn commands(
                 limit: q.limit,
                 cursor: None,
             })?;
+            let (store, _permit) = views(&s, &headers).await?;
             let page = store
                 .commands_by_correlation(&correlation, q.cursor.as_deref(), limit)
                 .await

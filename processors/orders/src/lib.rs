@@ -398,8 +398,19 @@ impl Orders {
                 state.orders.insert(id.clone(), order);
             }
             let current = state.orders.get(&id).map_or(0, |o| o.version);
-            if event.version() != current + 1 {
+            if event.version() <= current {
+                // Journaled already.
                 continue;
+            }
+            if event.version() > current + 1 {
+                // A version is missing from the log itself: deciding on would publish a second
+                // history for this order. An operator must look (the event, the journal).
+                return Err(ProcessError::fatal(format!(
+                    "read-back: {} holds version {} of order {id}, but the journal has it at \
+                     version {current} and no event in between was published",
+                    self.events,
+                    event.version()
+                )));
             }
             let kind = match &event {
                 Event::Placed(_) => "PlaceOrder",
@@ -426,11 +437,6 @@ impl Stateful for Orders {
 
     fn output_topics(&self) -> Vec<String> {
         vec![self.events.to_string(), self.outcomes.to_string()]
-    }
-
-    /// Commands, events and outcomes are all history: kept forever.
-    fn topic_role(&self, _topic: &str) -> eip_runtime::topics::TopicRole {
-        eip_runtime::topics::TopicRole::History
     }
 
     /// A lost journal is rebuilt from offset 0 of the events topic.

@@ -174,11 +174,9 @@ pub struct Projection {
     touched: HashMap<String, Touched>,
     outcomes: Vec<OutcomeView>,
     counts: Counts,
-    /// In memory only (a rebuild): each order whose history has a gap, as "order: versions
-    /// a..b missing", in the order found.
-    gaps: Vec<String>,
-    /// The orders in `gaps`.
-    gapped: BTreeSet<String>,
+    /// In memory only (a rebuild): each order that met a gap, with the highest version seen
+    /// for it. A later copy of the missing events (a redrive) can still fill the gap.
+    gapped: std::collections::BTreeMap<String, i64>,
 }
 
 impl Projection {
@@ -274,9 +272,9 @@ impl Projection {
                 Ok(())
             }
             Step::Gap { have, got } => {
-                if self.in_memory && self.gapped.insert(id.clone()) {
-                    self.gaps
-                        .push(format!("{id}: versions {}..{} missing", have + 1, got - 1));
+                if self.in_memory {
+                    let seen = self.gapped.entry(id.clone()).or_insert(got);
+                    *seen = (*seen).max(got);
                 }
                 Err(ProcessError::poison(format!(
                     "order {id} is at version {have} in the views; this event is version {got}, so \
@@ -287,15 +285,23 @@ impl Projection {
         }
     }
 
-    /// In a rebuild: each order whose history has a gap, with the versions missing, in the
-    /// order found. A rebuild never switches while this is not empty.
-    pub fn gaps(&self) -> &[String] {
-        &self.gaps
-    }
-
-    /// How many orders [`Projection::gaps`] names.
-    pub fn gap_count(&self) -> usize {
-        self.gapped.len()
+    /// In a rebuild: each order whose history still has a gap (it met a version beyond its
+    /// next and never got the ones in between, not even from a later copy), as "order: at
+    /// version a, versions a+1..b missing". A rebuild never switches while this is not empty.
+    pub fn gaps(&self) -> Vec<String> {
+        self.gapped
+            .iter()
+            .filter_map(|(id, seen)| {
+                let have = self.orders.get(id).map_or(0, |o| o.version);
+                (have < *seen).then(|| {
+                    format!(
+                        "{id}: at version {have}, versions {}..{} missing",
+                        have + 1,
+                        seen - 1
+                    )
+                })
+            })
+            .collect()
     }
 
     /// True when the order's view is known (cached or folded).
@@ -628,11 +634,6 @@ impl Stateful for Projector {
 
     fn name(&self) -> &str {
         "projector"
-    }
-
-    /// Events and outcomes are history: kept forever.
-    fn topic_role(&self, _topic: &str) -> eip_runtime::topics::TopicRole {
-        eip_runtime::topics::TopicRole::History
     }
 
     /// A new views store (or a new replica's group) fills the views from offset 0.

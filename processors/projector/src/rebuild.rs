@@ -271,8 +271,8 @@ async fn fill_and_switch(
             let gaps = projection.gaps();
             if !gaps.is_empty() {
                 return Err(Error::Gaps {
-                    count: projection.gap_count(),
-                    sample: gaps.iter().take(20).cloned().collect(),
+                    count: gaps.len(),
+                    sample: gaps.into_iter().take(20).collect(),
                 });
             }
             let read = next.clone();

@@ -603,3 +603,28 @@ fn a_line_left_ahead_of_its_summary_is_added_once_and_a_missing_one_removed_by_t
     };
     assert_eq!(v3_lost, v3);
 }
+
+#[test]
+fn a_rebuild_reports_a_gap_only_while_no_later_copy_fills_it() {
+    let (events, _) = history(
+        &[
+            command("o", 0, 0, "A", 2, 1),
+            command("o", 1, 1, "C", 5, 1),
+            command("o", 2, 3, "", 0, 1),
+        ],
+        1,
+    );
+    assert_eq!(events.len(), 3);
+    // Version 2 missing: the gap is reported with the versions.
+    let mut gapped = Projection::in_memory();
+    gapped.event_known(&events[0]).unwrap();
+    assert!(gapped.event_known(&events[2]).is_err());
+    assert_eq!(
+        gapped.gaps(),
+        vec!["o: at version 1, versions 2..2 missing".to_string()]
+    );
+    // A later copy of versions 2 and 3 (a redrive appends them) fills it: nothing to report.
+    gapped.event_known(&events[1]).unwrap();
+    gapped.event_known(&events[2]).unwrap();
+    assert!(gapped.gaps().is_empty(), "{:?}", gapped.gaps());
+}

@@ -504,6 +504,16 @@ impl Processor for Router {
         self.retry_level(retry).map(|_| self.retry_partitions)
     }
 
+    /// Retry topics hold records only until they are due: the broker's retention. Every other
+    /// topic keeps the runtime's default, history.
+    fn topic_role(&self, topic: &str) -> eip_runtime::topics::TopicRole {
+        if self.retry_level(topic).is_some() {
+            eip_runtime::topics::TopicRole::Stream
+        } else {
+            eip_runtime::topics::TopicRole::History
+        }
+    }
+
     /// A retry record waits until it is due: the runtime parks the partition's worker until
     /// then (cancellably, while polling goes on), instead of `process` sleeping. Never longer
     /// than the level's delay, whatever the header says.

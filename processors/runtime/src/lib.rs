@@ -193,8 +193,16 @@ where
 
     check_topics(config, &processor).await?;
 
-    let producer: FutureProducer<ProducerContext> = kafka::producer_config(&config.kafka)
-        .create_with_context(ProducerContext { stop: stop.clone() })?;
+    let mut producer_config = kafka::producer_config(&config.kafka);
+    if processor.stages_writes() {
+        // An output refused for good must not be followed by later outputs of the same
+        // partition: with a gap, a later record's output would be published on top of a
+        // state change that is never kept (see `pipeline::deliver::acker`). librdkafka then
+        // fails the producer instead, which stops the processor.
+        producer_config.set("enable.gapless.guarantee", "true");
+    }
+    let producer: FutureProducer<ProducerContext> =
+        producer_config.create_with_context(ProducerContext { stop: stop.clone() })?;
     let in_flight = InFlight::new(metrics.in_flight.with_label_values(&[name.as_str()]));
     let state = PollState::new(
         metrics.clone(),

@@ -421,6 +421,14 @@ pub trait Processor: Send + Sync + 'static {
         None
     }
 
+    /// What `topic` is for, which sets how long the broker keeps it when the runtime creates
+    /// it. The default is [`History`](crate::topics::TopicRole::History), the safe choice:
+    /// kept forever. A router's retry topics are streams.
+    fn topic_role(&self, topic: &str) -> crate::topics::TopicRole {
+        let _ = topic;
+        crate::topics::TopicRole::History
+    }
+
     /// Decodes a raw record into the input type. The default for typed inputs uses the codec.
     fn decode(
         &self,

@@ -181,11 +181,13 @@ pub trait Stateful: Send + Sync + 'static {
     }
 
     /// What `topic` (an input or an output) is for, which sets how long the broker keeps it
-    /// when the runtime creates it. Dead-letter topics are always
-    /// [`TopicRole::DeadLetters`](crate::topics::TopicRole::DeadLetters).
+    /// when the runtime creates it. The default is
+    /// [`History`](crate::topics::TopicRole::History), the safe choice (kept forever), so a
+    /// topic the project creates never loses records by default. Dead-letter topics are
+    /// always [`TopicRole::DeadLetters`](crate::topics::TopicRole::DeadLetters).
     fn topic_role(&self, topic: &str) -> crate::topics::TopicRole {
         let _ = topic;
-        crate::topics::TopicRole::Stream
+        crate::topics::TopicRole::History
     }
 
     /// Topics this processor may replay from offset 0 (a lost store rebuilt from them, a new
@@ -288,6 +290,10 @@ impl<P: Processor> Stateful for Stateless<P> {
 
     fn partitions_for(&self, topic: &str) -> Option<i32> {
         self.0.partitions_for(topic)
+    }
+
+    fn topic_role(&self, topic: &str) -> crate::topics::TopicRole {
+        self.0.topic_role(topic)
     }
 
     fn stages_writes(&self) -> bool {

@@ -59,9 +59,10 @@ pub struct Page<T> {
 )]
 pub struct BadCursor;
 
-/// The longest cursor this API gives out or takes, in bytes: keys are ids of at most
-/// `eip_schemas::limits::MAX_ID_BYTES`.
-pub const MAX_CURSOR_BYTES: usize = 4_096;
+/// The longest cursor this API takes, in bytes: above the longest it gives out (a key of
+/// two ids of `eip_schemas::limits::MAX_ID_BYTES` each, every byte a control character that
+/// JSON spells `\u00XX`, in base64), and far below the 64 KiB an HTTP request line may have.
+pub const MAX_CURSOR_BYTES: usize = 20_480;
 
 /// FNV-1a, 64 bits: a stable check (the same in every build and release).
 fn fnv1a(parts: &[&[u8]]) -> u64 {
@@ -144,5 +145,11 @@ mod tests {
         );
         let long = "a".repeat(MAX_CURSOR_BYTES + 1);
         assert!(decode_cursor::<(i64, String)>(scope, Some(&long)).is_err());
+        // The longest key this API pages by still makes a cursor it takes back.
+        let worst = "\u{1}".repeat(eip_schemas::limits::MAX_ID_BYTES);
+        let c = encode_cursor(("sales", "d"), &(&worst, &worst));
+        assert!(c.len() <= MAX_CURSOR_BYTES, "{}", c.len());
+        let back: Option<(String, String)> = decode_cursor(("sales", "d"), Some(&c)).unwrap();
+        assert_eq!(back, Some((worst.clone(), worst)));
     }
 }

@@ -631,9 +631,17 @@ impl ViewStore for ScyllaViews {
                     revenue_cents: 0,
                     orders: 0,
                 });
-                s.units += r.2;
-                s.revenue_cents += r.3;
-                s.orders += r.4;
+                let sum = |a: i64, b: i64| {
+                    a.checked_add(b).ok_or_else(|| {
+                        StoreError::Permanent(format!(
+                            "the sales of {day} pass the 64-bit limit when its buckets are \
+                             added up"
+                        ))
+                    })
+                };
+                s.units = sum(s.units, r.2)?;
+                s.revenue_cents = sum(s.revenue_cents, r.3)?;
+                s.orders = sum(s.orders, r.4)?;
             }
         }
         let items: Vec<Sales> = merged.into_values().take(n as usize).collect();

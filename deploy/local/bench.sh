@@ -20,7 +20,7 @@ export EIP_REGISTRY_URL=http://127.0.0.1:$EIP_REGISTRY_PORT
 cargo bench -p eip-schemas --bench codec -- --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^[a-z].*OrderPlaced|time:"
 cargo bench -p eip-tests --bench rules -- --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "^evaluate|time:"
 cargo bench -p eip-tests --bench passthrough -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-5}"
-cargo bench -p eip-projector --bench write_path -- --rounds "${EIP_BENCH_ROUNDS:-3}"
+cargo bench -p eip-projector --features sample --bench write_path -- --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench stateful -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench router -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench gateway

@@ -20,6 +20,7 @@ pub mod convert;
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod order_events;
 pub mod registry;
 pub mod types;
 

@@ -69,44 +69,9 @@ impl Command {
     }
 }
 
-/// An event in an order's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum Event {
-    /// The order was created.
-    Placed(OrderPlaced),
-    /// A line was added.
-    LineAdded(OrderLineAdded),
-    /// A line was removed.
-    LineRemoved(OrderLineRemoved),
-    /// The order was confirmed.
-    Confirmed(OrderConfirmed),
-    /// The order was cancelled.
-    Cancelled(OrderCancelled),
-}
-
-impl Event {
-    /// The event's envelope.
-    pub fn metadata(&self) -> &EventMetadata {
-        match self {
-            Event::Placed(e) => &e.metadata,
-            Event::LineAdded(e) => &e.metadata,
-            Event::LineRemoved(e) => &e.metadata,
-            Event::Confirmed(e) => &e.metadata,
-            Event::Cancelled(e) => &e.metadata,
-        }
-    }
-
-    /// The aggregate version this event brings its order to.
-    pub fn version(&self) -> i64 {
-        self.metadata().aggregate_version
-    }
-
-    /// The id of the command that caused it.
-    pub fn command_id(&self) -> Option<&str> {
-        self.metadata().causation_id.as_deref()
-    }
-}
+/// An event in an order's history: the message type of `eip_schemas::order_events`, which
+/// every reader of order events shares.
+pub use eip_schemas::order_events::OrderEvent as Event;
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

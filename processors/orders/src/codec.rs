@@ -5,10 +5,7 @@ use bytes::Bytes;
 use eip_runtime::{Output, ProcessError};
 use eip_schemas::codec::{decode_with, encode_with_id};
 use eip_schemas::frame;
-use eip_schemas::types::{
-    AddOrderLine, CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderLineAdded,
-    OrderLineRemoved, OrderPlaced, PlaceOrder, RemoveOrderLine,
-};
+use eip_schemas::types::{AddOrderLine, CancelOrder, ConfirmOrder, PlaceOrder, RemoveOrderLine};
 use eip_schemas::{AvroRecord, Codec};
 
 use crate::aggregate::{Command, Event};
@@ -31,18 +28,10 @@ pub async fn command(codec: &Codec, payload: Option<&[u8]>) -> Result<Command, P
     })
 }
 
-/// Decodes an order event; None for a record of another type.
+/// Decodes an order event; None for a record of another type (see
+/// `eip_schemas::order_events`).
 pub async fn event(codec: &Codec, payload: Option<&[u8]>) -> Result<Option<Event>, ProcessError> {
-    let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;
-    let writer = codec.registry().schema_by_id(id).await?;
-    Ok(Some(match writer.full_name.as_str() {
-        OrderPlaced::FULL_NAME => Event::Placed(decode_with(&writer, body)?),
-        OrderLineAdded::FULL_NAME => Event::LineAdded(decode_with(&writer, body)?),
-        OrderLineRemoved::FULL_NAME => Event::LineRemoved(decode_with(&writer, body)?),
-        OrderConfirmed::FULL_NAME => Event::Confirmed(decode_with(&writer, body)?),
-        OrderCancelled::FULL_NAME => Event::Cancelled(decode_with(&writer, body)?),
-        _ => return Ok(None),
-    }))
+    Ok(eip_schemas::order_events::decode_order_event(codec, payload).await?)
 }
 
 /// The output record that publishes `event` to `topic`, keyed by its aggregate id.

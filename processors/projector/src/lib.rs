@@ -13,16 +13,17 @@
 
 pub mod projection;
 pub mod rebuild;
+#[cfg(feature = "sample")]
 pub mod sample;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use eip_orders::aggregate::Event;
 use eip_runtime::config::{Config, ConfigError, Section};
 use eip_runtime::{Effects, Envelope, Flush, Opened, PartitionId, ProcessError, Record, Stateful};
 use eip_schemas::codec::decode_with;
+use eip_schemas::order_events::OrderEvent as Event;
 use eip_schemas::types::CommandOutcome;
 use eip_schemas::{AvroRecord, Codec, frame};
 use eip_store::sqlite::{
@@ -138,7 +139,7 @@ pub enum Input {
 /// Decodes an order event or a command outcome by its writer schema's name; any other record
 /// is poison.
 pub async fn decode(codec: &Codec, payload: Option<&[u8]>) -> Result<Input, ProcessError> {
-    if let Some(event) = eip_orders::codec::event(codec, payload).await? {
+    if let Some(event) = eip_schemas::order_events::decode_order_event(codec, payload).await? {
         return Ok(Input::Event(event));
     }
     let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;

@@ -10,7 +10,7 @@
 //! the events any number of times, in any order that keeps each order's order, leaves the
 //! same rows.
 
-use eip_orders::aggregate::Event;
+use eip_schemas::order_events::OrderEvent as Event;
 use eip_schemas::types::{CommandOutcome, OrderLine};
 use eip_store::views::{LineView, OrderView, OutcomeView};
 

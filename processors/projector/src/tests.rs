@@ -149,6 +149,19 @@ fn commit_all(conn: &mut Connection, epoch: i64, projection: &mut Projection) {
     projection.committed(usize::MAX);
 }
 
+/// The events of order "o" from commands (kind, sku, quantity) as [`command`] makes them,
+/// each of which the aggregate accepts.
+fn one_order(steps: &[(u8, &str, i32)]) -> Vec<Event> {
+    let commands: Vec<Command> = steps
+        .iter()
+        .enumerate()
+        .map(|(n, (kind, sku, qty))| command("o", n, *kind, sku, *qty, 1))
+        .collect();
+    let (events, _) = history(&commands, 1);
+    assert_eq!(events.len(), steps.len(), "every command is accepted");
+    events
+}
+
 /// Projects `events` once, committing every `every` events.
 fn clean(events: &[Event], every: usize) -> BTreeMap<&'static str, Vec<String>> {
     let mut conn = store();
@@ -523,15 +536,7 @@ fn a_row_only_a_state_between_two_commits_had_is_deleted_even_if_the_store_got_i
 #[test]
 fn an_order_read_from_a_view_that_is_ahead_of_the_others_brings_every_view_up_to_it() {
     // The order is placed, confirmed, then cancelled.
-    let (events, _) = history(
-        &[
-            command("o", 0, 0, "A", 2, 1),
-            command("o", 1, 3, "", 0, 1),
-            command("o", 2, 4, "", 0, 1),
-        ],
-        1,
-    );
-    assert_eq!(events.len(), 3);
+    let events = one_order(&[(0, "A", 2), (3, "", 0), (4, "", 0)]);
     let mut conn = store();
     let tx = conn.transaction().unwrap();
     let epoch = claim(&tx, &part()).unwrap().epoch;
@@ -569,15 +574,7 @@ fn an_order_read_from_a_view_that_is_ahead_of_the_others_brings_every_view_up_to
 
 #[test]
 fn a_line_left_ahead_of_its_summary_is_added_once_and_a_missing_one_removed_by_the_event() {
-    let (events, _) = history(
-        &[
-            command("o", 0, 0, "A", 2, 1),
-            command("o", 1, 1, "C", 5, 1),
-            command("o", 2, 2, "C", 0, 1),
-        ],
-        1,
-    );
-    assert_eq!(events.len(), 3);
+    let events = one_order(&[(0, "A", 2), (1, "C", 5), (2, "C", 0)]);
     let Step::Applied(v1) = fold(None, &events[0]) else {
         panic!("placed")
     };
@@ -606,15 +603,7 @@ fn a_line_left_ahead_of_its_summary_is_added_once_and_a_missing_one_removed_by_t
 
 #[test]
 fn a_rebuild_reports_a_gap_only_while_no_later_copy_fills_it() {
-    let (events, _) = history(
-        &[
-            command("o", 0, 0, "A", 2, 1),
-            command("o", 1, 1, "C", 5, 1),
-            command("o", 2, 3, "", 0, 1),
-        ],
-        1,
-    );
-    assert_eq!(events.len(), 3);
+    let events = one_order(&[(0, "A", 2), (1, "C", 5), (3, "", 0)]);
     // Version 2 missing: the gap is reported with the versions.
     let mut gapped = Projection::in_memory();
     gapped.event_known(&events[0]).unwrap();

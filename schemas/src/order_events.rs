@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::decode_with;
 use crate::frame;
 use crate::types::{
-    EventMetadata, OrderCancelled, OrderConfirmed, OrderLineAdded, OrderLineRemoved, OrderPlaced,
+    EventMetadata, OrderCancelled, OrderCompleted, OrderConfirmed, OrderLineAdded,
+    OrderLineRemoved, OrderPlaced,
 };
 use crate::{AvroRecord, Codec, CodecError};
 
@@ -28,6 +29,8 @@ pub enum OrderEvent {
     Confirmed(OrderConfirmed),
     /// The order was cancelled.
     Cancelled(OrderCancelled),
+    /// The order was fulfilled.
+    Completed(OrderCompleted),
 }
 
 impl OrderEvent {
@@ -39,6 +42,7 @@ impl OrderEvent {
             OrderEvent::LineRemoved(e) => &e.metadata,
             OrderEvent::Confirmed(e) => &e.metadata,
             OrderEvent::Cancelled(e) => &e.metadata,
+            OrderEvent::Completed(e) => &e.metadata,
         }
     }
 
@@ -67,6 +71,7 @@ pub async fn decode_order_event(
         OrderLineRemoved::FULL_NAME => OrderEvent::LineRemoved(decode_with(&writer, body)?),
         OrderConfirmed::FULL_NAME => OrderEvent::Confirmed(decode_with(&writer, body)?),
         OrderCancelled::FULL_NAME => OrderEvent::Cancelled(decode_with(&writer, body)?),
+        OrderCompleted::FULL_NAME => OrderEvent::Completed(decode_with(&writer, body)?),
         _ => return Ok(None),
     }))
 }

@@ -128,6 +128,13 @@ pub struct ConfirmOrder {
     pub metadata: CommandMetadata,
 }
 
+/// Command: mark a confirmed order completed (`eip.orders.CompleteOrder`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteOrder {
+    /// Command envelope.
+    pub metadata: CommandMetadata,
+}
+
 /// Event: a line was added to an open order (`eip.orders.OrderLineAdded`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLineAdded {
@@ -190,6 +197,13 @@ pub struct OrderPlaced {
     pub currency: String,
     /// Where to ship.
     pub shipping_address: Address,
+}
+
+/// Event: the order was fulfilled; final (`eip.orders.OrderCompleted`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCompleted {
+    /// Event envelope.
+    pub metadata: EventMetadata,
 }
 
 /// Event: the order will be fulfilled (`eip.orders.OrderConfirmed`).
@@ -296,12 +310,14 @@ avro_records! {
     AddOrderLine => "eip.orders.AddOrderLine",
     RemoveOrderLine => "eip.orders.RemoveOrderLine",
     ConfirmOrder => "eip.orders.ConfirmOrder",
+    CompleteOrder => "eip.orders.CompleteOrder",
     OrderLineAdded => "eip.orders.OrderLineAdded",
     OrderLineRemoved => "eip.orders.OrderLineRemoved",
     CommandOutcome => "eip.orders.CommandOutcome",
     OrderPlaced => "eip.orders.OrderPlaced",
     OrderConfirmed => "eip.orders.OrderConfirmed",
     OrderCancelled => "eip.orders.OrderCancelled",
+    OrderCompleted => "eip.orders.OrderCompleted",
     InventoryReserved => "eip.inventory.InventoryReserved",
     InventoryReservationFailed => "eip.inventory.InventoryReservationFailed",
     InventoryReleased => "eip.inventory.InventoryReleased",
@@ -448,6 +464,12 @@ mod tests {
             decided_at: 1_767_225_600_000,
         });
         round_trip(OrderConfirmed {
+            metadata: meta.clone(),
+        });
+        round_trip(CompleteOrder {
+            metadata: cmd("order-1"),
+        });
+        round_trip(OrderCompleted {
             metadata: meta.clone(),
         });
         round_trip(OrderCancelled {

@@ -36,6 +36,7 @@ async fn fill(ep: &Endpoints, topic: &str, events: &[eip_orders::aggregate::Even
             Event::LineRemoved(x) => codec.encode(x).await,
             Event::Confirmed(x) => codec.encode(x).await,
             Event::Cancelled(x) => codec.encode(x).await,
+            Event::Completed(x) => codec.encode(x).await,
         }
         .unwrap();
         let key = e.metadata().aggregate_id.as_bytes();

@@ -12,7 +12,10 @@
 //!   cancelled). An added SKU must be new to the order; a removed one must be on it, and the
 //!   last line can't be removed.
 //! - `ConfirmOrder` confirms an open order. `CancelOrder` cancels an open or confirmed order,
-//!   with a reason.
+//!   with a reason (a completed one can't be: `already_completed`).
+//! - `CompleteOrder` marks a confirmed order completed once it is fulfilled (its saga's last
+//!   step): an open order is `not_confirmed`, a cancelled one `already_cancelled`, and a
+//!   completed one `already_completed`. Completed is final.
 //! - A command's `expected_version`, when given, must be the order's version (0 when the
 //!   order does not exist): otherwise it is a `version_conflict`.
 //! - Every id (order, customer, SKU) is valid by `eip_schemas::limits`, the definition the
@@ -24,9 +27,9 @@
 
 use eip_schemas::limits::id_problem;
 use eip_schemas::types::{
-    AddOrderLine, Address, CancelOrder, CommandMetadata, ConfirmOrder, EventMetadata,
-    OrderCancelled, OrderConfirmed, OrderLine, OrderLineAdded, OrderLineRemoved, OrderPlaced,
-    PlaceOrder, RemoveOrderLine,
+    AddOrderLine, Address, CancelOrder, CommandMetadata, CompleteOrder, ConfirmOrder,
+    EventMetadata, OrderCancelled, OrderCompleted, OrderConfirmed, OrderLine, OrderLineAdded,
+    OrderLineRemoved, OrderPlaced, PlaceOrder, RemoveOrderLine,
 };
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,8 @@ pub enum Command {
     Confirm(ConfirmOrder),
     /// Cancel.
     Cancel(CancelOrder),
+    /// Mark completed.
+    Complete(CompleteOrder),
 }
 
 impl Command {
@@ -54,6 +59,7 @@ impl Command {
             Command::RemoveLine(c) => &c.metadata,
             Command::Confirm(c) => &c.metadata,
             Command::Cancel(c) => &c.metadata,
+            Command::Complete(c) => &c.metadata,
         }
     }
 
@@ -65,6 +71,7 @@ impl Command {
             Command::RemoveLine(_) => "RemoveOrderLine",
             Command::Confirm(_) => "ConfirmOrder",
             Command::Cancel(_) => "CancelOrder",
+            Command::Complete(_) => "CompleteOrder",
         }
     }
 }
@@ -82,6 +89,8 @@ pub enum Status {
     Confirmed,
     /// Cancelled: final.
     Cancelled,
+    /// Completed (fulfilled): final.
+    Completed,
 }
 
 impl Status {
@@ -91,6 +100,7 @@ impl Status {
             Status::Open => "open",
             Status::Confirmed => "confirmed",
             Status::Cancelled => "cancelled",
+            Status::Completed => "completed",
         }
     }
 }
@@ -151,6 +161,8 @@ pub const REJECTION_CODES: &[&str] = &[
     "bad_currency",
     "not_open",
     "already_cancelled",
+    "already_completed",
+    "not_confirmed",
     "missing_reason",
     "bad_order_id",
     "bad_sku",
@@ -330,6 +342,12 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
             if o.status == Status::Cancelled {
                 return Err(reject("already_cancelled", format!("{id} is cancelled")));
             }
+            if o.status == Status::Completed {
+                return Err(reject(
+                    "already_completed",
+                    format!("{id} is completed: it can't be cancelled"),
+                ));
+            }
             if c.reason.trim().is_empty() {
                 return Err(reject("missing_reason", "a cancellation needs a reason"));
             }
@@ -337,6 +355,20 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
                 metadata: event_meta,
                 reason: c.reason.clone(),
             }))
+        }
+        Command::Complete(_) => {
+            let o = order.ok_or_else(|| reject("unknown_order", format!("no order {id}")))?;
+            match o.status {
+                Status::Confirmed => Ok(Event::Completed(OrderCompleted {
+                    metadata: event_meta,
+                })),
+                Status::Open => Err(reject(
+                    "not_confirmed",
+                    format!("{id} is open: only a confirmed order can be completed"),
+                )),
+                Status::Cancelled => Err(reject("already_cancelled", format!("{id} is cancelled"))),
+                Status::Completed => Err(reject("already_completed", format!("{id} is completed"))),
+            }
         }
     }
 }
@@ -391,6 +423,7 @@ pub fn apply(order: Option<Order>, event: &Event) -> Order {
         }
         Event::Confirmed(_) => o.status = Status::Confirmed,
         Event::Cancelled(_) => o.status = Status::Cancelled,
+        Event::Completed(_) => o.status = Status::Completed,
     }
     o.version = meta.aggregate_version;
     o.updated_at = meta.occurred_at;

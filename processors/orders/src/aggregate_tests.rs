@@ -64,6 +64,12 @@ fn cancel(id: &str, reason: &str) -> Command {
     })
 }
 
+fn complete(id: &str) -> Command {
+    Command::Complete(CompleteOrder {
+        metadata: meta(id, &format!("{id}-complete"), None),
+    })
+}
+
 /// Runs `given` through handle + apply (each must be accepted), then handles `when`.
 fn given_when(given: &[Command], when: &Command) -> (Option<Order>, Result<Event, Rejection>) {
     let mut order = None;
@@ -265,6 +271,39 @@ fn commands_to_a_missing_order_are_refused() {
     rejected(&[], remove("o9", "A"), "unknown_order");
     rejected(&[], confirm("o9"), "unknown_order");
     rejected(&[], cancel("o9", "why"), "unknown_order");
+    rejected(&[], complete("o9"), "unknown_order");
+}
+
+#[test]
+fn a_confirmed_order_completes_once_and_is_then_final() {
+    let given = [two_lines("o1"), confirm("o1")];
+    let (order, outcome) = given_when(&given, &complete("o1"));
+    let event = outcome.unwrap_or_else(|r| panic!("{r:?}"));
+    assert!(matches!(event, Event::Completed(_)), "{event:?}");
+    assert_eq!(event.version(), 3);
+    assert_eq!(event.command_id(), Some("o1-complete"));
+    let order = apply(order, &event);
+    assert_eq!(
+        (order.status, order.status.as_str()),
+        (Status::Completed, "completed")
+    );
+    let completed = [two_lines("o1"), confirm("o1"), complete("o1")];
+    rejected(&completed, complete("o1"), "already_completed");
+    // Completed is final: no cancellation (a saga compensates before its last step, never
+    // after it), and no change to the lines.
+    rejected(&completed, cancel("o1", "too late"), "already_completed");
+    rejected(&completed, add("o1", line("C", 1, 1)), "not_open");
+    rejected(&completed, confirm("o1"), "not_open");
+}
+
+#[test]
+fn only_a_confirmed_order_completes() {
+    rejected(&[two_lines("o1")], complete("o1"), "not_confirmed");
+    rejected(
+        &[two_lines("o1"), confirm("o1"), cancel("o1", "declined")],
+        complete("o1"),
+        "already_cancelled",
+    );
 }
 
 #[test]
@@ -355,12 +394,13 @@ mod snapshots {
     fn command() -> impl Strategy<Value = Command> {
         let id = prop_oneof![Just("o1"), Just("o2"), Just("o3")];
         let sku = prop_oneof![Just("A"), Just("B"), Just("C")];
-        (id, sku, 0..6u8, -1..4i32, 0..4u32).prop_map(|(id, sku, kind, qty, n)| match kind {
+        (id, sku, 0..7u8, -1..4i32, 0..4u32).prop_map(|(id, sku, kind, qty, n)| match kind {
             0 => place(id, vec![line(sku, qty, 100), line("Z", 1, 5)]),
             1 => add(id, line(sku, qty, 70)),
             2 => remove(id, sku),
             3 => confirm(id),
             4 => cancel(id, if n == 0 { "" } else { "why" }),
+            5 => complete(id),
             _ => place(id, vec![]),
         })
     }

@@ -5,7 +5,9 @@ use bytes::Bytes;
 use eip_runtime::{Output, ProcessError};
 use eip_schemas::codec::{decode_with, encode_with_id};
 use eip_schemas::frame;
-use eip_schemas::types::{AddOrderLine, CancelOrder, ConfirmOrder, PlaceOrder, RemoveOrderLine};
+use eip_schemas::types::{
+    AddOrderLine, CancelOrder, CompleteOrder, ConfirmOrder, PlaceOrder, RemoveOrderLine,
+};
 use eip_schemas::{AvroRecord, Codec};
 
 use crate::aggregate::{Command, Event};
@@ -20,6 +22,7 @@ pub async fn command(codec: &Codec, payload: Option<&[u8]>) -> Result<Command, P
         RemoveOrderLine::FULL_NAME => Command::RemoveLine(decode_with(&writer, body)?),
         ConfirmOrder::FULL_NAME => Command::Confirm(decode_with(&writer, body)?),
         CancelOrder::FULL_NAME => Command::Cancel(decode_with(&writer, body)?),
+        CompleteOrder::FULL_NAME => Command::Complete(decode_with(&writer, body)?),
         other => {
             return Err(ProcessError::poison(format!(
                 "{other} (schema id {id}) is not an order command"
@@ -43,6 +46,7 @@ pub fn publish(topic: &std::sync::Arc<str>, event: &Event) -> Output {
         Event::LineRemoved(e) => Output::record(topic.clone(), key, e),
         Event::Confirmed(e) => Output::record(topic.clone(), key, e),
         Event::Cancelled(e) => Output::record(topic.clone(), key, e),
+        Event::Completed(e) => Output::record(topic.clone(), key, e),
     }
 }
 
@@ -55,6 +59,7 @@ pub fn encoded_len(event: &Event) -> Result<usize, ProcessError> {
         Event::LineRemoved(e) => encode_with_id(0, e),
         Event::Confirmed(e) => encode_with_id(0, e),
         Event::Cancelled(e) => encode_with_id(0, e),
+        Event::Completed(e) => encode_with_id(0, e),
     };
     framed.map(|bytes| bytes.len()).map_err(ProcessError::Codec)
 }

@@ -418,6 +418,7 @@ impl Orders {
                 Event::LineRemoved(_) => "RemoveOrderLine",
                 Event::Confirmed(_) => "ConfirmOrder",
                 Event::Cancelled(_) => "CancelOrder",
+                Event::Completed(_) => "CompleteOrder",
             };
             let at = event.metadata().occurred_at;
             self.record(state, &event, None, kind, at, source_offset);

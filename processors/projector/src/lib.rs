@@ -429,7 +429,7 @@ fn varying_keys(order: &OrderView) -> impl Iterator<Item = (&'static str, Vec<Va
             vec![order.order_id.as_str().into(), l.sku.as_str().into()],
         )
     });
-    let sales = sales_keys(order).filter(|_| order.status == "confirmed");
+    let sales = sales_keys(order).filter(|_| eip_store::views::sells(&order.status));
     lines.chain(sales)
 }
 

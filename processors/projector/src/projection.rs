@@ -112,6 +112,7 @@ pub fn fold(view: Option<&OrderView>, event: &Event) -> Step {
                     v.confirmed_day = Some(day(at));
                 }
                 Event::Cancelled(_) => v.status = "cancelled".into(),
+                Event::Completed(_) => v.status = "completed".into(),
             }
             v
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use eip_orders::aggregate::{Command, Event, Order, Status, apply, handle};
 use eip_runtime::PartitionId;
 use eip_schemas::types::{
-    AddOrderLine, CancelOrder, CommandMetadata, ConfirmOrder, OrderLine, PlaceOrder,
+    AddOrderLine, CancelOrder, CommandMetadata, CompleteOrder, ConfirmOrder, OrderLine, PlaceOrder,
     RemoveOrderLine, samples,
 };
 use eip_store::sqlite::{LEDGER_DDL, claim};
@@ -67,9 +67,12 @@ fn command(id: &str, n: usize, kind: u8, sku: &str, qty: i32, customer: u8) -> C
         3 => Command::Confirm(ConfirmOrder {
             metadata: meta(id, n),
         }),
-        _ => Command::Cancel(CancelOrder {
+        4 => Command::Cancel(CancelOrder {
             metadata: meta(id, n),
             reason: "changed my mind".into(),
+        }),
+        _ => Command::Complete(CompleteOrder {
+            metadata: meta(id, n),
         }),
     }
 }
@@ -245,7 +248,7 @@ fn interleave(events: &[Event], picks: &[u8]) -> Vec<Event> {
 }
 
 fn arb_command() -> impl Strategy<Value = (u8, u8, u8, i32, u8)> {
-    (0..5u8, 0..7u8, 0..3u8, 1..4i32, 0..3u8)
+    (0..6u8, 0..7u8, 0..3u8, 1..4i32, 0..3u8)
 }
 
 fn commands(raw: &[(u8, u8, u8, i32, u8)]) -> Vec<Command> {
@@ -531,6 +534,18 @@ fn a_row_only_a_state_between_two_commits_had_is_deleted_even_if_the_store_got_i
         0,
         "a cancelled order sells nothing"
     );
+}
+
+#[test]
+fn a_completed_order_shows_completed_and_still_counts_in_the_sales() {
+    // Placed with A×2 and Z×1, confirmed, completed.
+    let events = one_order(&[(0, "A", 2), (3, "", 0), (5, "", 0)]);
+    let views = clean(&events, 1);
+    let summary = &views["order_summary"];
+    assert_eq!(summary.len(), 1);
+    let completed = format!("{:?}", rusqlite::types::ValueRef::Text(b"completed"));
+    assert!(summary[0].contains(&completed), "{summary:?}");
+    assert_eq!(views["product_sales"].len(), 2, "{views:?}");
 }
 
 #[test]

@@ -313,6 +313,12 @@ pub struct View {
     pub tables: &'static [&'static Table],
 }
 
+/// True when an order in `status` counts in the product sales: confirmed, and still when it
+/// is completed (fulfilled); never open or cancelled.
+pub fn sells(status: &str) -> bool {
+    matches!(status, "confirmed" | "completed")
+}
+
 /// Order summaries by order id.
 pub const ORDER_SUMMARY: Table = Table {
     name: "order_summary",
@@ -671,7 +677,7 @@ pub fn order_rows(order: &OrderView) -> Vec<Row> {
             ],
         });
     }
-    if o.status == "confirmed"
+    if sells(&o.status)
         && let Some(day) = &o.confirmed_day
     {
         for line in &o.lines {

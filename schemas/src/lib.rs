@@ -22,6 +22,7 @@ pub mod frame;
 pub mod limits;
 pub mod order_events;
 pub mod registry;
+pub mod saga_types;
 pub mod types;
 
 pub use catalog::{Catalog, CompiledSchema, SchemaKind};

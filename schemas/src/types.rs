@@ -7,6 +7,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::saga_types::*;
+
 use crate::catalog::{Catalog, CompiledSchema};
 use crate::error::SchemaError;
 
@@ -231,6 +233,8 @@ pub struct InventoryReserved {
     pub order_id: String,
     /// The reserved lines.
     pub lines: Vec<OrderLine>,
+    /// The order as its saga carries it (None in records from before sagas carried it).
+    pub order: Option<OrderSnapshot>,
 }
 
 /// Event: stock could not be held (`eip.inventory.InventoryReservationFailed`).
@@ -242,6 +246,8 @@ pub struct InventoryReservationFailed {
     pub order_id: String,
     /// Why, for people.
     pub reason: String,
+    /// A stable code, for grouping (`timeout` after the monitor's deadline).
+    pub reason_code: Option<String>,
 }
 
 /// Event (compensation): held stock was given back (`eip.inventory.InventoryReleased`).
@@ -268,6 +274,8 @@ pub struct PaymentAuthorized {
     pub currency: String,
     /// The provider's reference.
     pub authorization_code: String,
+    /// The order as its saga carries it (None in records from before sagas carried it).
+    pub order: Option<OrderSnapshot>,
 }
 
 /// Event: payment refused (`eip.payments.PaymentDeclined`).
@@ -279,6 +287,8 @@ pub struct PaymentDeclined {
     pub order_id: String,
     /// The provider's reason.
     pub reason: String,
+    /// A stable code, for grouping (`timeout` after the monitor's deadline).
+    pub reason_code: Option<String>,
 }
 
 /// Event (compensation): payment refunded (`eip.payments.PaymentRefunded`).
@@ -324,6 +334,28 @@ avro_records! {
     PaymentAuthorized => "eip.payments.PaymentAuthorized",
     PaymentDeclined => "eip.payments.PaymentDeclined",
     PaymentRefunded => "eip.payments.PaymentRefunded",
+    OrderSnapshot => "eip.saga.OrderSnapshot",
+    CustomerVerified => "eip.customers.CustomerVerified",
+    CustomerVerificationFailed => "eip.customers.CustomerVerificationFailed",
+    FraudCheckPassed => "eip.fraud.FraudCheckPassed",
+    FraudCheckFailed => "eip.fraud.FraudCheckFailed",
+    PointsRedeemed => "eip.loyalty.PointsRedeemed",
+    PointsRedemptionFailed => "eip.loyalty.PointsRedemptionFailed",
+    PointsRestored => "eip.loyalty.PointsRestored",
+    ShipmentScheduled => "eip.shipping.ShipmentScheduled",
+    ShipmentSchedulingFailed => "eip.shipping.ShipmentSchedulingFailed",
+    ShipmentCancelled => "eip.shipping.ShipmentCancelled",
+    InvoiceIssued => "eip.invoicing.InvoiceIssued",
+    InvoicingFailed => "eip.invoicing.InvoicingFailed",
+    InvoiceCredited => "eip.invoicing.InvoiceCredited",
+    PaymentCaptured => "eip.payments.PaymentCaptured",
+    PaymentCaptureFailed => "eip.payments.PaymentCaptureFailed",
+    PaymentVoided => "eip.payments.PaymentVoided",
+    CustomerNotified => "eip.notifications.CustomerNotified",
+    CustomerNotificationFailed => "eip.notifications.CustomerNotificationFailed",
+    OrderCompletionFailed => "eip.orders.OrderCompletionFailed",
+    SagaStepTimedOut => "eip.saga.SagaStepTimedOut",
+    SagaObservation => "eip.saga.SagaObservation",
 }
 
 /// Realistic sample records, for the demo, tests and benchmarks.
@@ -480,11 +512,25 @@ mod tests {
             metadata: meta.clone(),
             order_id: "order-1".into(),
             lines: order.lines.clone(),
+            order: None,
+        });
+        let snapshot = OrderSnapshot {
+            customer_id: order.customer_id.clone(),
+            lines: order.lines.clone(),
+            total_cents: order.total_cents,
+            currency: order.currency.clone(),
+        };
+        round_trip(InventoryReserved {
+            metadata: meta.clone(),
+            order_id: "order-1".into(),
+            lines: order.lines.clone(),
+            order: Some(snapshot.clone()),
         });
         round_trip(InventoryReservationFailed {
             metadata: meta.clone(),
             order_id: "order-1".into(),
             reason: "SKU-0001 short".into(),
+            reason_code: Some("out_of_stock".into()),
         });
         round_trip(InventoryReleased {
             metadata: meta.clone(),
@@ -497,12 +543,15 @@ mod tests {
             amount_cents: 1000,
             currency: "EUR".into(),
             authorization_code: "A1".into(),
+            order: Some(snapshot.clone()),
         });
         round_trip(PaymentDeclined {
             metadata: meta.clone(),
             order_id: "order-1".into(),
             reason: "insufficient funds".into(),
+            reason_code: None,
         });
+        saga_round_trips(&meta, &snapshot);
         round_trip(PaymentRefunded {
             metadata: meta,
             order_id: "order-1".into(),
@@ -533,5 +582,149 @@ mod tests {
             assert_eq!(o.total_cents, sum);
             assert!(!o.lines.is_empty());
         }
+    }
+
+    fn saga_round_trips(meta: &EventMetadata, snapshot: &OrderSnapshot) {
+        let m = || meta.clone();
+        let o = || "order-1".to_string();
+        let order = || snapshot.clone();
+        let reference = || "ref-1".to_string();
+        round_trip(snapshot.clone());
+        round_trip(CustomerVerified {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+        });
+        round_trip(FraudCheckPassed {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+        });
+        round_trip(PointsRedeemed {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+            points: 12,
+        });
+        round_trip(ShipmentScheduled {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+        });
+        round_trip(InvoiceIssued {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+        });
+        round_trip(PaymentCaptured {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+            amount_cents: i64::MAX,
+        });
+        round_trip(CustomerNotified {
+            metadata: m(),
+            order_id: o(),
+            order: order(),
+            reference: reference(),
+        });
+        let why = || "injected".to_string();
+        let code = || Some("timeout".to_string());
+        round_trip(CustomerVerificationFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(FraudCheckFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: None,
+        });
+        round_trip(PointsRedemptionFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(ShipmentSchedulingFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(InvoicingFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(PaymentCaptureFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(CustomerNotificationFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(OrderCompletionFailed {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+            reason_code: code(),
+        });
+        round_trip(PointsRestored {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+        });
+        round_trip(ShipmentCancelled {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+        });
+        round_trip(InvoiceCredited {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+        });
+        round_trip(PaymentVoided {
+            metadata: m(),
+            order_id: o(),
+            reason: why(),
+        });
+        round_trip(SagaStepTimedOut {
+            metadata: m(),
+            order_id: o(),
+            saga: "order_fulfilment".into(),
+            step: "inventory_reserved".into(),
+            deadline: i64::MIN,
+        });
+        round_trip(SagaObservation {
+            saga_id: o(),
+            event_type: "eip.inventory.InventoryReserved".into(),
+            event_id: "e-1".into(),
+            correlation_id: "c-1".into(),
+            causation_id: None,
+            occurred_at: 1,
+            topic: "saga-inventory".into(),
+            partition: i32::MAX,
+            offset: i64::MAX,
+            reason: None,
+            reason_code: Some("timeout".into()),
+            step: Some("inventory_reserved".into()),
+            actor: Some("alice".into()),
+        });
     }
 }

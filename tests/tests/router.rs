@@ -648,6 +648,7 @@ fn payment(i: u64) -> eip_schemas::types::PaymentAuthorized {
         amount_cents: 1_000 + i as i64,
         currency: "EUR".into(),
         authorization_code: format!("auth-{i}"),
+        order: None,
     }
 }
 

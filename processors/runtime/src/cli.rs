@@ -14,6 +14,9 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// `--check-config`: validate the configuration, then exit.
     pub check_only: bool,
+    /// `--role NAME`: the role of a binary that plays one of several (the saga participants);
+    /// it sets `processor.role` over every other layer.
+    pub role: Option<String>,
 }
 
 /// Why the command line does not lead to a run.
@@ -36,6 +39,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, ArgsError> 
                 None => return Err(ArgsError::Invalid("--config needs a file".into())),
             },
             "--check-config" => parsed.check_only = true,
+            "--role" => match args.next() {
+                Some(r) if !r.trim().is_empty() => parsed.role = Some(r),
+                _ => return Err(ArgsError::Invalid("--role needs a name".into())),
+            },
             "--help" | "-h" => return Err(ArgsError::Help),
             other => {
                 return Err(ArgsError::Invalid(format!(
@@ -56,7 +63,7 @@ pub fn args(program: &str, docs: &str) -> Result<Args, ExitCode> {
             // A closed pipe (`--help | head -1`) is not an error worth a panic.
             let _ = writeln!(
                 std::io::stdout(),
-                "usage: {program} [--config FILE] [--check-config]\nSettings layer as defaults, then FILE, then EIP__SECTION__KEY environment variables. See {docs}."
+                "usage: {program} [--config FILE] [--check-config] [--role NAME]\n--role sets processor.role, for a binary that plays one of several roles.\nSettings layer as defaults, then FILE, then EIP__SECTION__KEY environment variables. See {docs}."
             );
             Err(ExitCode::SUCCESS)
         }
@@ -111,8 +118,13 @@ mod tests {
             of(&["-c", "a.toml", "--check-config"]),
             Ok(Args {
                 config: Some("a.toml".into()),
-                check_only: true
+                check_only: true,
+                role: None,
             })
+        );
+        assert_eq!(
+            of(&["--role", "inventory"]).map(|a| a.role),
+            Ok(Some("inventory".into()))
         );
         assert_eq!(of(&["--help"]), Err(ArgsError::Help));
     }
@@ -122,6 +134,10 @@ mod tests {
         assert_eq!(
             of(&["--config"]),
             Err(ArgsError::Invalid("--config needs a file".into()))
+        );
+        assert_eq!(
+            of(&["--role", " "]),
+            Err(ArgsError::Invalid("--role needs a name".into()))
         );
         assert_eq!(
             of(&["--verbose"]),

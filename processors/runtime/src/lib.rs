@@ -518,7 +518,12 @@ where
         Ok(a) => a,
         Err(code) => return code,
     };
-    let mut config = match cli::config_or_exit(Config::<A>::load(args.config.as_deref())) {
+    let loaded = Config::<A>::load_with_role(
+        args.config.as_deref(),
+        config::environment(),
+        args.role.as_deref(),
+    );
+    let mut config = match cli::config_or_exit(loaded) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -526,7 +526,28 @@ impl<A: Section> Config<A> {
 
     /// Like [`Config::load`] with an explicit environment provider (tests pass their own).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config<A>, ConfigError> {
-        let config: Config<A> = load_layered(file, env)?;
+        Self::load_with_role(file, env, None)
+    }
+
+    /// Like [`Config::load_from`], with `processor.role` set to `role` over every layer (the
+    /// `--role` flag).
+    pub fn load_with_role(
+        file: Option<&Path>,
+        env: Env,
+        role: Option<&str>,
+    ) -> Result<Config<A>, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::<A>::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env);
+        if let Some(role) = role {
+            figment = figment.merge(Serialized::default("processor.role", role));
+        }
+        let config: Config<A> = figment.extract().map_err(from_figment)?;
         config.validate()?;
         Ok(config)
     }

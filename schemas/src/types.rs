@@ -213,6 +213,8 @@ pub struct OrderCompleted {
 pub struct OrderConfirmed {
     /// Event envelope.
     pub metadata: EventMetadata,
+    /// The order as confirmed, which its fulfilment saga carries (None in older records).
+    pub order: Option<OrderSnapshot>,
 }
 
 /// Event: the order was cancelled (`eip.orders.OrderCancelled`).
@@ -497,6 +499,7 @@ mod tests {
         });
         round_trip(OrderConfirmed {
             metadata: meta.clone(),
+            order: None,
         });
         round_trip(CompleteOrder {
             metadata: cmd("order-1"),

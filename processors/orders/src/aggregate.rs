@@ -29,7 +29,7 @@ use eip_schemas::limits::id_problem;
 use eip_schemas::types::{
     AddOrderLine, Address, CancelOrder, CommandMetadata, CompleteOrder, ConfirmOrder,
     EventMetadata, OrderCancelled, OrderCompleted, OrderConfirmed, OrderLine, OrderLineAdded,
-    OrderLineRemoved, OrderPlaced, PlaceOrder, RemoveOrderLine,
+    OrderLineRemoved, OrderPlaced, OrderSnapshot, PlaceOrder, RemoveOrderLine,
 };
 use serde::{Deserialize, Serialize};
 
@@ -332,9 +332,15 @@ pub fn handle(order: Option<&Order>, command: &Command, now_ms: i64) -> Result<E
             }))
         }
         Command::Confirm(_) => {
-            open(order, id)?;
+            let o = open(order, id)?;
             Ok(Event::Confirmed(OrderConfirmed {
                 metadata: event_meta,
+                order: Some(OrderSnapshot {
+                    customer_id: o.customer_id,
+                    lines: o.lines,
+                    total_cents: o.total_cents,
+                    currency: o.currency,
+                }),
             }))
         }
         Command::Cancel(c) => {

@@ -321,7 +321,18 @@ fn a_confirmed_or_cancelled_order_does_not_change_its_lines() {
 #[test]
 fn confirming_and_cancelling_move_the_status() {
     let (order, outcome) = given_when(&[two_lines("o1")], &confirm("o1"));
-    let order = apply(order, &outcome.unwrap_or_else(|r| panic!("{r:?}")));
+    let event = outcome.unwrap_or_else(|r| panic!("{r:?}"));
+    // The confirmation carries the order as confirmed, for its fulfilment saga.
+    let Event::Confirmed(confirmed) = &event else {
+        panic!("{event:?}")
+    };
+    let before = order.clone().unwrap();
+    let carried = confirmed.order.clone().unwrap();
+    assert_eq!(
+        (carried.customer_id, carried.lines, carried.total_cents, carried.currency),
+        (before.customer_id, before.lines, before.total_cents, before.currency)
+    );
+    let order = apply(order, &event);
     assert_eq!(order.status, Status::Confirmed);
     // A confirmed order can still be cancelled (a saga's compensation does that).
     let outcome = handle(Some(&order), &cancel("o1", "payment declined"), NOW);

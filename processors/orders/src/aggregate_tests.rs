@@ -329,8 +329,18 @@ fn confirming_and_cancelling_move_the_status() {
     let before = order.clone().unwrap();
     let carried = confirmed.order.clone().unwrap();
     assert_eq!(
-        (carried.customer_id, carried.lines, carried.total_cents, carried.currency),
-        (before.customer_id, before.lines, before.total_cents, before.currency)
+        (
+            carried.customer_id,
+            carried.lines,
+            carried.total_cents,
+            carried.currency
+        ),
+        (
+            before.customer_id,
+            before.lines,
+            before.total_cents,
+            before.currency
+        )
     );
     let order = apply(order, &event);
     assert_eq!(order.status, Status::Confirmed);

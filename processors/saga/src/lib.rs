@@ -1,0 +1,12 @@
+//! # eip-saga
+//!
+//! Choreographed sagas, driven by a saga definition file ([`definition`]):
+//! - the monitor folds every saga's events, from whatever topic and in whatever order they
+//!   arrive, into its state, drives its timeouts and flags stuck sagas;
+//! - the participants of the order-fulfilment saga, one role per instance, each a stateful
+//!   processor whose decisions are pure functions of its state and the event.
+//!
+//! docs/sagas.md describes the saga, the file, the guarantees and the operator surface.
+
+pub mod definition;
+pub mod fold;

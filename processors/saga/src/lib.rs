@@ -8,5 +8,6 @@
 //!
 //! docs/sagas.md describes the saga, the file, the guarantees and the operator surface.
 
+pub mod actions;
 pub mod definition;
 pub mod fold;

@@ -507,6 +507,18 @@ where
     main_core(|config: &mut Config<A>| build(config).map(|s| (s, Extras::default())))
 }
 
+/// [`main_stateful`] for processors that adjust their configuration (their inputs, say), serve
+/// admin routes or start background tasks, as [`main_with_extras`] does for stateless ones.
+pub fn main_stateful_with<A, S>(
+    build: impl FnOnce(&mut Config<A>) -> Result<(S, Extras), ConfigError>,
+) -> ExitCode
+where
+    A: Section,
+    S: Stateful,
+{
+    main_core(build)
+}
+
 fn main_core<A, S>(
     build: impl FnOnce(&mut Config<A>) -> Result<(S, Extras), ConfigError>,
 ) -> ExitCode

@@ -330,11 +330,9 @@ fn reserve(policy: &Policy, res: &mut Resources, order: &OrderSnapshot) -> Decis
 }
 
 /// Undoes `undo` for the saga `saga`: gives back exactly what is held for it, once (a second
-/// call finds nothing held and changes nothing).
-pub fn compensate(undo: Undo, res: &mut Resources, saga: &str, reason: &str) -> Decision {
-    let compensated = |what: String| Decision::Compensated {
-        reason: format!("{what}: {reason}"),
-    };
+/// call finds nothing held and changes nothing). The decision's text says what was undone.
+pub fn compensate(undo: Undo, res: &mut Resources, saga: &str) -> Decision {
+    let compensated = |what: String| Decision::Compensated { reason: what };
     match undo {
         Undo::ReleaseStock => match res.reservation.take() {
             Some(held) => {

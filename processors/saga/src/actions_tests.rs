@@ -86,7 +86,7 @@ fn a_release_gives_back_exactly_what_was_held_once() {
         "s",
         &order(&[("A", 4)], 400),
     );
-    let d = compensate(Undo::ReleaseStock, &mut res, "o-1", "payment declined");
+    let d = compensate(Undo::ReleaseStock, &mut res, "o-1");
     assert!(matches!(d, Decision::Compensated { .. }));
     assert_eq!(
         res.stock["A"],
@@ -96,7 +96,7 @@ fn a_release_gives_back_exactly_what_was_held_once() {
         }
     );
     // Again (a redelivered trigger the decision log somehow let through): nothing held.
-    let d = compensate(Undo::ReleaseStock, &mut res, "o-1", "payment declined");
+    let d = compensate(Undo::ReleaseStock, &mut res, "o-1");
     assert_eq!(
         res.stock["A"],
         Stock {
@@ -136,9 +136,9 @@ fn points_are_redeemed_per_ten_of_total_and_restored_once() {
     );
     assert!(matches!(d, Decision::Failed { code, .. } if code == "insufficient_points"));
     res.redemption = Some(4);
-    compensate(Undo::RestorePoints, &mut res, "o-1", "why");
+    compensate(Undo::RestorePoints, &mut res, "o-1");
     assert_eq!((res.balance, res.redemption), (Some(5), Some(0)));
-    compensate(Undo::RestorePoints, &mut res, "o-1", "why");
+    compensate(Undo::RestorePoints, &mut res, "o-1");
     assert_eq!(res.balance, Some(5));
 }
 
@@ -182,8 +182,8 @@ fn a_payment_is_authorized_under_the_limit_captured_then_refunded_or_voided() {
             amount: 900
         }
     );
-    compensate(Undo::RefundPayment, &mut res, "o-1", "why");
-    compensate(Undo::VoidPayment, &mut res, "o-1", "why");
+    compensate(Undo::RefundPayment, &mut res, "o-1");
+    compensate(Undo::VoidPayment, &mut res, "o-1");
     assert_eq!(
         res.payment,
         Some(Payment {

@@ -171,6 +171,9 @@ pub enum Reaction {
     CompensateEnd,
     /// A timeout, for one of this participant's steps if the event says so.
     TimedOut,
+    /// Step `i`'s trigger step failed: step `i` must never be performed, even if a
+    /// completion of that step shows up later (someone else published it).
+    Block(usize),
 }
 
 /// The full Avro name of the monitor's timeout event.
@@ -529,6 +532,9 @@ impl Definition {
             }
             if s.started_by == event_type {
                 out.push(Reaction::Perform(i));
+            }
+            if i > 0 && self.steps[i - 1].failed_by == event_type {
+                out.push(Reaction::Block(i));
             }
             if s.compensated_by.is_some()
                 && self.compensation_triggers(Some(i)).contains(&event_type)

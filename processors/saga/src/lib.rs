@@ -9,5 +9,12 @@
 //! docs/sagas.md describes the saga, the file, the guarantees and the operator surface.
 
 pub mod actions;
+pub mod api;
+pub mod config;
 pub mod definition;
+pub mod events;
 pub mod fold;
+pub mod monitor;
+pub mod monitor_store;
+pub mod participant;
+pub mod participant_store;

@@ -1,4 +1,13 @@
-//! `eip-saga`: a saga participant (`--role inventory`, ...) or the saga monitor
-//! (`--role monitor`). See the crate docs.
+//! `eip-saga --role NAME`: one participant of the saga definition. See the crate docs.
 
-fn main() {}
+use std::process::ExitCode;
+
+use eip_runtime::Extras;
+use eip_saga::config::ParticipantConfig;
+use eip_saga::participant::Participant;
+
+fn main() -> ExitCode {
+    eip_runtime::main_stateful_with::<ParticipantConfig, _>(|config| {
+        Participant::new(config).map(|p| (p, Extras::default()))
+    })
+}

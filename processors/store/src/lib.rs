@@ -19,6 +19,7 @@
 
 pub mod conformance;
 pub mod journal;
+pub mod saga_views;
 pub mod sqlite;
 pub mod view_any;
 pub mod view_page;

@@ -1,0 +1,270 @@
+//! The monitor's HTTP JSON API, served on its telemetry port next to `/metrics` (see
+//! docs/openapi.json):
+//! - `GET /sagas?status=stuck&limit=50&after=<cursor>`: sagas of a status, stalest first;
+//! - `GET /sagas/{id}`: one saga with its events in time order and its expected path;
+//! - `GET /sagas/by-correlation/{correlation_id}`: the sagas of a correlation id;
+//! - `GET /sagas/stats`: counts per status and failures grouped by step and code.
+//!
+//! Bad input gets a 400 with a JSON reason; an unknown saga a 404; a store that can't be
+//! read a 503 with `Retry-After`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use eip_store::saga_views::{self, SagaEventView, SagaView};
+use serde::{Deserialize, Serialize};
+
+use crate::definition::Definition;
+use crate::fold::Status;
+
+/// The largest page.
+pub const MAX_LIMIT: u32 = 500;
+
+/// What the API reads: the definition and the monitor's store.
+#[derive(Debug, Clone)]
+pub struct Api {
+    def: Arc<Definition>,
+    db: Arc<PathBuf>,
+}
+
+impl Api {
+    /// An API over the store at `db`.
+    pub fn new(def: Arc<Definition>, db: PathBuf) -> Api {
+        Api {
+            def,
+            db: Arc::new(db),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = eip_store::sqlite::connect(&db)?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Problem::unavailable(format!("the saga store read failed: {e}")))?
+        .map_err(|e| Problem::unavailable(format!("the saga store can't be read: {e}")))
+    }
+}
+
+/// An error answer: a status and a JSON reason.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Problem {
+    fn bad(reason: impl Into<String>) -> Problem {
+        Problem {
+            status: StatusCode::BAD_REQUEST,
+            reason: reason.into(),
+        }
+    }
+
+    fn unavailable(reason: String) -> Problem {
+        Problem {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(serde_json::json!({ "error": self.reason })),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// `GET /sagas` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// A status (default `stuck`).
+    pub status: Option<String>,
+    /// Page size, 1 to [`MAX_LIMIT`] (default 50).
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+/// A page of sagas.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page {
+    /// The sagas.
+    pub items: Vec<SagaView>,
+    /// The cursor of the next page, if there may be one.
+    pub next: Option<String>,
+}
+
+/// One saga with its events.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Detail {
+    /// The saga.
+    pub saga: SagaView,
+    /// Its events in time order.
+    pub events: Vec<SagaEventView>,
+    /// The steps of the definition, in order.
+    pub steps: Vec<String>,
+}
+
+/// Counts and failures.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    /// The definition's name.
+    pub saga: String,
+    /// Sagas per status (every status, 0 included).
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// Failures by step and code, most frequent first.
+    pub failures: Vec<FailureGroup>,
+}
+
+/// Failures of one step with one code.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FailureGroup {
+    /// The step.
+    pub step: String,
+    /// The code.
+    pub code: String,
+    /// How many sagas.
+    pub sagas: i64,
+}
+
+/// A cursor: the last saga's updated_at and id.
+fn cursor(s: &SagaView) -> String {
+    format!("{}:{}", s.updated_at, s.saga_id)
+}
+
+fn parse_cursor(c: &str) -> Result<(i64, String), Problem> {
+    let (at, id) = c
+        .split_once(':')
+        .ok_or_else(|| Problem::bad(format!("after={c:?} is not a cursor this API gave")))?;
+    let at = at
+        .parse()
+        .map_err(|_| Problem::bad(format!("after={c:?} is not a cursor this API gave")))?;
+    Ok((at, id.to_string()))
+}
+
+/// Checks a saga or correlation id from a path.
+fn check_id(what: &str, id: &str) -> Result<(), Problem> {
+    match eip_schemas::limits::id_problem(id) {
+        Some(problem) => Err(Problem::bad(format!("the {what} {problem}"))),
+        None => Ok(()),
+    }
+}
+
+async fn list(State(api): State<Api>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Page>, Problem> {
+    let Query(q) = query.map_err(|e| Problem::bad(e.body_text()))?;
+    let status = q.status.unwrap_or_else(|| "stuck".into());
+    if Status::parse(&status).is_none() {
+        return Err(Problem::bad(format!(
+            "status={status:?}: one of running, completed, compensating, compensated, stuck"
+        )));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Problem::bad(format!("limit={limit}: from 1 to {MAX_LIMIT}")));
+    }
+    let after = q.after.as_deref().map(parse_cursor).transpose()?;
+    let items = api
+        .read(move |conn| {
+            saga_views::list(
+                conn,
+                &status,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+            )
+        })
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(cursor))
+        .flatten();
+    Ok(Json(Page { items, next }))
+}
+
+async fn one(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Detail>, Problem> {
+    check_id("saga id", &id)?;
+    let key = id.clone();
+    let (saga, events) = api
+        .read(move |conn| {
+            let saga = saga_views::read_saga(conn, "sagas", &key)?;
+            let events = saga_views::read_events(conn, "saga_events", &key)?;
+            Ok((saga, events))
+        })
+        .await?;
+    let Some(saga) = saga else {
+        return Err(Problem {
+            status: StatusCode::NOT_FOUND,
+            reason: format!("no saga {id}"),
+        });
+    };
+    Ok(Json(Detail {
+        saga,
+        events,
+        steps: api.def.steps.iter().map(|s| s.name.clone()).collect(),
+    }))
+}
+
+async fn by_correlation(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Page>, Problem> {
+    check_id("correlation id", &id)?;
+    let items = api
+        .read(move |conn| {
+            let ids = saga_views::by_correlation(conn, &id)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(s) = saga_views::read_saga(conn, "sagas", &id)? {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(Json(Page { items, next: None }))
+}
+
+async fn stats(State(api): State<Api>) -> Result<Json<Stats>, Problem> {
+    let (counts, failures) = api
+        .read(|conn| Ok((saga_views::counts(conn)?, saga_views::failures(conn)?)))
+        .await?;
+    let mut all: std::collections::BTreeMap<String, i64> =
+        Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+    for (status, n) in counts {
+        all.insert(status, n);
+    }
+    Ok(Json(Stats {
+        saga: api.def.name.clone(),
+        counts: all,
+        failures: failures
+            .into_iter()
+            .map(|(step, code, sagas)| FailureGroup { step, code, sagas })
+            .collect(),
+    }))
+}
+
+/// The API's routes.
+pub fn routes(api: Api) -> Router {
+    Router::new()
+        .route("/sagas", get(list))
+        .route("/sagas/stats", get(stats))
+        .route("/sagas/by-correlation/{id}", get(by_correlation))
+        .route("/sagas/{id}", get(one))
+        .with_state(api)
+}

@@ -1,0 +1,476 @@
+//! A saga participant: one role of the definition, as a stateful processor. It reads the
+//! events its role reacts to (the definition says which, [`Definition::reactions`]), asks its
+//! store to decide (one transaction, see [`crate::participant_store`]) and publishes the
+//! event the decision stands for, to the topic the definition gives:
+//! - the trigger of one of its steps: perform it (after the injected latency, on a durable
+//!   timer) and publish its completion or failure;
+//! - the monitor's timeout of one of its steps: fail it with `timeout`, unless it was decided
+//!   already (the participant decides exactly one outcome per step, so the first of its
+//!   trigger and its timeout wins, whatever order they arrive in);
+//! - a later step's failure or compensation: undo its step and publish its compensation;
+//! - the failure of the step before one of its own: block that step, so a completion that
+//!   shows up after the failure (published by someone else) is never acted on;
+//! - the orders role turns its step into `CompleteOrder` and the end compensation into
+//!   `CancelOrder`, and turns a refused `CompleteOrder` into the step's failure.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use eip_runtime::config::{Config, ConfigError};
+use eip_runtime::{
+    Effects, Envelope, Flush, Opened, Output, PartitionId, ProcessError, Record, Stateful, Timer,
+};
+use eip_schemas::Codec;
+use eip_schemas::codec::decode_with;
+use eip_schemas::types::{CommandOutcome, OrderSnapshot};
+use eip_schemas::{AvroRecord, frame};
+use serde::{Deserialize, Serialize};
+
+use crate::actions::{Perform, Undo};
+use crate::config::{ParticipantConfig, load_definition};
+use crate::definition::{Definition, Reaction, TIMED_OUT};
+use crate::events::{self, Publish, SagaRecord};
+use crate::participant_store::{Partition, Request, StepId, StepRow, Store, Verdict};
+
+/// The step name the end compensation is stored under.
+const END: &str = "end";
+
+/// What a participant reads.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A saga event this role reacts to.
+    Saga(SagaRecord),
+    /// The outcome of a command (the orders role).
+    Outcome(CommandOutcome),
+    /// A record of another type: not for this role.
+    Skip,
+}
+
+/// A step performed later (injected latency), carried by its timer's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delayed {
+    saga_id: String,
+    step: usize,
+    order: OrderSnapshot,
+    correlation_id: String,
+    causation_id: Option<String>,
+}
+
+/// One participant role. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    role: String,
+    def: Arc<Definition>,
+    store: Store,
+    latency_ms: i64,
+    commands_topic: Arc<str>,
+    outcomes_topic: String,
+}
+
+impl Participant {
+    /// The participant `config.processor.role`: loads and checks the definition, checks that
+    /// the role is in it and that this build can perform and publish each of its steps, opens
+    /// its store, and reads the role's input topics from the definition when
+    /// `pipeline.inputs` is empty.
+    pub fn new(config: &mut Config<ParticipantConfig>) -> Result<Participant, ConfigError> {
+        let p = &config.processor;
+        let def = load_definition(&p.definition)?;
+        if !def.participants().contains(p.role.as_str()) {
+            return Err(ConfigError::invalid(
+                "role",
+                format!(
+                    "{:?} is not a participant of saga {} (its participants: {})",
+                    p.role,
+                    def.name,
+                    def.participants().into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for s in def.steps.iter().filter(|s| s.participant == p.role) {
+            let at = format!("steps ({})", s.name);
+            if Perform::of(&s.completed_by).is_none() {
+                return Err(ConfigError::invalid(
+                    "definition",
+                    format!("{at}: eip-saga has no action that publishes {}", s.completed_by),
+                ));
+            }
+            let mut published = vec![&s.failed_by];
+            if Perform::of(&s.completed_by) != Some(Perform::CompleteOrder) {
+                published.push(&s.completed_by);
+            }
+            if let Some(c) = &s.compensated_by {
+                if Undo::of(c).is_none() {
+                    return Err(ConfigError::invalid(
+                        "definition",
+                        format!("{at}: eip-saga has no compensation that publishes {c}"),
+                    ));
+                }
+                published.push(c);
+            }
+            if let Some(e) = published.into_iter().find(|e| !events::can_publish(e)) {
+                return Err(ConfigError::invalid(
+                    "definition",
+                    format!("{at}: eip-saga can't publish {e}"),
+                ));
+            }
+        }
+        if def.end.participant == p.role && Undo::of(&def.end.compensated_by).is_none() {
+            return Err(ConfigError::invalid(
+                "definition",
+                format!(
+                    "end: eip-saga has no compensation that publishes {}",
+                    def.end.compensated_by
+                ),
+            ));
+        }
+        let store = Store::open(&p.db, p.policy())
+            .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?;
+        let participant = Participant {
+            role: p.role.clone(),
+            latency_ms: i64::try_from(p.injection().latency.as_millis()).unwrap_or(i64::MAX),
+            commands_topic: Arc::from(p.commands_topic.as_str()),
+            outcomes_topic: p.outcomes_topic.clone(),
+            def: Arc::new(def),
+            store,
+        };
+        if config.pipeline.inputs.is_empty() {
+            config.pipeline.inputs = participant.inputs();
+        }
+        Ok(participant)
+    }
+
+    /// The topics this role reads.
+    pub fn inputs(&self) -> Vec<String> {
+        let mut topics = self.def.inputs_of(&self.role);
+        if self.sends_commands() {
+            topics.push(self.outcomes_topic.clone());
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// The store, for reports and tests.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn sends_commands(&self) -> bool {
+        self.def.end.participant == self.role
+            || self.def.steps.iter().any(|s| {
+                s.participant == self.role
+                    && Perform::of(&s.completed_by) == Some(Perform::CompleteOrder)
+            })
+    }
+
+    fn id(&self, saga_id: &str, step: &str, r: &SagaRecord, at: i64) -> StepId {
+        let meta = r.fields.metadata.as_ref();
+        StepId {
+            saga_id: saga_id.to_string(),
+            step: step.to_string(),
+            correlation_id: meta.map_or_else(|| saga_id.to_string(), |m| m.correlation_id.clone()),
+            causation_id: meta.map(|m| m.event_id.clone()),
+            at,
+        }
+    }
+
+    /// Asks the store, then emits what the verdict stands for.
+    async fn decide(
+        &self,
+        state: &Partition,
+        step: Option<usize>,
+        id: StepId,
+        request: Request,
+        effects: &mut Effects,
+    ) -> Result<(), ProcessError> {
+        let saga_id = id.saga_id.clone();
+        match self.store.decide(state, id, request).await? {
+            Verdict::Publish { row, fresh } => {
+                if !fresh {
+                    tracing::debug!(saga = %saga_id, "repeating a decision already published");
+                }
+                effects.emit(self.publish(step, &saga_id, &row)?);
+                Ok(())
+            }
+            Verdict::Nothing(why) => {
+                tracing::debug!(saga = %saga_id, why, "nothing to publish");
+                Ok(())
+            }
+        }
+    }
+
+    /// The record a stored decision stands for.
+    fn publish(&self, step: Option<usize>, saga_id: &str, row: &StepRow) -> Result<Output, ProcessError> {
+        let Some(i) = step else {
+            // The end compensation: the order is cancelled.
+            return Ok(events::order_command(
+                self.commands_topic.clone(),
+                saga_id,
+                Some(&row.reason),
+                &row.correlation_id,
+                row.causation_id.as_deref(),
+                row.compensated_at.unwrap_or(row.decided_at),
+            ));
+        };
+        let s = &self.def.steps[i];
+        let (event_type, topic, at) = match row.state.as_str() {
+            "completed" => {
+                if Perform::of(&s.completed_by) == Some(Perform::CompleteOrder) {
+                    return Ok(events::order_command(
+                        self.commands_topic.clone(),
+                        saga_id,
+                        None,
+                        &row.correlation_id,
+                        row.causation_id.as_deref(),
+                        row.decided_at,
+                    ));
+                }
+                (&s.completed_by, &s.completed_topic, row.decided_at)
+            }
+            "failed" => (&s.failed_by, &s.topic, row.decided_at),
+            _ => match &s.compensated_by {
+                Some(c) => (c, &s.topic, row.compensated_at.unwrap_or(row.decided_at)),
+                None => {
+                    return Err(ProcessError::fatal(format!(
+                        "step {} has no compensation event, yet it was compensated",
+                        s.name
+                    )));
+                }
+            },
+        };
+        events::output(&Publish {
+            event_type: event_type.clone(),
+            topic: Arc::from(topic.as_str()),
+            saga_id: saga_id.to_string(),
+            event_id: format!("{saga_id}:{}:{}", s.name, row.state),
+            correlation_id: row.correlation_id.clone(),
+            causation_id: row.causation_id.clone(),
+            occurred_at: at,
+            version: i64::try_from(i + 1).unwrap_or(i64::MAX),
+            order: row.order.clone(),
+            reference: row.reference.clone(),
+            amount: row.amount,
+            reason: row.reason.clone(),
+            reason_code: row.reason_code.clone(),
+        })
+    }
+
+    /// Why compensations happen, as the trigger says: a failure's reason, or the reason an
+    /// earlier compensation carried on.
+    fn wave_reason(&self, r: &SagaRecord) -> String {
+        let reason = r.fields.reason.clone().unwrap_or_default();
+        match self.def.role_of(&r.event_type) {
+            Some(crate::definition::Role::Failed(i)) => {
+                format!("{} failed: {reason}", self.def.steps[i].name)
+            }
+            _ => reason,
+        }
+    }
+}
+
+impl Stateful for Participant {
+    type Input = Input;
+    type State = Partition;
+
+    fn name(&self) -> &str {
+        "saga-participant"
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Vec::new();
+        for s in self.def.steps.iter().filter(|s| s.participant == self.role) {
+            topics.push(s.topic.clone());
+            if Perform::of(&s.completed_by) != Some(Perform::CompleteOrder) {
+                topics.push(s.completed_topic.clone());
+            }
+        }
+        if self.sends_commands() {
+            topics.push(self.commands_topic.to_string());
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    async fn decode(&self, codec: &Codec, record: &Record) -> Result<Input, ProcessError> {
+        let payload = record.payload.as_deref();
+        let event_type = events::type_of(codec, payload).await?;
+        if event_type == CommandOutcome::FULL_NAME {
+            if !self.sends_commands() {
+                return Ok(Input::Skip);
+            }
+            let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;
+            let writer = codec.registry().schema_by_id(id).await?;
+            return Ok(Input::Outcome(decode_with(&writer, body)?));
+        }
+        if event_type != TIMED_OUT && self.def.reactions(&self.role, &event_type).is_empty() {
+            return Ok(Input::Skip);
+        }
+        Ok(Input::Saga(events::read(codec, payload).await?))
+    }
+
+    async fn open(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
+        self.store.claim(partition).await
+    }
+
+    async fn process(
+        &self,
+        state: &mut Partition,
+        input: Envelope<Input>,
+        effects: &mut Effects,
+    ) -> Result<(), ProcessError> {
+        let now = effects.now_ms();
+        let r = match input.value {
+            Input::Skip => return Ok(()),
+            Input::Outcome(o) => {
+                let Some((i, s)) = self.def.steps.iter().enumerate().find(|(_, s)| {
+                    s.participant == self.role
+                        && Perform::of(&s.completed_by) == Some(Perform::CompleteOrder)
+                }) else {
+                    return Ok(());
+                };
+                if o.command != "CompleteOrder"
+                    || o.accepted
+                    || o.duplicate
+                    || o.command_id != format!("{}:complete", o.aggregate_id)
+                {
+                    return Ok(());
+                }
+                let id = StepId {
+                    saga_id: o.aggregate_id.clone(),
+                    step: s.name.clone(),
+                    correlation_id: o.correlation_id.clone(),
+                    causation_id: Some(o.command_id.clone()),
+                    at: now,
+                };
+                let reason = format!(
+                    "{}: {}",
+                    o.reason_code.unwrap_or_default(),
+                    o.reason.unwrap_or_default()
+                );
+                return self
+                    .decide(state, Some(i), id, Request::Refused { reason }, effects)
+                    .await;
+            }
+            Input::Saga(r) => r,
+        };
+        let Some(saga_id) = r.saga_id().map(str::to_string) else {
+            return Err(ProcessError::poison(format!(
+                "{} names no saga (no order_id, no metadata.aggregate_id)",
+                r.event_type
+            )));
+        };
+        if r.event_type == TIMED_OUT {
+            let Some((i, s)) = r.fields.step.as_deref().and_then(|n| self.def.step(n)) else {
+                return Ok(());
+            };
+            if s.participant != self.role || r.fields.saga.as_deref() != Some(&self.def.name) {
+                return Ok(());
+            }
+            let id = self.id(&saga_id, &s.name, &r, now);
+            return self
+                .decide(state, Some(i), id, Request::TimedOut, effects)
+                .await;
+        }
+        for reaction in self.def.reactions(&self.role, &r.event_type) {
+            match reaction {
+                Reaction::Perform(i) => {
+                    let Some(order) = r.fields.order.clone() else {
+                        return Err(ProcessError::poison(format!(
+                            "{} of saga {saga_id} carries no order snapshot (`order`), so step {} \
+                             can't be performed",
+                            r.event_type, self.def.steps[i].name
+                        )));
+                    };
+                    let s = &self.def.steps[i];
+                    let Some(action) = Perform::of(&s.completed_by) else {
+                        continue;
+                    };
+                    let id = self.id(&saga_id, &s.name, &r, now);
+                    if self.latency_ms > 0 {
+                        let delayed = Delayed {
+                            saga_id: saga_id.clone(),
+                            step: i,
+                            order,
+                            correlation_id: id.correlation_id,
+                            causation_id: id.causation_id,
+                        };
+                        let key = serde_json::to_vec(&delayed).map_err(|e| {
+                            ProcessError::fatal(format!("a delayed step can't be encoded: {e}"))
+                        })?;
+                        effects.schedule(Bytes::from(key), now.saturating_add(self.latency_ms));
+                        continue;
+                    }
+                    self.decide(state, Some(i), id, Request::Perform { action, order }, effects)
+                        .await?;
+                }
+                Reaction::Compensate(i) => {
+                    let s = &self.def.steps[i];
+                    let Some(undo) = s.compensated_by.as_deref().and_then(Undo::of) else {
+                        continue;
+                    };
+                    let id = self.id(&saga_id, &s.name, &r, now);
+                    let reason = self.wave_reason(&r);
+                    self.decide(state, Some(i), id, Request::Compensate { undo, reason }, effects)
+                        .await?;
+                }
+                Reaction::CompensateEnd => {
+                    let id = self.id(&saga_id, END, &r, now);
+                    let reason = format!("saga {}: {}", self.def.name, self.wave_reason(&r));
+                    self.decide(
+                        state,
+                        None,
+                        id,
+                        Request::Compensate {
+                            undo: Undo::CancelOrder,
+                            reason,
+                        },
+                        effects,
+                    )
+                    .await?;
+                }
+                Reaction::Block(i) => {
+                    let id = self.id(&saga_id, &self.def.steps[i].name, &r, now);
+                    self.decide(state, Some(i), id, Request::Block, effects).await?;
+                }
+                Reaction::TimedOut => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_timer(
+        &self,
+        state: &mut Partition,
+        timer: Timer,
+        effects: &mut Effects,
+    ) -> Result<(), ProcessError> {
+        let Ok(d) = serde_json::from_slice::<Delayed>(&timer.key) else {
+            tracing::warn!("a timer this participant did not set; dropped");
+            return Ok(());
+        };
+        let Some(s) = self.def.steps.get(d.step) else {
+            return Ok(());
+        };
+        let Some(action) = Perform::of(&s.completed_by) else {
+            return Ok(());
+        };
+        let id = StepId {
+            saga_id: d.saga_id,
+            step: s.name.clone(),
+            correlation_id: d.correlation_id,
+            causation_id: d.causation_id,
+            at: effects.now_ms(),
+        };
+        let request = Request::Perform {
+            action,
+            order: d.order,
+        };
+        self.decide(state, Some(d.step), id, request, effects)
+            .await
+    }
+
+    async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
+        self.store.flush(state, &flush).await
+    }
+}

@@ -171,7 +171,10 @@ fn check_id(what: &str, id: &str) -> Result<(), Problem> {
     }
 }
 
-async fn list(State(api): State<Api>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Page>, Problem> {
+async fn list(
+    State(api): State<Api>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page>, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad(e.body_text()))?;
     let status = q.status.unwrap_or_else(|| "stuck".into());
     if Status::parse(&status).is_none() {
@@ -181,7 +184,9 @@ async fn list(State(api): State<Api>, query: Result<Query<ListQuery>, axum::extr
     }
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Problem::bad(format!("limit={limit}: from 1 to {MAX_LIMIT}")));
+        return Err(Problem::bad(format!(
+            "limit={limit}: from 1 to {MAX_LIMIT}"
+        )));
     }
     let after = q.after.as_deref().map(parse_cursor).transpose()?;
     let items = api
@@ -223,7 +228,10 @@ async fn one(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Deta
     }))
 }
 
-async fn by_correlation(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Page>, Problem> {
+async fn by_correlation(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Page>, Problem> {
     check_id("correlation id", &id)?;
     let items = api
         .read(move |conn| {
@@ -244,8 +252,10 @@ async fn stats(State(api): State<Api>) -> Result<Json<Stats>, Problem> {
     let (counts, failures) = api
         .read(|conn| Ok((saga_views::counts(conn)?, saga_views::failures(conn)?)))
         .await?;
-    let mut all: std::collections::BTreeMap<String, i64> =
-        Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+    let mut all: std::collections::BTreeMap<String, i64> = Status::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
     for (status, n) in counts {
         all.insert(status, n);
     }

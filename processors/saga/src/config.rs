@@ -111,7 +111,7 @@ impl Section for ParticipantConfig {
         for (role, i) in &self.inject {
             if !(0.0..=1.0).contains(&i.fail_rate) || i.fail_rate.is_nan() {
                 return Err(ConfigError::invalid(
-                    &format!("inject.{role}.fail_rate"),
+                    format!("inject.{role}.fail_rate"),
                     format!("{} is not between 0 and 1", i.fail_rate),
                 ));
             }
@@ -167,7 +167,10 @@ impl Section for MonitorConfig {
             return Err(ConfigError::invalid("db", "must name a file"));
         }
         if self.observations_topic.trim().is_empty() {
-            return Err(ConfigError::invalid("observations_topic", "must name a topic"));
+            return Err(ConfigError::invalid(
+                "observations_topic",
+                "must name a topic",
+            ));
         }
         Ok(())
     }

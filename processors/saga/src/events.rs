@@ -45,10 +45,11 @@ pub struct SagaRecord {
 impl SagaRecord {
     /// The saga the record belongs to: its `order_id`, else its aggregate id.
     pub fn saga_id(&self) -> Option<&str> {
-        self.fields
-            .order_id
-            .as_deref()
-            .or(self.fields.metadata.as_ref().map(|m| m.aggregate_id.as_str()))
+        self.fields.order_id.as_deref().or(self
+            .fields
+            .metadata
+            .as_ref()
+            .map(|m| m.aggregate_id.as_str()))
     }
 
     /// The event id (empty when the record has no envelope).
@@ -139,12 +140,29 @@ pub fn output(p: &Publish) -> Result<Output, ProcessError> {
     }
     macro_rules! failed {
         ($ty:ident) => {
-            Output::record(topic, key, $ty { metadata, order_id, reason, reason_code })
+            Output::record(
+                topic,
+                key,
+                $ty {
+                    metadata,
+                    order_id,
+                    reason,
+                    reason_code,
+                },
+            )
         };
     }
     macro_rules! undone {
         ($ty:ident) => {
-            Output::record(topic, key, $ty { metadata, order_id, reason })
+            Output::record(
+                topic,
+                key,
+                $ty {
+                    metadata,
+                    order_id,
+                    reason,
+                },
+            )
         };
     }
     Ok(match p.event_type.as_str() {

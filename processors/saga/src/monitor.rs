@@ -180,7 +180,9 @@ impl Monitor {
                             .iter()
                             .find(|(s, _)| s == status.as_str())
                             .map_or(0, |(_, n)| *n);
-                        gauge.with_label_values(&[saga.as_str(), status.as_str()]).set(n);
+                        gauge
+                            .with_label_values(&[saga.as_str(), status.as_str()])
+                            .set(n);
                     }
                 }
                 tokio::select! {
@@ -193,11 +195,18 @@ impl Monitor {
 
     /// Turns a record of a definition topic into an observation, or None when it is not
     /// one of a saga's.
-    async fn observe(&self, codec: &Codec, record: &Record) -> Result<Option<SagaObservation>, ProcessError> {
+    async fn observe(
+        &self,
+        codec: &Codec,
+        record: &Record,
+    ) -> Result<Option<SagaObservation>, ProcessError> {
         let payload = record.payload.as_deref();
         let event_type = events::type_of(codec, payload).await?;
         let declared = self.def.role_of(&event_type).is_some();
-        let step_topic = self.step_topics.iter().any(|t| **t == *record.position.topic);
+        let step_topic = self
+            .step_topics
+            .iter()
+            .any(|t| **t == *record.position.topic);
         if !declared && !step_topic {
             return Ok(None);
         }
@@ -235,7 +244,11 @@ impl Monitor {
     }
 
     /// The saga `id`, from this partition's cache or the store.
-    async fn saga<'a>(&self, state: &'a mut Partition, id: &str) -> Result<&'a mut Saga, ProcessError> {
+    async fn saga<'a>(
+        &self,
+        state: &'a mut Partition,
+        id: &str,
+    ) -> Result<&'a mut Saga, ProcessError> {
         if !state.sagas.contains_key(id) {
             let loaded = self.store.load(state, id).await?;
             state.sagas.insert(id.to_string(), loaded);
@@ -269,7 +282,12 @@ impl Monitor {
     }
 
     /// Stage 2: folds `o` into its saga, stages the rows, sets the saga's timer.
-    async fn fold(&self, state: &mut Partition, o: SagaObservation, effects: &mut Effects) -> Result<(), ProcessError> {
+    async fn fold(
+        &self,
+        state: &mut Partition,
+        o: SagaObservation,
+        effects: &mut Effects,
+    ) -> Result<(), ProcessError> {
         let id = o.saga_id.clone();
         let partition = state.partition().partition;
         let def = self.def.clone();

@@ -117,7 +117,11 @@ impl Store {
     }
 
     /// The group commit (see the module docs). On success the staged writes are cleared.
-    pub async fn commit(&self, state: &mut Partition, flush: &Flush<'_>) -> Result<(), ProcessError> {
+    pub async fn commit(
+        &self,
+        state: &mut Partition,
+        flush: &Flush<'_>,
+    ) -> Result<(), ProcessError> {
         let conn = state.conn.clone();
         let partition = flush.partition.clone();
         let epoch = state.epoch;

@@ -82,7 +82,10 @@ impl Participant {
                     "{:?} is not a participant of saga {} (its participants: {})",
                     p.role,
                     def.name,
-                    def.participants().into_iter().collect::<Vec<_>>().join(", ")
+                    def.participants()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -91,7 +94,10 @@ impl Participant {
             if Perform::of(&s.completed_by).is_none() {
                 return Err(ConfigError::invalid(
                     "definition",
-                    format!("{at}: eip-saga has no action that publishes {}", s.completed_by),
+                    format!(
+                        "{at}: eip-saga has no action that publishes {}",
+                        s.completed_by
+                    ),
                 ));
             }
             let mut published = vec![&s.failed_by];
@@ -200,7 +206,12 @@ impl Participant {
     }
 
     /// The record a stored decision stands for.
-    fn publish(&self, step: Option<usize>, saga_id: &str, row: &StepRow) -> Result<Output, ProcessError> {
+    fn publish(
+        &self,
+        step: Option<usize>,
+        saga_id: &str,
+        row: &StepRow,
+    ) -> Result<Output, ProcessError> {
         let Some(i) = step else {
             // The end compensation: the order is cancelled.
             return Ok(events::order_command(
@@ -401,8 +412,14 @@ impl Stateful for Participant {
                         effects.schedule(Bytes::from(key), now.saturating_add(self.latency_ms));
                         continue;
                     }
-                    self.decide(state, Some(i), id, Request::Perform { action, order }, effects)
-                        .await?;
+                    self.decide(
+                        state,
+                        Some(i),
+                        id,
+                        Request::Perform { action, order },
+                        effects,
+                    )
+                    .await?;
                 }
                 Reaction::Compensate(i) => {
                     let s = &self.def.steps[i];
@@ -411,8 +428,14 @@ impl Stateful for Participant {
                     };
                     let id = self.id(&saga_id, &s.name, &r, now);
                     let reason = self.wave_reason(&r);
-                    self.decide(state, Some(i), id, Request::Compensate { undo, reason }, effects)
-                        .await?;
+                    self.decide(
+                        state,
+                        Some(i),
+                        id,
+                        Request::Compensate { undo, reason },
+                        effects,
+                    )
+                    .await?;
                 }
                 Reaction::CompensateEnd => {
                     let id = self.id(&saga_id, END, &r, now);
@@ -431,7 +454,8 @@ impl Stateful for Participant {
                 }
                 Reaction::Block(i) => {
                     let id = self.id(&saga_id, &self.def.steps[i].name, &r, now);
-                    self.decide(state, Some(i), id, Request::Block, effects).await?;
+                    self.decide(state, Some(i), id, Request::Block, effects)
+                        .await?;
                 }
                 Reaction::TimedOut => {}
             }
@@ -466,11 +490,14 @@ impl Stateful for Participant {
             action,
             order: d.order,
         };
-        self.decide(state, Some(d.step), id, request, effects)
-            .await
+        self.decide(state, Some(d.step), id, request, effects).await
     }
 
     async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
         self.store.flush(state, &flush).await
     }
 }
+
+#[cfg(test)]
+#[path = "participant_tests.rs"]
+mod tests;

@@ -111,7 +111,7 @@ pub enum Verdict {
     /// Publish the event the row stands for; `fresh` when decided now (false: a repeat).
     Publish {
         /// The row.
-        row: StepRow,
+        row: Box<StepRow>,
         /// Decided by this request.
         fresh: bool,
     },
@@ -217,8 +217,8 @@ impl Store {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| classify("deciding a saga step", e))?;
             check_epoch(&tx, &partition, epoch)?;
-            let verdict =
-                decide_in(&tx, &policy, &id, request).map_err(|e| classify("deciding a saga step", e))?;
+            let verdict = decide_in(&tx, &policy, &id, request)
+                .map_err(|e| classify("deciding a saga step", e))?;
             tx.commit()
                 .map_err(|e| classify("deciding a saga step", e))?;
             Ok(verdict)
@@ -362,7 +362,10 @@ fn decide_in(
     let existing = load_row(tx, id)?;
     let fresh = |row: StepRow| -> rusqlite::Result<Verdict> {
         save_row(tx, id, &row)?;
-        Ok(Verdict::Publish { row, fresh: true })
+        Ok(Verdict::Publish {
+            row: Box::new(row),
+            fresh: true,
+        })
     };
     let new_row = |state: &str, order: OrderSnapshot| StepRow {
         state: state.into(),
@@ -379,7 +382,8 @@ fn decide_in(
     match (request, existing) {
         (Request::Perform { action, order }, None) => {
             let mut res = load_resources(tx, &id.saga_id, &order)?;
-            let decision = actions::perform(action, policy, &mut res, &id.saga_id, &id.step, &order);
+            let decision =
+                actions::perform(action, policy, &mut res, &id.saga_id, &id.step, &order);
             save_resources(tx, &id.saga_id, &order, &res)?;
             let mut row = new_row("completed", order);
             match decision {
@@ -409,8 +413,13 @@ fn decide_in(
             save_row(tx, id, &new_row("blocked", empty_order()))?;
             Ok(Verdict::Nothing("blocked: the step before it failed"))
         }
-        (Request::Block, Some(_)) => Ok(Verdict::Nothing("decided before the step before it failed")),
-        (Request::Perform { .. }, Some(row)) => Ok(Verdict::Publish { row, fresh: false }),
+        (Request::Block, Some(_)) => {
+            Ok(Verdict::Nothing("decided before the step before it failed"))
+        }
+        (Request::Perform { .. }, Some(row)) => Ok(Verdict::Publish {
+            row: Box::new(row),
+            fresh: false,
+        }),
         (Request::TimedOut, None) => {
             let mut row = new_row("failed", empty_order());
             row.reason = "the saga monitor's deadline passed before the step was performed".into();
@@ -438,7 +447,10 @@ fn decide_in(
             fresh(row)
         }
         (Request::Compensate { .. }, Some(row)) if row.state == "compensated" => {
-            Ok(Verdict::Publish { row, fresh: false })
+            Ok(Verdict::Publish {
+                row: Box::new(row),
+                fresh: false,
+            })
         }
         (Request::Compensate { .. }, Some(_)) => Ok(Verdict::Nothing("it failed: nothing to undo")),
         (Request::Compensate { undo, reason }, None) => {
@@ -467,12 +479,14 @@ fn load_resources(
     order: &OrderSnapshot,
 ) -> rusqlite::Result<Resources> {
     let mut res = Resources::default();
-    let mut stmt =
-        tx.prepare_cached("SELECT available, reserved FROM stock WHERE sku = ?1")?;
+    let mut stmt = tx.prepare_cached("SELECT available, reserved FROM stock WHERE sku = ?1")?;
     let mut reservation = BTreeMap::new();
     {
-        let mut held = tx.prepare_cached("SELECT sku, quantity FROM reservations WHERE order_id = ?1")?;
-        let rows = held.query_map([saga_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut held =
+            tx.prepare_cached("SELECT sku, quantity FROM reservations WHERE order_id = ?1")?;
+        let rows = held.query_map([saga_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
         for row in rows {
             let (sku, n) = row?;
             reservation.insert(sku, n);

@@ -96,7 +96,12 @@ pub const SAGA_EVENTS: Table = Table {
 };
 
 /// Every saga table.
-pub const SAGA_TABLES: [&Table; 4] = [&SAGAS, &SAGAS_BY_STATUS, &SAGAS_BY_CORRELATION, &SAGA_EVENTS];
+pub const SAGA_TABLES: [&Table; 4] = [
+    &SAGAS,
+    &SAGAS_BY_STATUS,
+    &SAGAS_BY_CORRELATION,
+    &SAGA_EVENTS,
+];
 
 /// A saga as the views hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

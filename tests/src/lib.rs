@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cqrs;
 pub mod orders;
 pub mod plain;
+pub mod saga;
 pub mod views;
 
 use std::collections::HashMap;

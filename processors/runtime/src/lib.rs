@@ -495,7 +495,10 @@ where
     A: Section,
     P: Processor,
 {
-    main_core(|config: &mut Config<A>| build(config).map(|(p, extras)| (Stateless(p), extras)))
+    main_core(
+        |config: &mut Config<A>| build(config).map(|(p, extras)| (Stateless(p), extras)),
+        false,
+    )
 }
 
 /// [`main_with`] for a [`Stateful`] processor.
@@ -504,11 +507,16 @@ where
     A: Section,
     S: Stateful,
 {
-    main_core(|config: &mut Config<A>| build(config).map(|s| (s, Extras::default())))
+    main_core(
+        |config: &mut Config<A>| build(config).map(|s| (s, Extras::default())),
+        false,
+    )
 }
 
 /// [`main_stateful`] for processors that adjust their configuration (their inputs, say), serve
 /// admin routes or start background tasks, as [`main_with_extras`] does for stateless ones.
+/// `pipeline.inputs` may be left empty for `build` to fill; the whole configuration is checked
+/// again after it.
 pub fn main_stateful_with<A, S>(
     build: impl FnOnce(&mut Config<A>) -> Result<(S, Extras), ConfigError>,
 ) -> ExitCode
@@ -516,11 +524,12 @@ where
     A: Section,
     S: Stateful,
 {
-    main_core(build)
+    main_core(build, true)
 }
 
 fn main_core<A, S>(
     build: impl FnOnce(&mut Config<A>) -> Result<(S, Extras), ConfigError>,
+    inputs_from_build: bool,
 ) -> ExitCode
 where
     A: Section,
@@ -534,7 +543,15 @@ where
         args.config.as_deref(),
         config::environment(),
         args.role.as_deref(),
-    );
+    )
+    .and_then(|c| {
+        if inputs_from_build {
+            c.validate_but_inputs()?;
+        } else {
+            c.validate()?;
+        }
+        Ok(c)
+    });
     let mut config = match cli::config_or_exit(loaded) {
         Ok(c) => c,
         Err(code) => return code,

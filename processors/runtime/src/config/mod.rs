@@ -526,11 +526,13 @@ impl<A: Section> Config<A> {
 
     /// Like [`Config::load`] with an explicit environment provider (tests pass their own).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config<A>, ConfigError> {
-        Self::load_with_role(file, env, None)
+        let config = Self::load_with_role(file, env, None)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Like [`Config::load_from`], with `processor.role` set to `role` over every layer (the
-    /// `--role` flag).
+    /// `--role` flag), and not checked yet: the caller validates.
     pub fn load_with_role(
         file: Option<&Path>,
         env: Env,
@@ -547,13 +549,22 @@ impl<A: Section> Config<A> {
         if let Some(role) = role {
             figment = figment.merge(Serialized::default("processor.role", role));
         }
-        let config: Config<A> = figment.extract().map_err(from_figment)?;
-        config.validate()?;
-        Ok(config)
+        figment.extract().map_err(from_figment)
     }
 
     /// Checks ranges and cross-field rules. Runs before any network call.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(true)
+    }
+
+    /// [`Config::validate`] but for `pipeline.inputs`, for a processor that reads its inputs
+    /// from a file of its own (the saga binaries read the saga definition) and fills them in
+    /// before the whole configuration is checked again.
+    pub fn validate_but_inputs(&self) -> Result<(), ConfigError> {
+        self.validate_with(false)
+    }
+
+    fn validate_with(&self, inputs: bool) -> Result<(), ConfigError> {
         let k = &self.kafka;
         k.validate_client()?;
         if k.group_id.trim().is_empty() {
@@ -590,7 +601,7 @@ impl<A: Section> Config<A> {
         }
         self.registry.validate()?;
         let p = &self.pipeline;
-        if p.inputs.is_empty() || p.inputs.iter().any(|t| t.trim().is_empty()) {
+        if (inputs && p.inputs.is_empty()) || p.inputs.iter().any(|t| t.trim().is_empty()) {
             return Err(ConfigError::invalid(
                 "pipeline.inputs",
                 "must name at least one topic, and no empty names",

@@ -1,0 +1,179 @@
+//! The order-fulfilment saga end to end on the real stack: eip-orders, the nine participants
+//! and the monitor, with failures injected at every step. What the test checks it computes
+//! itself from the orders it placed and the statuses the monitor reports: stock, points and
+//! payments net back exactly to what the completed orders imply, and every order ends
+//! completed or cancelled in the order events.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use eip_tests::saga::{
+    Inject, ROLES, SagaRig, TestOrder, final_order_events, orders, place_and_confirm,
+};
+use eip_tests::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Waits until the monitor reports every one of `n` sagas final; panics with the logs if not.
+async fn all_final(rig: &SagaRig, n: i64) -> BTreeMap<String, i64> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(c) = rig.counts().await {
+            let done = c.get("completed").copied().unwrap_or(0)
+                + c.get("compensated").copied().unwrap_or(0);
+            if done == n {
+                return c;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("sagas not final in time: {c:?}\n{}", rig.logs());
+            }
+        } else if std::time::Instant::now() > deadline {
+            panic!("the monitor does not answer\n{}", rig.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn rows(db: &std::path::Path, sql: &str) -> Vec<(String, i64, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Checks the participants' resources against the completed orders.
+fn resources_net_back(rig: &SagaRig, placed: &[TestOrder], completed: &BTreeSet<String>) {
+    // Stock: every SKU holds exactly the units of the completed orders.
+    let mut held: BTreeMap<String, i64> = BTreeMap::new();
+    for o in placed.iter().filter(|o| completed.contains(&o.id)) {
+        for (sku, q, _) in &o.lines {
+            *held.entry(sku.clone()).or_default() += i64::from(*q);
+        }
+    }
+    for (sku, available, reserved) in rows(
+        &rig.db("inventory"),
+        "SELECT sku, available, reserved FROM stock",
+    ) {
+        let want = held.get(&sku).copied().unwrap_or(0);
+        assert_eq!(
+            (reserved, available),
+            (want, 100_000 - want),
+            "stock of {sku}"
+        );
+    }
+    // Points: each customer is down exactly the points of their completed orders.
+    let mut spent: BTreeMap<String, i64> = BTreeMap::new();
+    for o in placed.iter().filter(|o| completed.contains(&o.id)) {
+        *spent.entry(o.customer.clone()).or_default() += o.total() / 1_000;
+    }
+    for (customer, balance, _) in rows(
+        &rig.db("loyalty"),
+        "SELECT customer_id, balance, 0 FROM points",
+    ) {
+        let want = 100_000 - spent.get(&customer).copied().unwrap_or(0);
+        assert_eq!(balance, want, "points of {customer}");
+    }
+    // Payments: a completed order is captured in full and not refunded; any other has
+    // nothing charged (refunded in full, or never captured) and its authorization voided.
+    let totals: BTreeMap<&str, i64> = placed.iter().map(|o| (o.id.as_str(), o.total())).collect();
+    let conn = rusqlite::Connection::open(rig.db("payments")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT order_id, authorized_cents, captured_cents, refunded_cents, voided FROM payments")
+        .unwrap();
+    let payments: Vec<(String, i64, i64, i64, bool)> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (id, authorized, captured, refunded, voided) in payments {
+        let total = totals[id.as_str()];
+        assert_eq!(authorized, total, "{id}");
+        if completed.contains(&id) {
+            assert_eq!((captured, refunded, voided), (total, 0, false), "{id}");
+        } else {
+            assert_eq!(captured - refunded, 0, "{id} is charged");
+            assert!(voided, "{id}'s authorization is not voided");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    // Failures injected at every participant, so each step fails somewhere.
+    let inject: Vec<Inject> = ROLES
+        .iter()
+        .map(|role| Inject {
+            role,
+            fail_rate: 0.06,
+            latency: Duration::ZERO,
+        })
+        .collect();
+    let mut rig = SagaRig::new(&ep, "saga-e2e", "20s", "30s", inject).await;
+    rig.start_participants();
+    rig.start_monitor();
+    let placed = orders(&rig.stack.names.input, 120);
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    let counts = all_final(&rig, placed.len() as i64).await;
+    assert_eq!(counts.get("stuck").copied().unwrap_or(0), 0);
+    let completed: BTreeSet<String> = rig
+        .sagas("completed")
+        .await
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect();
+    let compensated = rig.sagas("compensated").await;
+    assert_eq!(completed.len() + compensated.len(), placed.len());
+    assert!(
+        !completed.is_empty() && !compensated.is_empty(),
+        "{counts:?}"
+    );
+    // Failures at several steps, each compensated back to a cancelled order.
+    let failed_steps: BTreeSet<&str> = compensated
+        .iter()
+        .map(|s| s["failed_step"].as_str().unwrap())
+        .collect();
+    assert!(failed_steps.len() >= 4, "{failed_steps:?}");
+    for s in &compensated {
+        assert_eq!(s["failure_code"], "injected", "{s}");
+        assert!(s["flags"].as_array().unwrap().is_empty(), "{s}");
+    }
+    resources_net_back(&rig, &placed, &completed);
+    let finals = final_order_events(&ep, &codec, &rig.stack.events).await;
+    for o in &placed {
+        let want = if completed.contains(&o.id) {
+            "completed"
+        } else {
+            "cancelled"
+        };
+        assert_eq!(
+            finals.get(&o.id).map(String::as_str),
+            Some(want),
+            "{}",
+            o.id
+        );
+    }
+    // One saga's whole story, in time order, with where each event was read.
+    let one = compensated[0]["saga_id"].as_str().unwrap();
+    let detail = rig.api(&format!("/sagas/{one}")).await.unwrap();
+    let events = detail["events"].as_array().unwrap();
+    assert_eq!(events[0]["event_type"], "eip.orders.OrderConfirmed");
+    assert_eq!(
+        events.last().unwrap()["event_type"],
+        "eip.orders.OrderCancelled"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["topic"].as_str().is_some_and(|t| !t.is_empty()))
+    );
+}

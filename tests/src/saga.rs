@@ -128,6 +128,8 @@ impl SagaRig {
             ("EIP__KAFKA__BROKERS", self.ep.brokers.clone()),
             ("EIP__KAFKA__GROUP_ID", group.to_string()),
             ("EIP__KAFKA__CLIENT_ID", group.to_string()),
+            // Static membership: a restarted instance takes its partitions back at once.
+            ("EIP__KAFKA__GROUP_INSTANCE_ID", group.to_string()),
             ("EIP__REGISTRY__URL", self.ep.registry.clone()),
             (
                 "EIP__PROCESSOR__DEFINITION",
@@ -239,6 +241,28 @@ impl SagaRig {
                 Some(n) => after = Some(n.to_string()),
                 None => return out,
             }
+        }
+    }
+
+    /// Kills `who` (a role, or `monitor`) with SIGKILL and waits for it to be gone.
+    pub async fn kill(&mut self, who: &str) {
+        let child = if who == "monitor" {
+            self.monitor.as_mut()
+        } else {
+            self.participants.get_mut(who)
+        };
+        if let Some(c) = child {
+            c.signal("KILL");
+            c.wait(Duration::from_secs(10)).await;
+        }
+    }
+
+    /// Restarts `who` (a role, or `monitor`).
+    pub fn restart(&mut self, who: &str) {
+        if who == "monitor" {
+            self.start_monitor();
+        } else {
+            self.start_participant(who);
         }
     }
 

@@ -103,27 +103,17 @@ fn resources_net_back(rig: &SagaRig, placed: &[TestOrder], completed: &BTreeSet<
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
-    init_logs();
-    let ep = endpoints();
-    register(&ep).await;
-    let codec = codec(&ep);
-    // Failures injected at every participant, so each step fails somewhere.
-    let inject: Vec<Inject> = ROLES
-        .iter()
-        .map(|role| Inject {
-            role,
-            fail_rate: 0.06,
-            latency: Duration::ZERO,
-        })
-        .collect();
-    let mut rig = SagaRig::new(&ep, "saga-e2e", "20s", "30s", inject).await;
-    rig.start_participants();
-    rig.start_monitor();
-    let placed = orders(&rig.stack.names.input, 120);
-    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
-    let counts = all_final(&rig, placed.len() as i64).await;
+/// Every one of `placed` ends completed or compensated, none stuck, with failures at
+/// several steps; resources net back; the order events end completed or cancelled. Returns
+/// the completed ones.
+async fn check_outcome(
+    rig: &SagaRig,
+    ep: &Endpoints,
+    placed: &[TestOrder],
+    min_failed_steps: usize,
+) -> BTreeSet<String> {
+    let codec = codec(ep);
+    let counts = all_final(rig, placed.len() as i64).await;
     assert_eq!(counts.get("stuck").copied().unwrap_or(0), 0);
     let completed: BTreeSet<String> = rig
         .sagas("completed")
@@ -137,19 +127,18 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
         !completed.is_empty() && !compensated.is_empty(),
         "{counts:?}"
     );
-    // Failures at several steps, each compensated back to a cancelled order.
     let failed_steps: BTreeSet<&str> = compensated
         .iter()
         .map(|s| s["failed_step"].as_str().unwrap())
         .collect();
-    assert!(failed_steps.len() >= 4, "{failed_steps:?}");
+    assert!(failed_steps.len() >= min_failed_steps, "{failed_steps:?}");
     for s in &compensated {
         assert_eq!(s["failure_code"], "injected", "{s}");
         assert!(s["flags"].as_array().unwrap().is_empty(), "{s}");
     }
-    resources_net_back(&rig, &placed, &completed);
-    let finals = final_order_events(&ep, &codec, &rig.stack.events).await;
-    for o in &placed {
+    resources_net_back(rig, placed, &completed);
+    let finals = final_order_events(ep, &codec, &rig.stack.events).await;
+    for o in placed {
         let want = if completed.contains(&o.id) {
             "completed"
         } else {
@@ -162,7 +151,35 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
             o.id
         );
     }
+    completed
+}
+
+fn everywhere(fail_rate: f64) -> Vec<Inject> {
+    ROLES
+        .iter()
+        .map(|role| Inject {
+            role,
+            fail_rate,
+            latency: Duration::ZERO,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    // Failures injected at every participant, so each step fails somewhere.
+    let mut rig = SagaRig::new(&ep, "saga-e2e", "20s", "30s", everywhere(0.06)).await;
+    rig.start_participants();
+    rig.start_monitor();
+    let placed = orders(&rig.stack.names.input, 120);
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    check_outcome(&rig, &ep, &placed, 4).await;
     // One saga's whole story, in time order, with where each event was read.
+    let compensated = rig.sagas("compensated").await;
     let one = compensated[0]["saga_id"].as_str().unwrap();
     let detail = rig.api(&format!("/sagas/{one}")).await.unwrap();
     let events = detail["events"].as_array().unwrap();
@@ -176,4 +193,44 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
             .iter()
             .all(|e| e["topic"].as_str().is_some_and(|t| !t.is_empty()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_sagas_survive_kill_9_of_participants_and_the_monitor() {
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    // 20% of sagas fail: 1 - (1 - r)^10 = 0.2 over the ten steps.
+    let mut rig = SagaRig::new(&ep, "saga-kill", "60s", "60s", everywhere(0.0221)).await;
+    rig.start_participants();
+    rig.start_monitor();
+    let placed = orders(&rig.stack.names.input, 2_000);
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    // Kill -9 a random participant or the monitor every second or so while the sagas run,
+    // and start it again.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill seed {seed}");
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize
+    };
+    let mut killed = Vec::new();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(600 + (next() % 900) as u64)).await;
+        let who = match next() % 10 {
+            9 => "monitor",
+            i => ROLES[i],
+        };
+        rig.kill(who).await;
+        rig.restart(who);
+        killed.push(who);
+    }
+    eprintln!("killed {killed:?}");
+    check_outcome(&rig, &ep, &placed, 6).await;
 }

@@ -47,6 +47,8 @@ pub struct SagaRig {
     pub monitor: Option<ChildProcess>,
     /// The monitor's telemetry (and API) address.
     pub monitor_addr: String,
+    /// Each participant's telemetry address, by role.
+    pub telemetry: BTreeMap<String, String>,
     prefix: String,
     inject: Vec<Inject>,
     ep: Endpoints,
@@ -112,6 +114,7 @@ impl SagaRig {
             participants: BTreeMap::new(),
             monitor: None,
             monitor_addr: String::new(),
+            telemetry: BTreeMap::new(),
             prefix,
             inject,
             ep: ep.clone(),
@@ -157,11 +160,10 @@ impl SagaRig {
             ),
             ("EIP__PROCESSOR__INITIAL_STOCK", "100000".into()),
             ("EIP__PROCESSOR__INITIAL_POINTS", "100000".into()),
-            (
-                "EIP__TELEMETRY__LISTEN",
-                format!("127.0.0.1:{}", free_listen_port()),
-            ),
         ]));
+        let addr = format!("127.0.0.1:{}", free_listen_port());
+        e.push(("EIP__TELEMETRY__LISTEN".into(), addr.clone()));
+        self.telemetry.insert(role.to_string(), addr);
         for i in &self.inject {
             let key = i.role.to_uppercase();
             e.push((
@@ -242,6 +244,18 @@ impl SagaRig {
                 None => return out,
             }
         }
+    }
+
+    /// How many records of `topic` the participant `role` has consumed.
+    pub async fn consumed(&self, role: &str, topic: &str) -> f64 {
+        let Some((200, text)) = http_get(&self.telemetry[role], "/metrics").await else {
+            return -1.0;
+        };
+        text.lines()
+            .filter(|l| l.starts_with("eip_records_consumed_total{"))
+            .filter(|l| l.contains(&format!("topic=\"{topic}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Kills `who` (a role, or `monitor`) with SIGKILL and waits for it to be gone.

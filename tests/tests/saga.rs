@@ -234,3 +234,135 @@ async fn two_thousand_sagas_survive_kill_9_of_participants_and_the_monitor() {
     eprintln!("killed {killed:?}");
     check_outcome(&rig, &ep, &placed, 6).await;
 }
+
+/// The monitor's `eip_sagas{status="stuck"}` right now.
+async fn stuck_gauge(rig: &SagaRig) -> f64 {
+    let Some((200, text)) = http_get(&rig.monitor_addr, "/metrics").await else {
+        return -1.0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with("eip_sagas{") && l.contains("status=\"stuck\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_makes_the_saga_stuck_until_it_comes()
+ {
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    // Shipping takes an hour: its step's 4 s deadline passes first.
+    let slow = vec![Inject {
+        role: "shipping",
+        fail_rate: 0.0,
+        latency: Duration::from_secs(3_600),
+    }];
+    let mut rig = SagaRig::new(&ep, "saga-timeout", "4s", "4s", slow).await;
+    rig.start_participants();
+    rig.start_monitor();
+    let placed = orders(&rig.stack.names.input, 3);
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    // Every saga reaches shipping and waits there; then the loyalty participant, whose step
+    // comes just before, goes away, so nobody restores the points.
+    eventually("the sagas at shipping", WAIT, || async {
+        let running = rig.sagas("running").await;
+        (running.len() == 3 && running.iter().all(|s| s["step"] == "shipment_scheduled"))
+            .then_some(())
+    })
+    .await;
+    rig.kill("loyalty").await;
+    // The deadline passes: the monitor publishes the timeout, shipping fails the step with
+    // `timeout`, and the compensation of the points is overdue: stuck, listed, and counted.
+    let stuck = eventually("the sagas stuck", WAIT, || async {
+        let stuck = rig.sagas("stuck").await;
+        (stuck.len() == 3).then_some(stuck)
+    })
+    .await;
+    for s in &stuck {
+        assert_eq!(s["failed_step"], "shipment_scheduled", "{s}");
+        assert_eq!(s["failure_code"], "timeout", "{s}");
+        assert_eq!(s["expect"], "compensation:points_redeemed", "{s}");
+    }
+    eventually("the stuck gauge", WAIT, || async {
+        (stuck_gauge(&rig).await == 3.0).then_some(())
+    })
+    .await;
+    let id = stuck[0]["saga_id"].as_str().unwrap().to_string();
+    let detail = rig.api(&format!("/sagas/{id}")).await.unwrap();
+    let types: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"eip.saga.SagaStepTimedOut"), "{types:?}");
+    assert!(types.contains(&"eip.saga.monitor.Stuck"), "{types:?}");
+    // Loyalty comes back: the compensations go on, and every saga ends compensated, with the
+    // points restored and nothing charged.
+    rig.restart("loyalty");
+    let counts = all_final(&rig, 3).await;
+    assert_eq!(counts["compensated"], 3, "{counts:?}");
+    resources_net_back(&rig, &placed, &BTreeSet::new());
+    // A completion of the timed-out step shows up after all (published by someone else):
+    // the monitor flags it, the saga stays compensated, and invoicing does not act on it.
+    let late = codec
+        .encode(&eip_schemas::types::ShipmentScheduled {
+            metadata: eip_schemas::types::EventMetadata {
+                event_id: format!("{id}:late"),
+                correlation_id: format!("corr-{id}"),
+                causation_id: None,
+                occurred_at: 4_102_444_800_000,
+                aggregate_id: id.clone(),
+                aggregate_version: 6,
+            },
+            order_id: id.clone(),
+            order: eip_schemas::types::OrderSnapshot {
+                customer_id: "c".into(),
+                lines: Vec::new(),
+                total_cents: 1,
+                currency: "EUR".into(),
+            },
+            reference: "late".into(),
+        })
+        .await
+        .unwrap();
+    let shipping = format!("{}-saga-shipping", rig.stack.names.input);
+    let before = rig.consumed("invoicing", &shipping).await;
+    assert!(before >= 3.0, "invoicing read the failures: {before}");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &ep.brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&shipping)
+                .key(id.as_bytes())
+                .payload(&late),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let flagged = eventually("the late completion flagged", WAIT, || async {
+        let s = rig.api(&format!("/sagas/{id}")).await?;
+        let flags = s["saga"]["flags"].as_array()?.clone();
+        (!flags.is_empty()).then_some(s)
+    })
+    .await;
+    assert_eq!(flagged["saga"]["status"], "compensated", "{flagged}");
+    let flags = flagged["saga"]["flags"].to_string();
+    assert!(flags.contains("late: shipment_scheduled"), "{flags}");
+    // Invoicing has read the late completion, and published nothing.
+    eventually("invoicing reads the late completion", WAIT, || async {
+        (rig.consumed("invoicing", &shipping).await > before).then_some(())
+    })
+    .await;
+    let invoicing = format!("{}-saga-invoicing", rig.stack.names.input);
+    let invoices = read_all(&ep, &invoicing).await;
+    assert!(
+        invoices.is_empty(),
+        "invoicing acted on a step that had failed"
+    );
+}

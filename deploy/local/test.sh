@@ -30,6 +30,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 log "alert rules and scrape config"
 promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
 sed -e "s|@TARGETS@|'127.0.0.1:9464'|" deploy/local/prometheus.yml >"$EIP_STATE_DIR/prometheus-check.yml"
 cp deploy/prometheus/alerts.yml "$EIP_STATE_DIR/alerts.yml"
 promtool check config "$EIP_STATE_DIR/prometheus-check.yml"

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use eip_tests::cqrs::eipctl_run;
 use eip_tests::saga::{
     Inject, ROLES, SagaRig, TestOrder, final_order_events, orders, place_and_confirm,
 };
@@ -178,6 +179,43 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     let placed = orders(&rig.stack.names.input, 120);
     place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
     check_outcome(&rig, &ep, &placed, 4).await;
+    // Bad requests get a 400 with a JSON reason; an unknown saga a 404.
+    for (path, status, reason) in [
+        ("/sagas?status=lost", 400, "status=\"lost\""),
+        ("/sagas?status=running&limit=0", 400, "limit=0"),
+        ("/sagas?status=running&after=nope", 400, "not a cursor"),
+        ("/sagas?colour=blue", 400, "colour"),
+        ("/sagas/no-such-saga", 404, "no saga no-such-saga"),
+    ] {
+        let (got, body) = http_get(&rig.monitor_addr, path).await.unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            json["error"].as_str().unwrap().contains(reason),
+            "{path}: {body}"
+        );
+    }
+    // Paging: every completed saga once, in pages of 7.
+    let mut seen = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/sagas?status=completed&limit=7&after={a}"),
+            None => "/sagas?status=completed&limit=7".to_string(),
+        };
+        let page = rig.api(&path).await.unwrap();
+        for s in page["items"].as_array().unwrap() {
+            assert!(
+                seen.insert(s["saga_id"].as_str().unwrap().to_string()),
+                "{s} twice"
+            );
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), rig.sagas("completed").await.len());
     // One saga's whole story, in time order, with where each event was read.
     let compensated = rig.sagas("compensated").await;
     let one = compensated[0]["saga_id"].as_str().unwrap();
@@ -291,6 +329,35 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
     })
     .await;
     let id = stuck[0]["saga_id"].as_str().unwrap().to_string();
+    // Operators see the same with eipctl.
+    let monitor = rig.monitor_addr.clone();
+    let (code, out) = eipctl_run(
+        &ep,
+        &["saga", "list", "--status", "stuck", "--monitor", &monitor],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&id) && out.contains("compensation:points_redeemed"),
+        "{out}"
+    );
+    let (code, out) = eipctl_run(&ep, &["saga", "show", &id, "--monitor", &monitor]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(": stuck") && out.contains("eip.saga.SagaStepTimedOut"),
+        "{out}"
+    );
+    assert!(out.contains("failed at shipment_scheduled"), "{out}");
+    let (code, out) = eipctl_run(
+        &ep,
+        &["saga", "list", "--status", "lost", "--monitor", &monitor],
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(
+        out.contains("400") && out.contains("status=\"lost\""),
+        "{out}"
+    );
     let detail = rig.api(&format!("/sagas/{id}")).await.unwrap();
     let types: Vec<&str> = detail["events"]
         .as_array()

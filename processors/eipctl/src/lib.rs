@@ -8,6 +8,7 @@
 pub mod cqrs;
 pub mod dlq;
 pub mod orders;
+pub mod saga;
 
 use std::collections::HashMap;
 use std::sync::Arc;

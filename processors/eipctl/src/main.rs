@@ -92,6 +92,47 @@ enum Command {
     /// Order commands with known outcomes, for demos and checks.
     #[command(subcommand)]
     Orders(OrdersCmd),
+    /// Sagas, from the saga monitor's API: list, show one, stats.
+    #[command(subcommand)]
+    Saga(SagaCmd),
+}
+
+/// Where the saga monitor answers.
+#[derive(Debug, clap::Args)]
+struct Monitor {
+    /// The saga monitor's address (its telemetry port, which serves the saga API).
+    #[arg(long, env = "EIP_SAGA_MONITOR", default_value = "127.0.0.1:9470")]
+    monitor: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum SagaCmd {
+    /// Sagas of a status, stalest first.
+    List {
+        /// running, completed, compensating, compensated or stuck.
+        #[arg(long, default_value = "stuck")]
+        status: String,
+        /// Page size.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// `more: --after` of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        monitor: Monitor,
+    },
+    /// One saga: its path against the definition, and its timeline.
+    Show {
+        /// The saga id (the order id).
+        id: String,
+        #[command(flatten)]
+        monitor: Monitor,
+    },
+    /// Counts per status, and failures by step and code.
+    Stats {
+        #[command(flatten)]
+        monitor: Monitor,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -804,6 +845,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             cqrs::query(&views.views(), q).await?
         }
+        Command::Saga(cmd) => saga_cmd(cmd).await?,
         Command::Aggregate(AggregateCmd::History { id, db }) => cqrs::aggregate_history(&db, &id)?,
         Command::Aggregate(AggregateCmd::State { id, at_version, db }) => {
             cqrs::aggregate_state(&db, &id, at_version)?
@@ -868,4 +910,33 @@ fn one_line(rendered: &str) -> String {
 fn parse_role(name: &str) -> Result<eip_runtime::topics::TopicRole, String> {
     eip_runtime::topics::TopicRole::parse(name)
         .ok_or_else(|| format!("{name:?} is not a role: history, dead-letters or stream"))
+}
+
+async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
+    use eipctl::saga;
+    let text = match cmd {
+        SagaCmd::List {
+            status,
+            limit,
+            after,
+            monitor,
+        } => {
+            let mut path = format!("/sagas?status={status}&limit={limit}");
+            if let Some(a) = after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let page = saga::get(&monitor.monitor, &path).await?;
+            saga::render_list(&page, eip_runtime::stateful::now_ms())
+        }
+        SagaCmd::Show { id, monitor } => {
+            let detail = saga::get(&monitor.monitor, &format!("/sagas/{id}")).await?;
+            saga::render_show(&detail)
+        }
+        SagaCmd::Stats { monitor } => {
+            let stats = saga::get(&monitor.monitor, "/sagas/stats").await?;
+            saga::render_stats(&stats)
+        }
+    };
+    print!("{text}");
+    Ok(())
 }

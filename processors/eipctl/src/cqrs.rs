@@ -370,6 +370,59 @@ pub struct Expectation {
     pub refused: Vec<(u16, String)>,
     /// An order to show.
     pub sample_order: Option<String>,
+    /// What the sagas of the confirmed orders should end as, when they run.
+    #[serde(default)]
+    pub sagas: Option<SagaExpectation>,
+}
+
+/// What the sagas should end as: computed from the injected failure rates with the same
+/// hash the participants use (`eip_saga::actions::injected_failure`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SagaExpectation {
+    /// Sagas by final status.
+    pub statuses: std::collections::BTreeMap<String, u64>,
+    /// Failed sagas by the step that failed.
+    pub failed_steps: std::collections::BTreeMap<String, u64>,
+}
+
+impl Expectation {
+    /// Adds the sagas: every confirmed order starts one, which ends completed (a
+    /// `CompleteOrder` accepted, the order `completed`) or compensated (a `CancelOrder`
+    /// accepted, the order `cancelled`), by the injected rates of `participants`.
+    pub fn with_sagas(
+        mut self,
+        report: &crate::orders::SendReport,
+        def: &eip_saga::definition::Definition,
+        rates: &std::collections::BTreeMap<String, f64>,
+    ) -> Expectation {
+        let mut sagas = SagaExpectation::default();
+        for (id, f) in &report.script.finals {
+            if f.status != "confirmed" {
+                continue;
+            }
+            let (status, order) = match eip_saga::actions::injected_failure(def, rates, id) {
+                None => ("completed", "completed"),
+                Some(i) => {
+                    *sagas
+                        .failed_steps
+                        .entry(def.steps[i].name.clone())
+                        .or_default() += 1;
+                    ("compensated", "cancelled")
+                }
+            };
+            *sagas.statuses.entry(status.into()).or_default() += 1;
+            if let Some(n) = self.statuses.get_mut("confirmed") {
+                *n -= 1;
+            }
+            *self.statuses.entry(order.into()).or_default() += 1;
+            // The saga's own command to the aggregate, accepted.
+            self.commands += 1;
+            self.accepted += 1;
+        }
+        self.statuses.retain(|_, n| *n > 0);
+        self.sagas = Some(sagas);
+        self
+    }
 }
 
 impl Expectation {
@@ -401,6 +454,7 @@ impl Expectation {
                 .iter()
                 .find(|(_, f)| f.status == "confirmed")
                 .map(|(id, _)| id.clone()),
+            sagas: None,
         }
     }
 }

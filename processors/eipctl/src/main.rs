@@ -133,6 +133,21 @@ enum SagaCmd {
         #[command(flatten)]
         monitor: Monitor,
     },
+    /// Wait until the monitor reports the sagas `eipctl orders send --saga-definition`
+    /// expects, then summarize them; fails if they differ.
+    Summary {
+        /// The expectation `eipctl orders send --report` wrote.
+        #[arg(long)]
+        expect: std::path::PathBuf,
+        /// How long to wait for the sagas.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// The inventory participant's SQLite file, for the inventory levels.
+        #[arg(long)]
+        inventory_db: std::path::PathBuf,
+        #[command(flatten)]
+        monitor: Monitor,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +177,12 @@ enum OrdersCmd {
         /// Where to write the expectation (JSON) for `eipctl query summary`.
         #[arg(long)]
         report: std::path::PathBuf,
+        /// The saga definition, when the sagas run: the expectation then includes them.
+        #[arg(long, requires = "saga_participants")]
+        saga_definition: Option<std::path::PathBuf>,
+        /// The participants' configuration file, for their injected failure rates.
+        #[arg(long, requires = "saga_definition")]
+        saga_participants: Option<std::path::PathBuf>,
     },
 }
 
@@ -799,6 +820,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands_topic,
             legacy_topic,
             report,
+            saga_definition,
+            saga_participants,
         }) => {
             let codec = eip_schemas::Codec::new(ep.registry()?);
             let targets = eipctl::orders::Targets {
@@ -807,7 +830,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 legacy_xml: legacy_topic,
             };
             let sent = eipctl::orders::send(&ep, &codec, &targets, &prefix, orders, poison).await?;
-            let expect = cqrs::Expectation::of(&sent);
+            let mut expect = cqrs::Expectation::of(&sent);
+            if let (Some(def), Some(participants)) = (saga_definition, saga_participants) {
+                let def = eip_saga::config::load_definition(&def)?;
+                let config =
+                    eip_runtime::Config::<eip_saga::config::ParticipantConfig>::load_with_role(
+                        Some(&participants),
+                        eip_runtime::config::environment(),
+                        Some("expectation"),
+                    )?;
+                let rates = config
+                    .processor
+                    .inject
+                    .iter()
+                    .map(|(role, i)| (role.clone(), i.fail_rate))
+                    .collect();
+                expect = expect.with_sagas(&sent, &def, &rates);
+            }
             std::fs::write(&report, serde_json::to_string_pretty(&expect)?)
                 .with_context(|| format!("writing {}", report.display()))?;
             println!(
@@ -935,6 +974,21 @@ async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
         SagaCmd::Stats { monitor } => {
             let stats = saga::get(&monitor.monitor, "/sagas/stats").await?;
             saga::render_stats(&stats)
+        }
+        SagaCmd::Summary {
+            expect,
+            wait,
+            inventory_db,
+            monitor,
+        } => {
+            let text = std::fs::read_to_string(&expect)
+                .with_context(|| format!("reading {}", expect.display()))?;
+            let expect: cqrs::Expectation = serde_json::from_str(&text)?;
+            let sagas = expect
+                .sagas
+                .context("the expectation has no sagas: send with --saga-definition")?;
+            saga::summary(&monitor.monitor, &sagas, wait, &inventory_db).await?;
+            String::new()
         }
     };
     print!("{text}");

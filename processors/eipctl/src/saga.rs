@@ -163,6 +163,97 @@ pub fn render_stats(s: &Stats) -> String {
     out
 }
 
+/// `saga summary`: waits until the monitor reports the sagas `expect` says (or `wait` runs
+/// out), then prints sagas by status against the expectation, failures and compensations per
+/// step, the inventory levels from `inventory_db`, and where to look next. Fails when they
+/// differ.
+pub async fn summary(
+    monitor: &str,
+    expect: &crate::cqrs::SagaExpectation,
+    wait: std::time::Duration,
+    inventory_db: &std::path::Path,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    let stats = loop {
+        let stats: Option<Stats> = get(monitor, "/sagas/stats").await.ok();
+        if let Some(s) = &stats {
+            let seen: std::collections::BTreeMap<String, u64> = s
+                .counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.clone(), *n as u64))
+                .collect();
+            if seen == expect.statuses {
+                break stats;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let stats = stats.context("the saga monitor never answered")?;
+    let mut ok = true;
+    println!("sagas by status (expected / seen):");
+    let mut statuses: std::collections::BTreeSet<&String> = expect.statuses.keys().collect();
+    statuses.extend(stats.counts.keys());
+    for status in statuses {
+        let want = expect.statuses.get(status).copied().unwrap_or(0);
+        let got = stats.counts.get(status).copied().unwrap_or(0) as u64;
+        let mark = if want == got { "" } else { "  <-- differs" };
+        ok &= want == got;
+        println!("  {status:<13} {want:>6} / {got:<6}{mark}");
+    }
+    println!("failed sagas by step (expected / seen), and compensations per step:");
+    let mut failed: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for f in &stats.failures {
+        *failed.entry(f.step.as_str()).or_default() += f.sagas as u64;
+    }
+    let mut steps: std::collections::BTreeSet<&str> =
+        expect.failed_steps.keys().map(String::as_str).collect();
+    steps.extend(failed.keys());
+    steps.extend(stats.compensations.keys().map(String::as_str));
+    for step in steps {
+        let want = expect.failed_steps.get(step).copied().unwrap_or(0);
+        let got = failed.get(step).copied().unwrap_or(0);
+        ok &= want == got;
+        let comp = stats.compensations.get(step).copied().unwrap_or(0);
+        println!("  {step:<22} failed {want:>5} / {got:<5} compensated {comp}");
+    }
+    println!("inventory levels (the 5 SKUs with most held):");
+    match rusqlite::Connection::open_with_flags(
+        inventory_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|conn| {
+        let mut stmt = conn.prepare(
+            "SELECT sku, available, reserved FROM stock ORDER BY reserved DESC, sku LIMIT 5",
+        )?;
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()
+    }) {
+        Ok(rows) => {
+            for (sku, available, reserved) in rows {
+                println!("  {sku:<10} available {available:>9}  held for orders {reserved:>6}");
+            }
+        }
+        Err(e) => println!("  ({} can't be read: {e})", inventory_db.display()),
+    }
+    let base = monitor.trim_end_matches('/');
+    println!("saga monitor: http://{base}/sagas/stats, http://{base}/sagas?status=compensated");
+    println!(
+        "  eipctl saga list --status compensated --monitor {base}; eipctl saga show ID --monitor {base}"
+    );
+    anyhow::ensure!(ok, "the sagas differ from what was expected");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +348,7 @@ mod tests {
     #[test]
     fn stats_group_failures() {
         let s = Stats {
+            compensations: Default::default(),
             saga: "order_fulfilment".into(),
             counts: [("completed".to_string(), 8), ("stuck".to_string(), 0)].into(),
             failures: vec![FailureGroup {

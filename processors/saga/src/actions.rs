@@ -379,3 +379,18 @@ pub fn compensate(undo: Undo, res: &mut Resources, saga: &str) -> Decision {
 #[cfg(test)]
 #[path = "actions_tests.rs"]
 mod tests;
+
+/// Where a saga would fail by injection alone: the index of the first step whose role's
+/// `fail_rate` (from `rates`, by role) injects a failure for this saga, or None when every
+/// step passes. The demo's expectation uses it, with limits and stock large enough that only
+/// injection fails a step.
+pub fn injected_failure(
+    def: &crate::definition::Definition,
+    rates: &std::collections::BTreeMap<String, f64>,
+    saga: &str,
+) -> Option<usize> {
+    def.steps.iter().position(|s| {
+        let rate = rates.get(&s.participant).copied().unwrap_or(0.0);
+        injected(saga, &s.name, rate)
+    })
+}

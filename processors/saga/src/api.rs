@@ -135,6 +135,9 @@ pub struct Stats {
     pub counts: std::collections::BTreeMap<String, i64>,
     /// Failures by step and code, most frequent first.
     pub failures: Vec<FailureGroup>,
+    /// Compensations seen, by step.
+    #[serde(default)]
+    pub compensations: std::collections::BTreeMap<String, i64>,
 }
 
 /// Failures of one step with one code.
@@ -249,9 +252,21 @@ async fn by_correlation(
 }
 
 async fn stats(State(api): State<Api>) -> Result<Json<Stats>, Problem> {
-    let (counts, failures) = api
-        .read(|conn| Ok((saga_views::counts(conn)?, saga_views::failures(conn)?)))
+    let (counts, failures, types) = api
+        .read(|conn| {
+            Ok((
+                saga_views::counts(conn)?,
+                saga_views::failures(conn)?,
+                saga_views::event_types(conn)?,
+            ))
+        })
         .await?;
+    let mut compensations = std::collections::BTreeMap::new();
+    for (event_type, n) in types {
+        if let Some(crate::definition::Role::Compensated(i)) = api.def.role_of(&event_type) {
+            compensations.insert(api.def.steps[i].name.clone(), n);
+        }
+    }
     let mut all: std::collections::BTreeMap<String, i64> = Status::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
@@ -266,6 +281,7 @@ async fn stats(State(api): State<Api>) -> Result<Json<Stats>, Problem> {
             .into_iter()
             .map(|(step, code, sagas)| FailureGroup { step, code, sagas })
             .collect(),
+        compensations,
     }))
 }
 

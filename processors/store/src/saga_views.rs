@@ -391,3 +391,10 @@ pub fn failures(conn: &Connection) -> rusqlite::Result<Vec<(String, String, i64)
     .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
     .collect()
 }
+
+/// How many events of each type the sagas hold.
+pub fn event_types(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    conn.prepare_cached("SELECT event_type, COUNT(*) FROM saga_events GROUP BY event_type")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}

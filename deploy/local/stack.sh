@@ -370,6 +370,8 @@ case "$cmd" in
     start-broker) apt_install python3 python3; java_17; start_broker ;;
     install-kafka) java_17; maven_server kafka "$HERE/kafka" "$KAFKA_HOME" "kafka.version=$KAFKA_VERSION" ;;
     install-cql) install_cql ;;
+    # The dashboard test drives the saga monitor's page in headless Chromium (Debian's).
+    install-chromium) apt_install chromium chromium ;;
     start-cql) apt_install python3 python3; install_cql; start_cql ;;
     stop-cql) stop_one cassandra 60 ;;
     status) status_one kafka "127.0.0.1:$KAFKA_PORT (kafka $KAFKA_VERSION)"

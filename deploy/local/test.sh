@@ -22,6 +22,7 @@ export EIP_PROMETHEUS_PORT=${EIP_TEST_PROMETHEUS_PORT:-19190}
 
 log "installing what the tests need"
 bash deploy/local/stack.sh install
+bash deploy/local/stack.sh install-chromium
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: fail loudly
 
 pub mod bench;
+pub mod contract;
 pub mod cqrs;
 pub mod orders;
 pub mod plain;
@@ -107,12 +108,33 @@ where
     }
 }
 
-/// Creates topics on `ep` with `partitions` each.
+/// Creates topics on `ep` with `partitions` each, and waits until the broker's metadata
+/// shows them all (creation is acknowledged by the controller a moment before the broker
+/// serves the new topics' metadata, and a processor started at once would find them
+/// missing).
 pub async fn create_topics(ep: &Endpoints, names: &[&str], partitions: i32) {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     eipctl::create_topics(ep, &names, partitions, None)
         .await
         .unwrap();
+    let kafka = ep.kafka();
+    eventually(
+        "the new topics in the metadata",
+        Duration::from_secs(30),
+        || {
+            let (kafka, names) = (kafka.clone(), names.clone());
+            async move {
+                let missing = tokio::task::spawn_blocking(move || {
+                    eip_runtime::kafka::missing_topics(&kafka, &names, Duration::from_secs(5))
+                })
+                .await
+                .ok()?
+                .ok()?;
+                missing.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 /// Registers every schema with the registry of `ep`.

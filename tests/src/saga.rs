@@ -355,6 +355,21 @@ pub fn orders(prefix: &str, n: usize) -> Vec<TestOrder> {
 
 /// Places and confirms each order (PlaceOrder then ConfirmOrder, keyed by order id).
 pub async fn place_and_confirm(ep: &Endpoints, codec: &Codec, topic: &str, orders: &[TestOrder]) {
+    place_then(ep, codec, topic, orders, false).await;
+}
+
+/// Places each order and cancels it before it is confirmed: no saga starts.
+pub async fn place_and_cancel(ep: &Endpoints, codec: &Codec, topic: &str, orders: &[TestOrder]) {
+    place_then(ep, codec, topic, orders, true).await;
+}
+
+async fn place_then(
+    ep: &Endpoints,
+    codec: &Codec,
+    topic: &str,
+    orders: &[TestOrder],
+    cancel: bool,
+) {
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &ep.brokers)
         .set("enable.idempotence", "true")
@@ -395,12 +410,22 @@ pub async fn place_and_confirm(ep: &Endpoints, codec: &Codec, topic: &str, order
             })
             .await
             .unwrap();
-        let confirm = codec
-            .encode(&ConfirmOrder {
-                metadata: meta("confirm"),
-            })
-            .await
-            .unwrap();
+        let confirm = if cancel {
+            codec
+                .encode(&eip_schemas::types::CancelOrder {
+                    metadata: meta("cancel"),
+                    reason: "changed my mind".into(),
+                })
+                .await
+                .unwrap()
+        } else {
+            codec
+                .encode(&ConfirmOrder {
+                    metadata: meta("confirm"),
+                })
+                .await
+                .unwrap()
+        };
         // Enqueued in order (the idempotent producer keeps it): placed, then confirmed.
         for payload in [place, confirm] {
             let record = FutureRecord::to(topic)

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use eip_tests::cqrs::eipctl_run;
 use eip_tests::saga::{
-    Inject, ROLES, SagaRig, TestOrder, final_order_events, orders, place_and_confirm,
+    Inject, ROLES, SagaRig, TestOrder, final_order_events, orders, place_and_cancel,
+    place_and_confirm,
 };
 use eip_tests::*;
 
@@ -24,7 +25,8 @@ async fn all_final(rig: &SagaRig, n: i64) -> BTreeMap<String, i64> {
         if let Some(c) = rig.counts().await {
             let done = c.get("completed").copied().unwrap_or(0)
                 + c.get("compensated").copied().unwrap_or(0);
-            if done == n {
+            if done >= n {
+                assert_eq!(done, n, "more sagas than orders confirmed: {c:?}");
                 return c;
             }
             if std::time::Instant::now() > deadline {
@@ -177,8 +179,19 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     rig.start_participants();
     rig.start_monitor();
     let placed = orders(&rig.stack.names.input, 120);
+    // Orders cancelled before they are confirmed start no saga, though their
+    // OrderCancelled is the saga's end event.
+    let never = orders(&format!("{}-never", rig.stack.names.input), 10);
+    place_and_cancel(&ep, &codec, &rig.stack.names.input, &never).await;
     place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
     check_outcome(&rig, &ep, &placed, 4).await;
+    for o in &never {
+        let (status, _) = http_get(&rig.monitor_addr, &format!("/sagas/{}", o.id))
+            .await
+            .unwrap();
+        assert_eq!(status, 404, "{} never started a saga", o.id);
+    }
+    api_matches_the_contract(&rig, &compensated_id(&rig).await).await;
     // Bad requests get a 400 with a JSON reason; an unknown saga a 404.
     for (path, status, reason) in [
         ("/sagas?status=lost", 400, "status=\"lost\""),
@@ -431,5 +444,83 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
     assert!(
         invoices.is_empty(),
         "invoicing acted on a step that had failed"
+    );
+}
+
+async fn compensated_id(rig: &SagaRig) -> String {
+    rig.sagas("compensated").await[0]["saga_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every answer of the monitor's API documented in docs/openapi.json is triggered, against
+/// the running monitor (and, for the 503, the same routes over a store that can't be
+/// opened), and checked against the document.
+async fn api_matches_the_contract(rig: &SagaRig, id: &str) {
+    use eip_tests::contract::{contract, get};
+    let c = contract();
+    let mut observed = BTreeSet::new();
+    let mut note = |template: &str, obs: &eip_tests::contract::Observed| {
+        c.check("get", template, obs);
+        observed.insert((template.to_string(), "get".to_string(), obs.status));
+    };
+    let long = "x".repeat(1_025);
+    let m = rig.monitor_addr.as_str();
+    for (template, path) in [
+        ("/sagas", "/sagas?status=completed&limit=3".to_string()),
+        ("/sagas", "/sagas?status=lost".to_string()),
+        ("/sagas/stats", "/sagas/stats".to_string()),
+        ("/sagas/{saga_id}", format!("/sagas/{id}")),
+        ("/sagas/{saga_id}", format!("/sagas/{long}")),
+        ("/sagas/{saga_id}", "/sagas/none-such".to_string()),
+        (
+            "/sagas/by-correlation/{correlation_id}",
+            format!("/sagas/by-correlation/corr-{id}"),
+        ),
+        (
+            "/sagas/by-correlation/{correlation_id}",
+            format!("/sagas/by-correlation/{long}"),
+        ),
+    ] {
+        note(template, &get(m, &path).await);
+    }
+    // The same routes over a store that can't be opened answer 503 with Retry-After.
+    let def = eip_saga::definition::Definition::load(&rig.definition).unwrap();
+    let api = eip_saga::api::Api::new(
+        std::sync::Arc::new(def),
+        rig.dir.path().join("no-such-dir/monitor.db"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, eip_saga::api::routes(api))
+            .await
+            .unwrap();
+    });
+    for (template, path) in [
+        ("/sagas", "/sagas?status=stuck"),
+        ("/sagas/stats", "/sagas/stats"),
+        ("/sagas/{saga_id}", "/sagas/o-1"),
+        (
+            "/sagas/by-correlation/{correlation_id}",
+            "/sagas/by-correlation/c-1",
+        ),
+    ] {
+        let obs = get(&addr, path).await;
+        assert_eq!(obs.status, 503, "{path}: {}", obs.body);
+        note(template, &obs);
+    }
+    server.abort();
+    let documented = c.operations("eip-saga-monitor");
+    let missing: Vec<_> = documented.difference(&observed).collect();
+    assert!(
+        missing.is_empty(),
+        "documented but never triggered: {missing:?}"
+    );
+    let undocumented: Vec<_> = observed.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "observed but not documented: {undocumented:?}"
     );
 }

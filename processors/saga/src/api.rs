@@ -25,19 +25,62 @@ use crate::fold::Status;
 /// The largest page.
 pub const MAX_LIMIT: u32 = 500;
 
-/// What the API reads: the definition and the monitor's store.
+/// Step latencies this monitor instance measured since it started: the last
+/// [`Latencies::KEEP`] per step, for the dashboard's percentiles (Prometheus keeps the full
+/// histograms, `eip_saga_step_seconds`).
+#[derive(Debug, Default)]
+pub struct Latencies(
+    std::sync::Mutex<std::collections::BTreeMap<String, std::collections::VecDeque<i64>>>,
+);
+
+impl Latencies {
+    /// How many latencies are kept per step.
+    pub const KEEP: usize = 10_000;
+
+    /// Records that `step` took `ms`.
+    pub fn record(&self, step: &str, ms: i64) {
+        if let Ok(mut all) = self.0.lock() {
+            let q = all.entry(step.to_string()).or_default();
+            if q.len() == Self::KEEP {
+                q.pop_front();
+            }
+            q.push_back(ms);
+        }
+    }
+
+    /// The `p`-th percentile (0 to 100) of `step`'s kept latencies, if any.
+    pub fn percentile(&self, step: &str, p: f64) -> Option<i64> {
+        let all = self.0.lock().ok()?;
+        let mut v: Vec<i64> = all.get(step)?.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        v.get(rank.clamp(1, v.len()) - 1).copied()
+    }
+}
+
+/// What the API reads: the definition, the monitor's store, and its measured latencies.
 #[derive(Debug, Clone)]
 pub struct Api {
     def: Arc<Definition>,
     db: Arc<PathBuf>,
+    latencies: Arc<Latencies>,
 }
 
 impl Api {
     /// An API over the store at `db`.
     pub fn new(def: Arc<Definition>, db: PathBuf) -> Api {
+        Api::with_latencies(def, db, Arc::new(Latencies::default()))
+    }
+
+    /// An API over the store at `db` that shows `latencies`.
+    pub fn with_latencies(def: Arc<Definition>, db: PathBuf, latencies: Arc<Latencies>) -> Api {
         Api {
             def,
             db: Arc::new(db),
+            latencies,
         }
     }
 
@@ -285,11 +328,144 @@ async fn stats(State(api): State<Api>) -> Result<Json<Stats>, Problem> {
     }))
 }
 
+/// One step's figures on the dashboard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StepFigures {
+    /// The step.
+    pub step: String,
+    /// Completions seen.
+    pub completed: i64,
+    /// Failures seen.
+    pub failed: i64,
+    /// failed / (completed + failed).
+    pub failure_rate: f64,
+    /// Compensations seen.
+    pub compensated: i64,
+    /// Median latency from trigger to completion (this monitor instance, since it started).
+    pub p50_ms: Option<i64>,
+    /// 99th percentile of the same.
+    pub p99_ms: Option<i64>,
+}
+
+/// What the dashboard shows, in one answer (and in each live update).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DashboardState {
+    /// The definition's name.
+    pub saga: String,
+    /// Sagas per status.
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// Each step's figures, in the definition's order.
+    pub steps: Vec<StepFigures>,
+    /// Failures by step and code.
+    pub failures: Vec<FailureGroup>,
+    /// The 20 stalest stuck sagas.
+    pub stuck: Vec<SagaView>,
+    /// The 20 stalest running sagas.
+    pub running: Vec<SagaView>,
+}
+
+impl Api {
+    async fn dashboard_state(&self) -> Result<DashboardState, Problem> {
+        let (counts, failures, types, stuck, running) = self
+            .read(|conn| {
+                Ok((
+                    saga_views::counts(conn)?,
+                    saga_views::failures(conn)?,
+                    saga_views::event_types(conn)?,
+                    saga_views::list(conn, "stuck", None, 20)?,
+                    saga_views::list(conn, "running", None, 20)?,
+                ))
+            })
+            .await?;
+        let types: std::collections::HashMap<String, i64> = types.into_iter().collect();
+        let n = |t: Option<&String>| t.and_then(|t| types.get(t)).copied().unwrap_or(0);
+        let steps = self
+            .def
+            .steps
+            .iter()
+            .map(|s| {
+                let (completed, failed) = (n(Some(&s.completed_by)), n(Some(&s.failed_by)));
+                StepFigures {
+                    step: s.name.clone(),
+                    completed,
+                    failed,
+                    failure_rate: if completed + failed == 0 {
+                        0.0
+                    } else {
+                        failed as f64 / (completed + failed) as f64
+                    },
+                    compensated: n(s.compensated_by.as_ref()),
+                    p50_ms: self.latencies.percentile(&s.name, 50.0),
+                    p99_ms: self.latencies.percentile(&s.name, 99.0),
+                }
+            })
+            .collect();
+        let mut all: std::collections::BTreeMap<String, i64> = Status::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
+        all.extend(counts);
+        Ok(DashboardState {
+            saga: self.def.name.clone(),
+            counts: all,
+            steps,
+            failures: failures
+                .into_iter()
+                .map(|(step, code, sagas)| FailureGroup { step, code, sagas })
+                .collect(),
+            stuck,
+            running,
+        })
+    }
+}
+
+async fn dashboard_state(State(api): State<Api>) -> Result<Json<DashboardState>, Problem> {
+    Ok(Json(api.dashboard_state().await?))
+}
+
+/// The dashboard's live updates: the dashboard state as a server-sent event (`state`) every
+/// second, for as long as the client listens.
+async fn live(
+    State(api): State<Api>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    let stream = futures_util::stream::unfold((api, true), |(api, first)| async move {
+        if !first {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let event = match api.dashboard_state().await {
+            Ok(state) => axum::response::sse::Event::default()
+                .event("state")
+                .json_data(&state)
+                .unwrap_or_default(),
+            Err(p) => axum::response::sse::Event::default()
+                .event("unavailable")
+                .data(p.reason.clone()),
+        };
+        Some((Ok(event), (api, false)))
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+/// The dashboard page: one file, no build step.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD,
+    )
+}
+
 /// The API's routes.
 pub fn routes(api: Api) -> Router {
     Router::new()
+        .route("/dashboard", get(dashboard))
         .route("/sagas", get(list))
         .route("/sagas/stats", get(stats))
+        .route("/sagas/dashboard-state", get(dashboard_state))
+        .route("/sagas/live", get(live))
         .route("/sagas/by-correlation/{id}", get(by_correlation))
         .route("/sagas/{id}", get(one))
         .with_state(api)

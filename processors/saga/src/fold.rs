@@ -142,6 +142,16 @@ impl Saga {
         true
     }
 
+    /// True once the saga has an event that only a saga has: its start, or any event of a
+    /// step (or a timeout). The end compensation alone (an order cancelled, which happens to
+    /// orders that never started a saga too) does not make a saga.
+    pub fn anchored(&self, def: &Definition) -> bool {
+        self.events.values().any(|e| {
+            e.event_type != STUCK
+                && !matches!(def.role_of(&e.event_type), Some(Role::EndCompensated))
+        })
+    }
+
     /// How many distinct events: the saga's version in the store (it only grows).
     pub fn version(&self) -> i64 {
         i64::try_from(self.events.len()).unwrap_or(i64::MAX)

@@ -248,3 +248,18 @@ proptest! {
         prop_assert_eq!(h1, h2);
     }
 }
+
+#[test]
+fn an_order_cancelled_without_a_saga_is_not_a_saga_until_a_saga_event_comes() {
+    let d = def();
+    let mut saga = Saga::default();
+    saga.observe(obs(&d.end.compensated_by, "cancelled", T0));
+    assert!(!saga.anchored(&d));
+    saga.observe(obs(&d.start_event, "start", T0 - 5));
+    assert!(saga.anchored(&d));
+    let mut marked = Saga::default();
+    let mut m = obs(STUCK, "stuck", T0);
+    m.step = Some("end".into());
+    marked.observe(m);
+    assert!(!marked.anchored(&d));
+}

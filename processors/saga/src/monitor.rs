@@ -111,6 +111,7 @@ pub struct Monitor {
     timeouts: Arc<str>,
     step_topics: Vec<String>,
     metrics: SagaMetrics,
+    latencies: Arc<crate::api::Latencies>,
 }
 
 impl Monitor {
@@ -130,6 +131,7 @@ impl Monitor {
             def: Arc::new(def),
             store,
             metrics,
+            latencies: Arc::new(crate::api::Latencies::default()),
         };
         if config.pipeline.inputs.is_empty() {
             let mut inputs = monitor.def.topics();
@@ -155,7 +157,11 @@ impl Monitor {
 
     /// What the HTTP API reads.
     pub fn api(&self) -> crate::api::Api {
-        crate::api::Api::new(self.def.clone(), self.store.path().to_path_buf())
+        crate::api::Api::with_latencies(
+            self.def.clone(),
+            self.store.path().to_path_buf(),
+            self.latencies.clone(),
+        )
     }
 
     fn on_start(&self, running: Running) {
@@ -292,11 +298,22 @@ impl Monitor {
         let partition = state.partition().partition;
         let def = self.def.clone();
         let saga = self.saga(state, &id).await?;
-        let before = (!saga.events.is_empty()).then(|| {
+        // A saga's rows exist once it is anchored (its start or a step's event seen): an
+        // order cancelled without ever being confirmed is kept as an event, not shown as a
+        // saga.
+        let before = saga.anchored(&def).then(|| {
             let s = derive(&def, saga);
             (s, saga.version())
         });
         if !saga.observe(o.clone()) {
+            return Ok(());
+        }
+        let event = Write::Upsert {
+            row: event_row(&event_view(&o)),
+            stamp: 1,
+        };
+        if !saga.anchored(&def) {
+            state.staged.push(event);
             return Ok(());
         }
         let summary = derive(&def, saga);
@@ -307,10 +324,7 @@ impl Monitor {
             .unwrap_or_default();
         let new_rows = saga_rows(&self.view(&id, &summary, version, partition));
         let mut writes = diff(&old_rows, &new_rows, version);
-        writes.push(Write::Upsert {
-            row: event_row(&event_view(&o)),
-            stamp: 1,
-        });
+        writes.push(event);
         self.count(&o, saga);
         state.staged.extend(writes);
         match &summary.deadline {
@@ -332,6 +346,7 @@ impl Monitor {
                         .step_seconds
                         .with_label_values(&[name, &self.def.steps[i].name])
                         .observe(ms as f64 / 1000.0);
+                    self.latencies.record(&self.def.steps[i].name, ms);
                 }
             }
             Some(Role::Failed(i)) => self
@@ -423,6 +438,9 @@ impl Stateful for Monitor {
         let id = String::from_utf8_lossy(&timer.key).into_owned();
         let def = self.def.clone();
         let saga = self.saga(state, &id).await?;
+        if !saga.anchored(&def) {
+            return Ok(());
+        }
         let summary = derive(&def, saga);
         let Some(deadline) = summary.deadline else {
             return Ok(());

@@ -462,3 +462,28 @@ pub async fn final_order_events(
     }
     last
 }
+
+/// Opens `url` in headless Chromium (Debian's `chromium`, which `make test` installs) over
+/// the DevTools protocol (`tests/browser/page.mjs`, run by Node), waits until the JavaScript
+/// `condition` holds on the page, saves a screenshot to `shot`, and returns the rendered DOM.
+pub async fn browse(url: &str, shot: &std::path::Path, condition: &str) -> String {
+    let script = crate::repo_root().join("tests/browser/page.mjs");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .arg("--experimental-websocket")
+            .arg(&script)
+            .args([url, &shot.display().to_string(), condition, "60000"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser did not finish within 90 s")
+    .expect("node runs");
+    assert!(
+        out.status.success(),
+        "the page did not get there: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -371,6 +371,7 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
         out.contains("400") && out.contains("status=\"lost\""),
         "{out}"
     );
+    dashboard_shows_the_stuck_sagas(&rig, &id).await;
     let detail = rig.api(&format!("/sagas/{id}")).await.unwrap();
     let types: Vec<&str> = detail["events"]
         .as_array()
@@ -523,4 +524,42 @@ async fn api_matches_the_contract(rig: &SagaRig, id: &str) {
         undocumented.is_empty(),
         "observed but not documented: {undocumented:?}"
     );
+}
+
+/// The dashboard in headless Chromium, as a person would see it: the counts, the stuck saga
+/// listed, the searched saga's timeline, all live; and a screenshot kept in
+/// target/test-artifacts.
+async fn dashboard_shows_the_stuck_sagas(rig: &SagaRig, id: &str) {
+    let url = format!("http://{}/dashboard?saga={id}", rig.monitor_addr);
+    let dir = repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("saga-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    // Loaded, searched, and live (a server-sent update arrived).
+    let dom = eip_tests::saga::browse(
+        &url,
+        &shot,
+        "document.body.dataset.loaded === 'yes' && document.getElementById('live').className === 'on'",
+    )
+    .await;
+    assert!(dom.contains(r#"<b id="count-stuck">3</b>"#), "{dom}");
+    assert!(dom.contains(r#"<b id="count-completed">0</b>"#), "{dom}");
+    let stuck_table = dom.split(r#"<table id="stuck">"#).nth(1).unwrap();
+    let stuck_table = stuck_table.split("</table>").next().unwrap();
+    assert!(stuck_table.contains(id), "{stuck_table}");
+    assert!(
+        stuck_table.contains("compensation:points_redeemed"),
+        "{stuck_table}"
+    );
+    // The searched saga: its status, its failure, its timeline drawn, and its events.
+    assert!(dom.contains(r#"<b class="status">stuck</b>"#), "{dom}");
+    assert!(
+        dom.contains("failed at shipment_scheduled (timeout)"),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"id="timeline-svg""#), "{dom}");
+    assert!(dom.contains("eip.saga.SagaStepTimedOut"), "{dom}");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 20_000, "screenshot {}: {size} bytes", shot.display());
+    eprintln!("dashboard screenshot: {}", shot.display());
 }

@@ -244,6 +244,65 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
             .iter()
             .all(|e| e["topic"].as_str().is_some_and(|t| !t.is_empty()))
     );
+    // The story of a saga that failed after the stock was reserved, from the log itself,
+    // with the commands and outcomes around it.
+    let late = compensated
+        .iter()
+        .find(|s| {
+            [
+                "payment_authorized",
+                "points_redeemed",
+                "shipment_scheduled",
+                "invoice_issued",
+            ]
+            .contains(&s["failed_step"].as_str().unwrap())
+        })
+        .expect("a saga failed after inventory_reserved");
+    let one = late["saga_id"].as_str().unwrap();
+    let definition = rig.definition.display().to_string();
+    let (code, out) = eipctl_run(
+        &ep,
+        &[
+            "trace",
+            &format!("corr-{one}"),
+            "--definition",
+            &definition,
+            "--commands-topic",
+            &rig.stack.names.input,
+            "--outcomes-topic",
+            &rig.stack.outcomes,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let order = |ty: &str| {
+        out.lines()
+            .position(|l| l.contains(ty))
+            .unwrap_or_else(|| panic!("{ty} missing from the trace:\n{out}"))
+    };
+    // In causal order: placed and confirmed (commands, outcomes, events), the first saga
+    // step, the failure, and the cancellation the saga asked for.
+    assert!(
+        order("eip.orders.PlaceOrder") < order("eip.orders.OrderPlaced"),
+        "{out}"
+    );
+    assert!(
+        order("eip.orders.ConfirmOrder") < order("eip.orders.OrderConfirmed"),
+        "{out}"
+    );
+    assert!(
+        order("eip.orders.OrderConfirmed") < order("eip.customers.CustomerVerified"),
+        "{out}"
+    );
+    assert!(
+        order("eip.orders.CancelOrder") < order("eip.orders.OrderCancelled"),
+        "{out}"
+    );
+    assert!(out.contains(":cancel accepted"), "{out}");
+    assert!(
+        out.contains(&format!("{}[", rig.stack.events)),
+        "positions: {out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ pub mod cqrs;
 pub mod dlq;
 pub mod orders;
 pub mod saga;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::Arc;

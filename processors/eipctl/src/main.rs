@@ -95,6 +95,22 @@ enum Command {
     /// Sagas, from the saga monitor's API: list, show one, stats.
     #[command(subcommand)]
     Saga(SagaCmd),
+    /// The whole causal chain of one correlation id, read from the log: the commands (and how
+    /// each came in), their outcomes, the order's events, every saga step, compensation and
+    /// timeout, with the topic, partition and offset of each, in time order.
+    Trace {
+        /// The correlation id.
+        correlation_id: String,
+        /// The saga definition, for its topics.
+        #[arg(long, default_value = "deploy/sagas/order-fulfilment.toml")]
+        definition: std::path::PathBuf,
+        /// The orders' commands topic.
+        #[arg(long, default_value = "order-commands")]
+        commands_topic: String,
+        /// The orders' outcomes topic.
+        #[arg(long, default_value = "order-outcomes")]
+        outcomes_topic: String,
+    },
 }
 
 /// Where the saga monitor answers.
@@ -885,6 +901,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cqrs::query(&views.views(), q).await?
         }
         Command::Saga(cmd) => saga_cmd(cmd).await?,
+        Command::Trace {
+            correlation_id,
+            definition,
+            commands_topic,
+            outcomes_topic,
+        } => {
+            let def = eip_saga::config::load_definition(&definition)?;
+            let mut topics = def.topics();
+            topics.extend([commands_topic, outcomes_topic]);
+            topics.sort();
+            topics.dedup();
+            let codec = eip_schemas::Codec::new(ep.registry()?);
+            let links = eipctl::trace::trace(&ep, &codec, &topics, &correlation_id).await?;
+            anyhow::ensure!(
+                !links.is_empty(),
+                "no record of {} carries correlation id {correlation_id}",
+                topics.join(", ")
+            );
+            print!("{}", eipctl::trace::render(&correlation_id, &links));
+        }
         Command::Aggregate(AggregateCmd::History { id, db }) => cqrs::aggregate_history(&db, &id)?,
         Command::Aggregate(AggregateCmd::State { id, at_version, db }) => {
             cqrs::aggregate_state(&db, &id, at_version)?

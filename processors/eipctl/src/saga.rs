@@ -246,7 +246,8 @@ pub async fn summary(
         Err(e) => println!("  ({} can't be read: {e})", inventory_db.display()),
     }
     let base = monitor.trim_end_matches('/');
-    println!("saga monitor: http://{base}/sagas/stats, http://{base}/sagas?status=compensated");
+    println!("dashboard: http://{base}/dashboard (live; `make demo KEEP=1` keeps it up)");
+    println!("saga monitor API: http://{base}/sagas/stats, http://{base}/sagas?status=compensated");
     println!(
         "  eipctl saga list --status compensated --monitor {base}; eipctl saga show ID --monitor {base}"
     );

@@ -235,6 +235,31 @@ async fn saga_round(ep: &Endpoints, n: usize, partitions: i32, dir: &std::path::
     }
 }
 
+/// The participants' ceiling: one durable SQLite transaction per decision (the store's
+/// settings: WAL, `synchronous=FULL`), with a decision row written in each, and nothing else.
+fn decision_ceiling(dir: &std::path::Path, n: usize) -> f64 {
+    let path = dir.join(format!("{}.db", unique("bench-decisions")));
+    let mut conn = eip_store::sqlite::connect(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE d (saga_id TEXT NOT NULL, step TEXT NOT NULL, state TEXT NOT NULL,
+         PRIMARY KEY (saga_id, step)) WITHOUT ROWID",
+    )
+    .unwrap();
+    let started = Instant::now();
+    for i in 0..n {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        tx.execute(
+            "INSERT INTO d (saga_id, step, state) VALUES (?1, 'inventory_reserved', 'completed')",
+            [format!("o-{i}")],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    rate(n, started.elapsed())
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let a = BenchArgs::parse();
@@ -242,7 +267,14 @@ async fn main() {
     let Opening { ep, input, cpu } = opening("saga", "bench-saga-in", &a).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut pts, mut runs) = (Vec::new(), Vec::new());
+    let mut ceilings = Vec::new();
     for round in 1..=a.rounds {
+        let c = decision_ceiling(dir.path(), 2_000);
+        println!(
+            "round {round}: store ceiling: {c:>7.0} durable decisions/s (one SQLite transaction each, synchronous=FULL), so at most {:.0} sagas/s (payments decides twice per saga)",
+            c / 2.0
+        );
+        ceilings.push(c);
         let out = unique("bench-rt-out");
         create_topics(&ep, &[&out], a.partitions).await;
         let before = cpu.sample();
@@ -272,6 +304,17 @@ async fn main() {
     let p99 = median(runs.iter().map(|r| r.p99_ms as f64).collect());
     let m = median(runs.iter().map(|r| r.monitor_events_per_s).collect());
     let ratio = s * per / t;
+    let c = median(ceilings);
+    println!(
+        "median: store ceiling {c:.0} decisions/s = {:.0} sagas/s; the sagas reach {:.2}x of it; the bound that binds is {}",
+        c / 2.0,
+        s / (c / 2.0),
+        if c / 2.0 * per < t {
+            "the store's (one durable commit per decision), not the runtime's"
+        } else {
+            "the runtime's"
+        }
+    );
     println!(
         "median: {s:.0} sagas/s x {per:.1} records = {:.0} records/s against the pass-through's {t:.0}: {ratio:.2}x (target >= 0.5x: {}); saga p50 {p50:.0} ms, p99 {p99:.0} ms; monitor {m:.0} events/s",
         s * per,

@@ -57,28 +57,46 @@ fn resources_net_back(rig: &SagaRig, placed: &[TestOrder], completed: &BTreeSet<
             *held.entry(sku.clone()).or_default() += i64::from(*q);
         }
     }
-    for (sku, available, reserved) in rows(
+    let stock: BTreeMap<String, (i64, i64)> = rows(
         &rig.db("inventory"),
         "SELECT sku, available, reserved FROM stock",
-    ) {
-        let want = held.get(&sku).copied().unwrap_or(0);
+    )
+    .into_iter()
+    .map(|(sku, available, reserved)| (sku, (available, reserved)))
+    .collect();
+    for (sku, want) in &held {
         assert_eq!(
-            (reserved, available),
-            (want, 100_000 - want),
+            stock.get(sku),
+            Some(&(100_000 - want, *want)),
             "stock of {sku}"
         );
+    }
+    for (sku, (available, reserved)) in &stock {
+        if !held.contains_key(sku) {
+            assert_eq!((*available, *reserved), (100_000, 0), "stock of {sku}");
+        }
     }
     // Points: each customer is down exactly the points of their completed orders.
     let mut spent: BTreeMap<String, i64> = BTreeMap::new();
     for o in placed.iter().filter(|o| completed.contains(&o.id)) {
         *spent.entry(o.customer.clone()).or_default() += o.total() / 1_000;
     }
-    for (customer, balance, _) in rows(
+    let balances: BTreeMap<String, i64> = rows(
         &rig.db("loyalty"),
         "SELECT customer_id, balance, 0 FROM points",
-    ) {
-        let want = 100_000 - spent.get(&customer).copied().unwrap_or(0);
-        assert_eq!(balance, want, "points of {customer}");
+    )
+    .into_iter()
+    .map(|(customer, balance, _)| (customer, balance))
+    .collect();
+    for (customer, points) in spent.iter().filter(|(_, p)| **p > 0) {
+        assert!(
+            balances.contains_key(customer),
+            "{customer} redeemed {points} points: no balance row"
+        );
+    }
+    for (customer, balance) in &balances {
+        let want = 100_000 - spent.get(customer).copied().unwrap_or(0);
+        assert_eq!(*balance, want, "points of {customer}");
     }
     // Payments: a completed order is captured in full and not refunded; any other has
     // nothing charged (refunded in full, or never captured) and its authorization voided.
@@ -94,6 +112,10 @@ fn resources_net_back(rig: &SagaRig, placed: &[TestOrder], completed: &BTreeSet<
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    let paid: BTreeSet<&str> = payments.iter().map(|p| p.0.as_str()).collect();
+    for id in completed {
+        assert!(paid.contains(id.as_str()), "completed {id} has no payment");
+    }
     for (id, authorized, captured, refunded, voided) in payments {
         let total = totals[id.as_str()];
         assert_eq!(authorized, total, "{id}");
@@ -139,6 +161,9 @@ async fn check_outcome(
         assert_eq!(s["failure_code"], "injected", "{s}");
         assert!(s["flags"].as_array().unwrap().is_empty(), "{s}");
     }
+    for s in rig.sagas("completed").await {
+        assert!(s["flags"].as_array().unwrap().is_empty(), "{s}");
+    }
     resources_net_back(rig, placed, &completed);
     let finals = final_order_events(ep, &codec, &rig.stack.events).await;
     for o in placed {
@@ -175,7 +200,7 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     register(&ep).await;
     let codec = codec(&ep);
     // Failures injected at every participant, so each step fails somewhere.
-    let mut rig = SagaRig::new(&ep, "saga-e2e", "20s", "30s", everywhere(0.06)).await;
+    let mut rig = SagaRig::new(&ep, "saga-e2e", "60s", "60s", everywhere(0.06)).await;
     rig.start_participants();
     rig.start_monitor();
     let placed = orders(&rig.stack.names.input, 120);
@@ -199,6 +224,7 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
         ("/sagas?status=running&after=nope", 400, "not a cursor"),
         ("/sagas?colour=blue", 400, "colour"),
         ("/sagas/no-such-saga", 404, "no saga no-such-saga"),
+        ("/sagas/a/b", 404, "no such path"),
     ] {
         let (got, body) = http_get(&rig.monitor_addr, path).await.unwrap();
         assert_eq!(got, status, "{path}: {body}");
@@ -363,14 +389,14 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
     let ep = endpoints();
     register(&ep).await;
     let codec = codec(&ep);
-    // Shipping takes an hour: its step's 10 s deadline passes first (10 s leaves the test
-    // time to see every saga waiting there).
+    // Shipping takes an hour: its step's 15 s deadline passes first (15 s leaves the test
+    // time to see every saga waiting there and stop loyalty before the failure reaches it).
     let slow = vec![Inject {
         role: "shipping",
         fail_rate: 0.0,
         latency: Duration::from_secs(3_600),
     }];
-    let mut rig = SagaRig::new(&ep, "saga-timeout", "10s", "4s", slow).await;
+    let mut rig = SagaRig::new(&ep, "saga-timeout", "15s", "4s", slow).await;
     rig.start_participants();
     rig.start_monitor();
     let placed = orders(&rig.stack.names.input, 3);

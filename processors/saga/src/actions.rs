@@ -286,7 +286,8 @@ pub fn perform(
         Action::ScheduleShipment => done(format!("SHP-{saga}"), 0),
         Action::IssueInvoice => done(format!("INV-{saga}"), 0),
         Action::CapturePayment => match &mut res.payment {
-            Some(p) if !p.voided && p.authorized_cents > 0 => {
+            // An order of 0.00 is authorized for 0 and captured for 0.
+            Some(p) if !p.voided => {
                 p.captured_cents = p.authorized_cents;
                 done(format!("CAP-{saga}"), p.captured_cents)
             }

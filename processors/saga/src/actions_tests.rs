@@ -252,3 +252,31 @@ fn fraud_is_suspected_over_the_limit_and_every_event_name_maps_to_one_action() {
     );
     assert_eq!(Perform::of("eip.payments.PaymentRefunded"), None);
 }
+
+#[test]
+fn a_free_order_is_authorized_and_captured_for_nothing() {
+    let mut res = Resources::default();
+    perform(
+        Action::AuthorizePayment,
+        &policy(),
+        &mut res,
+        "o-0",
+        "s",
+        &order(&[("A", 1)], 0),
+    );
+    let d = perform(
+        Action::CapturePayment,
+        &policy(),
+        &mut res,
+        "o-0",
+        "s",
+        &order(&[], 0),
+    );
+    assert_eq!(
+        d,
+        Decision::Completed {
+            reference: "CAP-o-0".into(),
+            amount: 0
+        }
+    );
+}

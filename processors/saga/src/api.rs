@@ -251,7 +251,11 @@ async fn list(
     Ok(Json(Page { items, next }))
 }
 
-async fn one(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Detail>, Problem> {
+async fn one(
+    State(api): State<Api>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Detail>, Problem> {
+    let Path(id) = path.map_err(|e| Problem::bad(e.body_text()))?;
     check_id("saga id", &id)?;
     let key = id.clone();
     let (saga, events) = api
@@ -276,8 +280,9 @@ async fn one(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Deta
 
 async fn by_correlation(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Page>, Problem> {
+    let Path(id) = path.map_err(|e| Problem::bad(e.body_text()))?;
     check_id("correlation id", &id)?;
     let items = api
         .read(move |conn| {
@@ -468,5 +473,18 @@ pub fn routes(api: Api) -> Router {
         .route("/sagas/live", get(live))
         .route("/sagas/by-correlation/{id}", get(by_correlation))
         .route("/sagas/{id}", get(one))
+        .fallback(|| async {
+            Problem {
+                status: StatusCode::NOT_FOUND,
+                reason: "no such path: see docs/openapi.json (x-served-by: eip-saga-monitor)"
+                    .into(),
+            }
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                reason: "the saga API answers GET only".into(),
+            }
+        })
         .with_state(api)
 }

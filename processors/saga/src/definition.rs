@@ -176,6 +176,19 @@ pub enum Reaction {
     Block(usize),
 }
 
+/// Step names the records' ids use for themselves (`{saga}:timeout:{step}`,
+/// `{saga}:stuck:{expectation}`, the end compensation's decision `end`, and a step's state):
+/// a step can't be called that.
+pub const RESERVED: [&str; 7] = [
+    "end",
+    "timeout",
+    "stuck",
+    "completed",
+    "failed",
+    "compensated",
+    "blocked",
+];
+
 /// The full Avro name of the monitor's timeout event.
 pub const TIMED_OUT: &str = "eip.saga.SagaStepTimedOut";
 
@@ -326,6 +339,16 @@ impl Definition {
             }
             if !names.insert(s.name.clone()) {
                 return Err(err(at("name"), "another step has this name".into()));
+            }
+            if RESERVED.contains(&s.name.as_str()) {
+                return Err(err(
+                    at("name"),
+                    format!(
+                        "{:?} is reserved (the end compensation's and the monitor's own records use {})",
+                        s.name,
+                        RESERVED.join(", ")
+                    ),
+                ));
             }
             if !is_name(&s.participant) {
                 return Err(err(

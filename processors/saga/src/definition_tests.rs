@@ -137,6 +137,11 @@ fn every_broken_rule_names_the_file_the_step_and_the_field() {
             "steps[2] (inventory_reserved).compensated_by: \"InventoryReleased\" is not a full Avro name",
         ),
         (
+            "name = \"customer_notified\"",
+            "name = \"end\"",
+            "steps[8] (end).name: \"end\" is reserved",
+        ),
+        (
             "name = \"order_fulfilment\"",
             "name = \"Order Fulfilment\"",
             "saga definition f.toml: name:",

@@ -42,13 +42,18 @@ pub struct SagaRecord {
 }
 
 impl SagaRecord {
-    /// The saga the record belongs to: its `order_id`, else its aggregate id.
+    /// The saga the record belongs to: its `order_id`, else its aggregate id; None when there
+    /// is none, or it is not a valid id (empty, or past `eip_schemas::limits::MAX_ID_BYTES`).
     pub fn saga_id(&self) -> Option<&str> {
-        self.fields.order_id.as_deref().or(self
-            .fields
-            .metadata
-            .as_ref()
-            .map(|m| m.aggregate_id.as_str()))
+        self.fields
+            .order_id
+            .as_deref()
+            .or(self
+                .fields
+                .metadata
+                .as_ref()
+                .map(|m| m.aggregate_id.as_str()))
+            .filter(|id| eip_schemas::limits::id_problem(id).is_none())
     }
 
     /// The event id (empty when the record has no envelope).

@@ -120,6 +120,15 @@ impl Monitor {
     pub fn new(config: &mut Config<MonitorConfig>) -> Result<(Monitor, Extras), ConfigError> {
         let p = &config.processor;
         let def = load_definition(&p.definition)?;
+        if def.topics().contains(&p.observations_topic) {
+            return Err(ConfigError::invalid(
+                "observations_topic",
+                format!(
+                    "{} is a topic of the saga definition: the monitor's own topic must be another",
+                    p.observations_topic
+                ),
+            ));
+        }
         let store = Store::open(&p.db)
             .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?;
         let metrics = SagaMetrics::new()

@@ -426,7 +426,14 @@ fn decide_in(
             row.reason_code = Some("timeout".into());
             fresh(row)
         }
-        (Request::TimedOut, Some(_)) => Ok(Verdict::Nothing("decided before its timeout")),
+        // Decided before its timeout: publish that decision again (a repeat, same id), so a
+        // decision whose event was lost (killed after the commit, before the ack) goes out
+        // when the monitor's timeout comes, instead of leaving the saga waiting.
+        (Request::TimedOut, Some(row)) if row.state != "blocked" => Ok(Verdict::Publish {
+            row: Box::new(row),
+            fresh: false,
+        }),
+        (Request::TimedOut, Some(_)) => Ok(Verdict::Nothing("never performed: blocked")),
         (Request::Compensate { .. }, Some(row)) if row.state == "blocked" => {
             Ok(Verdict::Nothing("it was never performed"))
         }
@@ -469,6 +476,11 @@ fn decide_in(
             row.reason_code = Some("refused".into());
             fresh(row)
         }
+        // Refused again (the outcome redelivered): publish the failure again.
+        (Request::Refused { .. }, Some(row)) if row.state == "failed" => Ok(Verdict::Publish {
+            row: Box::new(row),
+            fresh: false,
+        }),
         (Request::Refused { .. }, _) => Ok(Verdict::Nothing("no requested step to refuse")),
     }
 }

@@ -188,12 +188,11 @@ async fn whichever_of_trigger_and_timeout_comes_first_decides_the_step() {
         unreachable!()
     };
     t.fields.order_id = Some("o-2".into());
-    assert!(
-        kit.record(Some("o-2"), Input::Saga(t))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // The timeout after the decision publishes that decision again (the same record), so a
+    // completion lost before its ack still goes out; it never turns into a failure.
+    let again = kit.record(Some("o-2"), Input::Saga(t)).await.unwrap();
+    assert_eq!(types(&again), ["eip.inventory.InventoryReserved"]);
+    assert_eq!(seen(&again[0]).2, seen(&out[0]).2);
 }
 
 #[tokio::test]
@@ -270,13 +269,16 @@ async fn the_orders_role_completes_the_order_and_cancels_it_after_the_compensati
         duplicate: false,
         decided_at: T0,
     });
-    let out = kit.record(Some("o-1"), refused).await.unwrap();
+    let out = kit.record(Some("o-1"), refused.clone()).await.unwrap();
     let (topic, ty, json) = seen(&out[0]);
     assert_eq!(
         (topic.as_str(), ty.as_str()),
         ("saga-orders", "eip.orders.OrderCompletionFailed")
     );
     assert_eq!(json["reason_code"], "refused");
+    // The outcome redelivered (a kill after the commit, before the ack): the failure again.
+    let again = kit.record(Some("o-1"), refused.clone()).await.unwrap();
+    assert_eq!(seen(&again[0]).2, json);
     // The end of a compensation wave: the order is cancelled, with the reason.
     let Input::Saga(mut r) = event("eip.inventory.InventoryReleased", "i-9") else {
         unreachable!()

@@ -26,5 +26,6 @@ cargo bench -p eip-tests --bench router -- --records "${EIP_BENCH_RECORDS:-10000
 cargo bench -p eip-tests --bench gateway
 cargo bench -p eip-tests --bench projector -- --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench orders -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
+cargo bench -p eip-tests --bench saga -- --sagas "${EIP_BENCH_SAGAS:-2000}" --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench latency
 cargo bench -p eip-tests --bench query

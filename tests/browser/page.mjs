@@ -19,7 +19,24 @@ const browser = spawn("chromium", [
   "--no-first-run", "--remote-debugging-port=0", `--user-data-dir=${profile}`,
   "--window-size=1400,1300", "about:blank",
 ], { stdio: ["ignore", "ignore", "pipe"] });
-const fail = (why) => { console.error(why); browser.kill("SIGKILL"); rmSync(profile, { recursive: true, force: true }); process.exit(1); };
+let done = false;
+// Stops the browser, waits until it is gone, and removes its profile (best effort: a child
+// process of Chromium may still be writing there for a moment).
+const finish = async (code) => {
+  done = true;
+  if (browser.exitCode === null && browser.signalCode === null) {
+    const gone = new Promise((resolve) => browser.once("exit", resolve));
+    browser.kill("SIGKILL");
+    await gone;
+  }
+  try {
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  } catch (e) {
+    console.error(`leaving ${profile}: ${e.message}`);
+  }
+  process.exit(code);
+};
+const fail = (why) => { console.error(why); finish(1); };
 setTimeout(() => fail(`timed out after ${timeout} ms waiting for: ${condition}`), timeout).unref();
 
 const port = await new Promise((resolve) => {
@@ -29,7 +46,7 @@ const port = await new Promise((resolve) => {
     const m = text.match(/DevTools listening on ws:\/\/127\.0\.0\.1:(\d+)\//);
     if (m) resolve(m[1]);
   });
-  browser.on("exit", (code) => fail(`chromium exited (${code}): ${text}`));
+  browser.on("exit", (code) => { if (!done) fail(`chromium exited (${code}): ${text}`); });
 });
 const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
 const page = targets.find((t) => t.type === "page");
@@ -56,8 +73,6 @@ await send("Page.navigate", { url });
 while (!(await evaluate(`!!(${condition})`))) await new Promise((r) => setTimeout(r, 200));
 const png = await send("Page.captureScreenshot", { format: "png" });
 writeFileSync(shot, Buffer.from(png.result.data, "base64"));
-process.stdout.write(await evaluate("document.documentElement.outerHTML"));
+const dom = await evaluate("document.documentElement.outerHTML");
 ws.close();
-browser.kill("SIGKILL");
-rmSync(profile, { recursive: true, force: true });
-process.exit(0);
+process.stdout.write(dom, () => finish(0));

@@ -15,6 +15,12 @@
 //! duration, from `OrderConfirmed` to `OrderCompleted` (the events' own times). Then a fresh
 //! saga monitor folds the round's saga topics: events/s, from its first record until every
 //! saga is completed in its store.
+//!
+//! `--monitor-sagas N` (for example 100000) instead measures the monitor alone with N sagas
+//! tracked: N completed sagas' observations (the start and ten completions each) are
+//! produced to a fresh observations topic, the monitor folds them, and the resident memory of
+//! the process (VmRSS, and its peak VmHWM) is printed with the fold rate (target: under
+//! 200 MB).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -260,9 +266,150 @@ fn decision_ceiling(dir: &std::path::Path, n: usize) -> f64 {
     rate(n, started.elapsed())
 }
 
+/// `VmRSS` and `VmHWM` of this process, in MB.
+fn memory_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// The monitor alone with `n` completed sagas to fold (see the module docs).
+async fn monitor_memory(ep: &Endpoints, n: usize, partitions: i32, dir: &std::path::Path) {
+    use eip_schemas::types::SagaObservation;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    register(ep).await;
+    let prefix = unique("bench-monitor");
+    let text = SHIPPED.replace("\"saga-", &format!("\"{prefix}-saga-"));
+    let def_path = dir.join(format!("{prefix}.toml"));
+    std::fs::write(&def_path, &text).unwrap();
+    let def = Definition::parse(&text, "saga.toml").unwrap();
+    let observations = format!("{prefix}-observations");
+    create_topics(
+        ep,
+        &[
+            &observations,
+            &format!("{observations}.dlq"),
+            &def.timeouts_topic,
+        ],
+        partitions,
+    )
+    .await;
+    let codec = codec(ep);
+    let producer: BaseProducer = eip_runtime::kafka::producer_config(&bench_kafka(ep))
+        .create()
+        .unwrap();
+    let t0 = 1_800_000_000_000i64;
+    let mut types = vec![def.start_event.clone()];
+    types.extend(def.steps.iter().map(|s| s.completed_by.clone()));
+    let mut produced = 0usize;
+    for i in 0..n {
+        let saga = format!("order-{i:07}");
+        for (k, ty) in types.iter().enumerate() {
+            let o = SagaObservation {
+                saga_id: saga.clone(),
+                event_type: ty.clone(),
+                event_id: format!("{saga}:{k}"),
+                correlation_id: format!("corr-{saga}"),
+                causation_id: None,
+                occurred_at: t0 + (i as i64) + 10 * k as i64,
+                topic: "synthetic".into(),
+                partition: 0,
+                offset: produced as i64,
+                reason: None,
+                reason_code: None,
+                step: None,
+                actor: None,
+            };
+            let payload = codec.encode(&o).await.unwrap();
+            send_blocking(
+                &producer,
+                BaseRecord::to(&observations)
+                    .key(saga.as_bytes())
+                    .payload(&payload),
+            );
+            produced += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let group = format!("{prefix}-monitor");
+    let mut mcfg: Config<MonitorConfig> = config(
+        ep,
+        &observations,
+        &group,
+        MonitorConfig {
+            definition: def_path,
+            db: dir.join(format!("{group}.db")),
+            observations_topic: observations.clone(),
+        },
+    );
+    mcfg.kafka = kafka(ep, &group);
+    quiet(&mut mcfg);
+    let before = memory_mb();
+    let (monitor, _extras) = Monitor::new(&mut mcfg).unwrap();
+    let m = InProcess::start_stateful(mcfg.clone(), monitor).await;
+    let folded = m
+        .running
+        .metrics
+        .consumed
+        .with_label_values(&["saga-monitor", &observations]);
+    let started = Instant::now();
+    let mut first = None;
+    while (folded.get() as usize) < produced {
+        if first.is_none() && folded.get() > 0 {
+            first = Some(Instant::now());
+        }
+        assert!(started.elapsed() < Duration::from_secs(1_800), "the monitor did not fold");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = first.unwrap_or(started).elapsed();
+    // Wait for the last group commit, then count what the store tracks.
+    let db = mcfg.processor.db.clone();
+    let tracked = loop {
+        let done = rusqlite::Connection::open(&db)
+            .ok()
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM sagas WHERE status = 'completed'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .ok()
+            })
+            .unwrap_or(0);
+        if done as usize >= n || started.elapsed() > Duration::from_secs(1_800) {
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let after = memory_mb();
+    m.stop().await.unwrap();
+    println!(
+        "monitor: {tracked} sagas tracked ({produced} observations folded at {:.0} events/s); resident memory of the process {:.0} MB (peak {:.0} MB; {:.0} MB before the monitor started); target under 200 MB: {}",
+        produced as f64 / elapsed.as_secs_f64(),
+        after.0,
+        after.1,
+        before.0,
+        if after.1 < 200.0 { "met" } else { "NOT met" }
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let a = BenchArgs::parse();
+    let monitor_sagas = a.usize("--monitor-sagas", 0);
+    if monitor_sagas > 0 {
+        let ep = endpoints();
+        let dir = tempfile::tempdir().unwrap();
+        monitor_memory(&ep, monitor_sagas, a.partitions, dir.path()).await;
+        return;
+    }
     let sagas = a.usize("--sagas", 2_000);
     let Opening { ep, input, cpu } = opening("saga", "bench-saga-in", &a).await;
     let dir = tempfile::tempdir().unwrap();

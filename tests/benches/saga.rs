@@ -365,7 +365,10 @@ async fn monitor_memory(ep: &Endpoints, n: usize, partitions: i32, dir: &std::pa
         if first.is_none() && folded.get() > 0 {
             first = Some(Instant::now());
         }
-        assert!(started.elapsed() < Duration::from_secs(1_800), "the monitor did not fold");
+        assert!(
+            started.elapsed() < Duration::from_secs(1_800),
+            "the monitor did not fold"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = first.unwrap_or(started).elapsed();

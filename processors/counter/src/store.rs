@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use eip_runtime::{Flush, Opened, PartitionId, ProcessError};
 use eip_store::sqlite::{
-    Claim, LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
+    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect, write_ledger,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -130,37 +130,28 @@ impl Store {
     /// Claims `partition`: raises its epoch, and loads its applied offset and pending timers,
     /// in one transaction.
     pub async fn claim(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
-        let path = self.path.clone();
-        let partition = partition.clone();
-        blocking(move || {
-            let mut conn = connect(&path).map_err(|e| classify("opening the store", e))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| classify("claiming a partition", e))?;
-            let Claim {
+        let (
+            conn,
+            Claim {
                 epoch,
                 applied,
                 timers,
-            } = claim(&tx, &partition)?;
-            tx.commit()
-                .map_err(|e| classify("claiming a partition", e))?;
-            let conn = Arc::new(Mutex::new(conn));
-            let timer_keys = timers
-                .iter()
-                .map(|t| crate::key_text(Some(&t.key)))
-                .collect();
-            Ok(Opened {
-                state: Partition {
-                    conn,
-                    epoch,
-                    staged: HashMap::new(),
-                    timer_keys,
-                },
-                timers,
-                applied,
-            })
+            },
+        ) = claim_partition(&self.path, partition).await?;
+        let timer_keys = timers
+            .iter()
+            .map(|t| crate::key_text(Some(&t.key)))
+            .collect();
+        Ok(Opened {
+            state: Partition {
+                conn: Arc::new(Mutex::new(conn)),
+                epoch,
+                staged: HashMap::new(),
+                timer_keys,
+            },
+            timers,
+            applied,
         })
-        .await
     }
 
     /// The group commit: one transaction that checks the epoch, adds the staged deltas,

@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+mod saga_cli;
 use eip_schemas::ErrorClass;
 use eipctl::dlq::ListLine;
 use eipctl::{Endpoints, ProduceSpec, cqrs};
+use saga_cli::{SagaCmd, saga_cmd};
 
 /// Operate an eip deployment: schemas, topics, sample data, dead letters.
 #[derive(Debug, Parser)]
@@ -98,72 +101,7 @@ enum Command {
     /// The whole causal chain of one correlation id, read from the log: the commands (and how
     /// each came in), their outcomes, the order's events, every saga step, compensation and
     /// timeout, with the topic, partition and offset of each, in time order.
-    Trace {
-        /// The correlation id.
-        correlation_id: String,
-        /// The saga definition, for its topics.
-        #[arg(long, default_value = "deploy/sagas/order-fulfilment.toml")]
-        definition: std::path::PathBuf,
-        /// The orders' commands topic.
-        #[arg(long, default_value = "order-commands")]
-        commands_topic: String,
-        /// The orders' outcomes topic.
-        #[arg(long, default_value = "order-outcomes")]
-        outcomes_topic: String,
-    },
-}
-
-/// Where the saga monitor answers.
-#[derive(Debug, clap::Args)]
-struct Monitor {
-    /// The saga monitor's address (its telemetry port, which serves the saga API).
-    #[arg(long, env = "EIP_SAGA_MONITOR", default_value = "127.0.0.1:9470")]
-    monitor: String,
-}
-
-#[derive(Debug, Subcommand)]
-enum SagaCmd {
-    /// Sagas of a status, stalest first.
-    List {
-        /// running, completed, compensating, compensated or stuck.
-        #[arg(long, default_value = "stuck")]
-        status: String,
-        /// Page size.
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
-        limit: u32,
-        /// `more: --after` of the previous page.
-        #[arg(long)]
-        after: Option<String>,
-        #[command(flatten)]
-        monitor: Monitor,
-    },
-    /// One saga: its path against the definition, and its timeline.
-    Show {
-        /// The saga id (the order id).
-        id: String,
-        #[command(flatten)]
-        monitor: Monitor,
-    },
-    /// Counts per status, and failures by step and code.
-    Stats {
-        #[command(flatten)]
-        monitor: Monitor,
-    },
-    /// Wait until the monitor reports the sagas `eipctl orders send --saga-definition`
-    /// expects, then summarize them; fails if they differ.
-    Summary {
-        /// The expectation `eipctl orders send --report` wrote.
-        #[arg(long)]
-        expect: std::path::PathBuf,
-        /// How long to wait for the sagas.
-        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
-        wait: Duration,
-        /// The inventory participant's SQLite file, for the inventory levels.
-        #[arg(long)]
-        inventory_db: std::path::PathBuf,
-        #[command(flatten)]
-        monitor: Monitor,
-    },
+    Trace(saga_cli::TraceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -848,20 +786,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let sent = eipctl::orders::send(&ep, &codec, &targets, &prefix, orders, poison).await?;
             let mut expect = cqrs::Expectation::of(&sent);
             if let (Some(def), Some(participants)) = (saga_definition, saga_participants) {
-                let def = eip_saga::config::load_definition(&def)?;
-                let config =
-                    eip_runtime::Config::<eip_saga::config::ParticipantConfig>::load_with_role(
-                        Some(&participants),
-                        eip_runtime::config::environment(),
-                        Some("expectation"),
-                    )?;
-                let rates = config
-                    .processor
-                    .inject
-                    .iter()
-                    .map(|(role, i)| (role.clone(), i.fail_rate))
-                    .collect();
-                expect = expect.with_sagas(&sent, &def, &rates);
+                expect = saga_cli::with_sagas(expect, &sent, &def, &participants)?;
             }
             std::fs::write(&report, serde_json::to_string_pretty(&expect)?)
                 .with_context(|| format!("writing {}", report.display()))?;
@@ -901,26 +826,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cqrs::query(&views.views(), q).await?
         }
         Command::Saga(cmd) => saga_cmd(cmd).await?,
-        Command::Trace {
-            correlation_id,
-            definition,
-            commands_topic,
-            outcomes_topic,
-        } => {
-            let def = eip_saga::config::load_definition(&definition)?;
-            let mut topics = def.topics();
-            topics.extend([commands_topic, outcomes_topic]);
-            topics.sort();
-            topics.dedup();
-            let codec = eip_schemas::Codec::new(ep.registry()?);
-            let links = eipctl::trace::trace(&ep, &codec, &topics, &correlation_id).await?;
-            anyhow::ensure!(
-                !links.is_empty(),
-                "no record of {} carries correlation id {correlation_id}",
-                topics.join(", ")
-            );
-            print!("{}", eipctl::trace::render(&correlation_id, &links));
-        }
+        Command::Trace(args) => saga_cli::trace(&ep, args).await?,
         Command::Aggregate(AggregateCmd::History { id, db }) => cqrs::aggregate_history(&db, &id)?,
         Command::Aggregate(AggregateCmd::State { id, at_version, db }) => {
             cqrs::aggregate_state(&db, &id, at_version)?
@@ -985,48 +891,4 @@ fn one_line(rendered: &str) -> String {
 fn parse_role(name: &str) -> Result<eip_runtime::topics::TopicRole, String> {
     eip_runtime::topics::TopicRole::parse(name)
         .ok_or_else(|| format!("{name:?} is not a role: history, dead-letters or stream"))
-}
-
-async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
-    use eipctl::saga;
-    let text = match cmd {
-        SagaCmd::List {
-            status,
-            limit,
-            after,
-            monitor,
-        } => {
-            let mut path = format!("/sagas?status={status}&limit={limit}");
-            if let Some(a) = after {
-                path.push_str(&format!("&after={a}"));
-            }
-            let page = saga::get(&monitor.monitor, &path).await?;
-            saga::render_list(&page, eip_runtime::stateful::now_ms())
-        }
-        SagaCmd::Show { id, monitor } => {
-            let detail = saga::get(&monitor.monitor, &format!("/sagas/{id}")).await?;
-            saga::render_show(&detail)
-        }
-        SagaCmd::Stats { monitor } => {
-            let stats = saga::get(&monitor.monitor, "/sagas/stats").await?;
-            saga::render_stats(&stats)
-        }
-        SagaCmd::Summary {
-            expect,
-            wait,
-            inventory_db,
-            monitor,
-        } => {
-            let text = std::fs::read_to_string(&expect)
-                .with_context(|| format!("reading {}", expect.display()))?;
-            let expect: cqrs::Expectation = serde_json::from_str(&text)?;
-            let sagas = expect
-                .sagas
-                .context("the expectation has no sagas: send with --saga-definition")?;
-            saga::summary(&monitor.monitor, &sagas, wait, &inventory_db).await?;
-            String::new()
-        }
-    };
-    print!("{text}");
-    Ok(())
 }

@@ -10,7 +10,7 @@ use eip_runtime::{Flush, Opened, PartitionId, ProcessError};
 use eip_schemas::types::SagaObservation;
 use eip_store::saga_views::{self, SAGA_EVENTS, SagaEventView};
 use eip_store::sqlite::{
-    Claim, LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
+    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect, write_ledger,
 };
 use eip_store::view_sqlite::execute_at;
 use eip_store::views::Write;
@@ -67,33 +67,25 @@ impl Store {
 
     /// Claims `partition`.
     pub async fn claim(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
-        let path = self.path.clone();
-        let partition = partition.clone();
-        blocking(move || {
-            let mut conn = connect(&path).map_err(|e| classify("opening the store", e))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| classify("claiming a partition", e))?;
-            let Claim {
+        let (
+            conn,
+            Claim {
                 epoch,
                 applied,
                 timers,
-            } = claim(&tx, &partition)?;
-            tx.commit()
-                .map_err(|e| classify("claiming a partition", e))?;
-            Ok(Opened {
-                state: Partition {
-                    conn: Arc::new(Mutex::new(conn)),
-                    partition,
-                    epoch,
-                    staged: Vec::new(),
-                    sagas: std::collections::HashMap::new(),
-                },
-                timers,
-                applied,
-            })
+            },
+        ) = claim_partition(&self.path, partition).await?;
+        Ok(Opened {
+            state: Partition {
+                conn: Arc::new(Mutex::new(conn)),
+                partition: partition.clone(),
+                epoch,
+                staged: Vec::new(),
+                sagas: std::collections::HashMap::new(),
+            },
+            timers,
+            applied,
         })
-        .await
     }
 
     /// The events of saga `id` as stored.

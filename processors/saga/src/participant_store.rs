@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use eip_runtime::{Flush, Opened, PartitionId, ProcessError};
 use eip_schemas::types::OrderSnapshot;
 use eip_store::sqlite::{
-    Claim, LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
+    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect, write_ledger,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -171,31 +171,23 @@ impl Store {
 
     /// Claims `partition`: raises its epoch; loads its applied offset and timers.
     pub async fn claim(&self, partition: &PartitionId) -> Result<Opened<Partition>, ProcessError> {
-        let path = self.path.clone();
-        let partition = partition.clone();
-        blocking(move || {
-            let mut conn = connect(&path).map_err(|e| classify("opening the store", e))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| classify("claiming a partition", e))?;
-            let Claim {
+        let (
+            conn,
+            Claim {
                 epoch,
                 applied,
                 timers,
-            } = claim(&tx, &partition)?;
-            tx.commit()
-                .map_err(|e| classify("claiming a partition", e))?;
-            Ok(Opened {
-                state: Partition {
-                    conn: Arc::new(Mutex::new(conn)),
-                    partition,
-                    epoch,
-                },
-                timers,
-                applied,
-            })
+            },
+        ) = claim_partition(&self.path, partition).await?;
+        Ok(Opened {
+            state: Partition {
+                conn: Arc::new(Mutex::new(conn)),
+                partition: partition.clone(),
+                epoch,
+            },
+            timers,
+            applied,
         })
-        .await
     }
 
     /// Decides `request` for `id` in one transaction (see the module docs).

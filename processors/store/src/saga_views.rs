@@ -251,14 +251,7 @@ pub fn event_row(e: &SagaEventView) -> Row {
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for table in SAGA_TABLES {
         conn.execute_batch(&table.sqlite_ddl(1))?;
-        let exists: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?1)",
-            params![table.name],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            conn.execute_batch(&table.sqlite_alias(1))?;
-        }
+        crate::view_sqlite::ensure_alias(conn, table, 1)?;
     }
     Ok(())
 }

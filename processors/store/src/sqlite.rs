@@ -87,6 +87,27 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ProcessError::fatal_from("store task", e))?
 }
 
+/// Opens its own connection to the file at `path` and claims `partition` on it in one
+/// `BEGIN IMMEDIATE` transaction (see [`claim`]), on the blocking pool: what every
+/// processor's `open` does first. Returns the connection, for the partition's worker to keep.
+pub async fn claim_partition(
+    path: &Path,
+    partition: &PartitionId,
+) -> Result<(Connection, Claim), ProcessError> {
+    let (path, partition) = (path.to_path_buf(), partition.clone());
+    blocking(move || {
+        let mut conn = connect(&path).map_err(|e| classify("opening the store", e))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| classify("claiming a partition", e))?;
+        let found = claim(&tx, &partition)?;
+        tx.commit()
+            .map_err(|e| classify("claiming a partition", e))?;
+        Ok((conn, found))
+    })
+    .await
+}
+
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {

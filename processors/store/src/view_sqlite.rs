@@ -72,14 +72,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             if let Some(building) = versions.building.get(view.name) {
                 conn.execute_batch(&table.sqlite_ddl(*building))?;
             }
-            let exists: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?1)",
-                params![table.name],
-                |r| r.get(0),
-            )?;
-            if !exists {
-                conn.execute_batch(&table.sqlite_alias(live))?;
-            }
+            ensure_alias(conn, table, live)?;
         }
     }
     conn.execute_batch(
@@ -88,6 +81,20 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                     SUM(revenue_cents) AS revenue_cents, COUNT(*) AS orders
              FROM product_sales GROUP BY day, sku, currency;",
     )
+}
+
+/// Creates the plain-name SQL view of `table` over `version`, unless it exists already (a
+/// switch replaces it; a start never does).
+pub fn ensure_alias(conn: &Connection, table: &Table, version: i64) -> rusqlite::Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?1)",
+        params![table.name],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        conn.execute_batch(&table.sqlite_alias(version))?;
+    }
+    Ok(())
 }
 
 /// Reads `view_versions`.

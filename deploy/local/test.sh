@@ -8,6 +8,8 @@ cd "$ROOT"
 EIP_SCRIPT=test
 . deploy/local/common.sh
 ensure_toolchain
+# One clean build, not a series of edits: incremental caches would add gigabytes on a CI disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 export EIP_STATE_DIR=${EIP_TEST_STATE_DIR:-$ROOT/.eip-local/test}
 export EIP_KAFKA_PORT=${EIP_TEST_KAFKA_PORT:-19192}

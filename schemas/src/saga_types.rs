@@ -136,6 +136,11 @@ pub struct SagaStepTimedOut {
     pub step: String,
     /// The deadline, in milliseconds since the Unix epoch.
     pub deadline: i64,
+    /// Why, when an operator asked for the step to fail (start compensation); None for a
+    /// deadline.
+    pub reason: Option<String>,
+    /// `operator` when an operator started the compensation; None for a deadline.
+    pub reason_code: Option<String>,
 }
 
 /// An event of a saga as the monitor saw it, re-keyed by saga id

@@ -713,6 +713,8 @@ mod tests {
             saga: "order_fulfilment".into(),
             step: "inventory_reserved".into(),
             deadline: i64::MIN,
+            reason: Some("compensation started by ops@example: \u{1F4A5}".into()),
+            reason_code: Some("operator".into()),
         });
         round_trip(SagaObservation {
             saga_id: o(),

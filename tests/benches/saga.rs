@@ -190,6 +190,7 @@ async fn saga_round(ep: &Endpoints, n: usize, partitions: i32, dir: &std::path::
             definition: def_path.clone(),
             db: dir.join(format!("{group}.db")),
             observations_topic: observations.clone(),
+            operator_tokens: Vec::new(),
         },
     );
     mcfg.pipeline.inputs.clear();
@@ -347,6 +348,7 @@ async fn monitor_memory(ep: &Endpoints, n: usize, partitions: i32, dir: &std::pa
             definition: def_path,
             db: dir.join(format!("{group}.db")),
             observations_topic: observations.clone(),
+            operator_tokens: Vec::new(),
         },
     );
     mcfg.kafka = kafka(ep, &group);

@@ -246,9 +246,25 @@ impl Contract {
 
 /// GETs `http://addr{path}` and returns the answer as observed.
 pub async fn get(addr: &str, path: &str) -> Observed {
-    let resp = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .timeout(std::time::Duration::from_secs(10))
+    let call = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    observe(call).await
+}
+
+/// POSTs `body` as JSON to `http://addr{path}`, with a bearer `token` if given, and returns
+/// the answer as observed.
+pub async fn post(addr: &str, path: &str, body: &Json, token: Option<&str>) -> Observed {
+    let mut call = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(body);
+    if let Some(t) = token {
+        call = call.bearer_auth(t);
+    }
+    observe(call).await
+}
+
+async fn observe(call: reqwest::RequestBuilder) -> Observed {
+    let resp = call
+        .timeout(std::time::Duration::from_secs(30))
         .send()
         .await
         .unwrap();

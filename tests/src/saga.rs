@@ -27,6 +27,9 @@ pub struct Inject {
     pub latency: Duration,
 }
 
+/// The bearer token the rig's monitor takes for operator actions.
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+
 /// A running saga pipeline.
 pub struct SagaRig {
     /// The orders topics and files.
@@ -209,6 +212,10 @@ impl SagaRig {
                 self.observations.clone(),
             ),
             ("EIP__TELEMETRY__LISTEN", self.monitor_addr.clone()),
+            (
+                "EIP__PROCESSOR__OPERATOR_TOKENS",
+                format!("[\"{OPERATOR_TOKEN}\"]"),
+            ),
         ]));
         self.monitor = Some(ChildProcess::spawn(&bin("eip-saga-monitor"), &[], &e));
     }
@@ -219,6 +226,33 @@ impl SagaRig {
             Some((200, body)) => serde_json::from_str(&body).ok(),
             _ => None,
         }
+    }
+
+    /// POSTs an operator action on saga `id` with `token`: the status and the JSON answer.
+    pub async fn act(
+        &self,
+        id: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .unwrap();
+        let mut call = client
+            .post(format!("http://{}/sagas/{id}/actions", self.monitor_addr))
+            .json(&body);
+        if let Some(t) = token {
+            call = call.bearer_auth(t);
+        }
+        let resp = call.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+        )
     }
 
     /// Sagas per status, from the monitor's API.

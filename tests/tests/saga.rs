@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use eip_tests::cqrs::eipctl_run;
 use eip_tests::saga::{
-    Inject, ROLES, SagaRig, TestOrder, final_order_events, orders, place_and_cancel,
-    place_and_confirm,
+    Inject, OPERATOR_TOKEN, ROLES, SagaRig, TestOrder, final_order_events, orders,
+    place_and_cancel, place_and_confirm,
 };
 use eip_tests::*;
 
@@ -403,13 +403,30 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
     place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
     // Every saga reaches shipping and waits there; then the loyalty participant, whose step
     // comes just before, goes away, so nobody restores the points.
-    eventually("the sagas at shipping", WAIT, || async {
+    let waiting = eventually("the sagas at shipping", WAIT, || async {
         let running = rig.sagas("running").await;
         (running.len() == 3 && running.iter().all(|s| s["step"] == "shipment_scheduled"))
-            .then_some(())
+            .then_some(running)
     })
     .await;
     rig.kill("loyalty").await;
+    // An operator starts one saga's compensation before its deadline: shipping fails the step
+    // with the operator's reason. Without a valid token nothing happens.
+    let chosen = waiting[0]["saga_id"].as_str().unwrap().to_string();
+    let ask = serde_json::json!({
+        "action": "compensate", "actor": "test-op", "reason": "customer called"
+    });
+    for token in [None, Some("not-the-token")] {
+        let (code, body) = rig.act(&chosen, ask.clone(), token).await;
+        assert_eq!(code, 401, "{body}");
+    }
+    let (code, body) = rig.act(&chosen, ask, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["step"], "shipment_scheduled", "{body}");
+    assert_eq!(
+        body["published"][0]["event_type"], "eip.saga.SagaStepTimedOut",
+        "{body}"
+    );
     // The deadline passes: the monitor publishes the timeout, shipping fails the step with
     // `timeout`, and the compensation of the points is overdue: stuck, listed, and counted.
     let stuck = eventually("the sagas stuck", WAIT, || async {
@@ -419,14 +436,26 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
     .await;
     for s in &stuck {
         assert_eq!(s["failed_step"], "shipment_scheduled", "{s}");
-        assert_eq!(s["failure_code"], "timeout", "{s}");
         assert_eq!(s["expect"], "compensation:points_redeemed", "{s}");
+        if s["saga_id"] == chosen.as_str() {
+            assert_eq!(s["failure_code"], "operator", "{s}");
+            assert_eq!(
+                s["failure_reason"], "compensation started by test-op: customer called",
+                "{s}"
+            );
+        } else {
+            assert_eq!(s["failure_code"], "timeout", "{s}");
+        }
     }
     eventually("the stuck gauge", WAIT, || async {
         (stuck_gauge(&rig).await == 3.0).then_some(())
     })
     .await;
-    let id = stuck[0]["saga_id"].as_str().unwrap().to_string();
+    let id = stuck
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .find(|s| *s != chosen)
+        .unwrap();
     // Operators see the same with eipctl.
     let monitor = rig.monitor_addr.clone();
     let (code, out) = eipctl_run(
@@ -466,8 +495,10 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
         .collect();
     assert!(types.contains(&"eip.saga.SagaStepTimedOut"), "{types:?}");
     assert!(types.contains(&"eip.saga.monitor.Stuck"), "{types:?}");
+    operator_actions_on_stuck_sagas(&rig, &ep, &id).await;
     // Loyalty comes back: the compensations go on, and every saga ends compensated, with the
-    // points restored and nothing charged.
+    // points restored (once, though one trigger was published twice) and nothing charged.
+    // The sagas marked resolved end compensated too: their own events end them.
     rig.restart("loyalty");
     let counts = all_final(&rig, 3).await;
     assert_eq!(counts["compensated"], 3, "{counts:?}");
@@ -530,6 +561,196 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
     assert!(
         invoices.is_empty(),
         "invoicing acted on a step that had failed"
+    );
+}
+
+/// The operator actions' path.
+const ACTIONS: &str = "/sagas/{saga_id}/actions";
+
+/// While loyalty is down: every documented answer of the operator actions (checked against
+/// docs/openapi.json), a re-emitted trigger, and two sagas resolved by filter with eipctl.
+async fn operator_actions_on_stuck_sagas(rig: &SagaRig, ep: &Endpoints, id: &str) {
+    let monitor = rig.monitor_addr.clone();
+    let act = |args: &[&str]| {
+        let mut all: Vec<String> = vec!["saga".into(), "act".into()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(
+            [
+                "--actor",
+                "test-op",
+                "--token",
+                OPERATOR_TOKEN,
+                "--monitor",
+                &monitor,
+            ]
+            .map(String::from),
+        );
+        all
+    };
+    let m = rig.monitor_addr.as_str();
+    let mut statuses = BTreeSet::new();
+    let mut note = |obs: &eip_tests::contract::Observed| {
+        eip_tests::contract::contract().check("post", ACTIONS, obs);
+        statuses.insert(obs.status);
+    };
+    let path = format!("/sagas/{id}/actions");
+    let post = eip_tests::contract::post;
+    let token = Some(OPERATOR_TOKEN);
+    let compensate = serde_json::json!({"action": "compensate", "actor": "test-op"});
+    // No token: a 401 with its challenge, and nothing done.
+    let obs = post(m, &path, &compensate, None).await;
+    assert_eq!(obs.status, 401, "{}", obs.body);
+    assert!(
+        obs.header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    note(&obs);
+    // Its compensation has started: starting it again is refused, with the reason.
+    let obs = post(m, &path, &compensate, token).await;
+    assert_eq!(obs.status, 409, "{}", obs.body);
+    assert!(
+        obs.error().contains("compensation has started"),
+        "{}",
+        obs.body
+    );
+    note(&obs);
+    // Malformed requests and unknown sagas.
+    let obs = post(
+        m,
+        &path,
+        &serde_json::json!({"action": "retry", "actor": "x"}),
+        token,
+    )
+    .await;
+    assert_eq!(obs.status, 400, "{}", obs.body);
+    note(&obs);
+    let obs = post(m, "/sagas/none-such/actions", &compensate, token).await;
+    assert_eq!(obs.status, 404, "{}", obs.body);
+    note(&obs);
+    // Re-emit: the shipping failure that triggers the points' compensation is published
+    // again, the same record (key, value) on the same partition.
+    let reemit = serde_json::json!({
+        "action": "reemit", "actor": "test-op", "reason": "loyalty was down"
+    });
+    let obs = post(m, &path, &reemit, token).await;
+    assert_eq!(obs.status, 202, "{}", obs.body);
+    note(&obs);
+    let done = obs.json();
+    assert_eq!(
+        done["published"][0]["event_type"], "eip.shipping.ShipmentSchedulingFailed",
+        "{done}"
+    );
+    assert_eq!(done["step"], "points_redeemed", "{done}");
+    let detail = eventually("the re-emit in the history", WAIT, || async {
+        let d = rig.api(&format!("/sagas/{id}")).await?;
+        let events = d["events"].as_array()?.clone();
+        events
+            .iter()
+            .any(|e| e["event_type"] == "eip.saga.operator.TriggerReemitted")
+            .then_some(events)
+    })
+    .await;
+    let find = |t: &str| {
+        detail
+            .iter()
+            .find(|e| e["event_type"] == t)
+            .unwrap_or_else(|| panic!("no {t} in {detail:?}"))
+            .clone()
+    };
+    let original = find("eip.shipping.ShipmentSchedulingFailed");
+    let again = find("eip.saga.operator.TriggerReemitted");
+    assert_eq!(again["actor"], "test-op", "{again}");
+    assert_eq!(again["reason"], "loyalty was down", "{again}");
+    assert_eq!(again["topic"], original["topic"], "{again}");
+    assert_eq!(again["partition"], original["partition"], "{again}");
+    assert_eq!(again["offset"], done["published"][0]["offset"], "{again}");
+    let records = read_all(ep, original["topic"].as_str().unwrap()).await;
+    let at = |e: &serde_json::Value| {
+        records
+            .iter()
+            .find(|r| {
+                i64::from(r.partition) == e["partition"].as_i64().unwrap()
+                    && r.offset == e["offset"].as_i64().unwrap()
+            })
+            .unwrap_or_else(|| panic!("no record at {e}"))
+    };
+    let (first, second) = (at(&original), at(&again));
+    assert!(second.offset > first.offset);
+    assert_eq!((&first.key, &first.payload), (&second.key, &second.payload));
+    // Operator actions off (no tokens): 403; a store that can't be read: 503.
+    let def = std::sync::Arc::new(eip_saga::definition::Definition::load(&rig.definition).unwrap());
+    let unreadable = rig.dir.path().join("no-such-dir/monitor.db");
+    let off = eip_saga::api::Api::new(def.clone(), unreadable.clone());
+    let kafka = eip_runtime::config::KafkaConfig {
+        brokers: ep.brokers.clone(),
+        ..Default::default()
+    };
+    let operator =
+        eip_saga::operate::Operator::new(def.clone(), &kafka, codec(ep), "unused").unwrap();
+    let down = eip_saga::api::Api::new(def, unreadable)
+        .with_operator(std::sync::Arc::new(operator), &[OPERATOR_TOKEN.to_string()]);
+    for (api, status) in [(off, 403), (down, 503)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, eip_saga::api::routes(api))
+                .await
+                .unwrap();
+        });
+        let obs = post(&addr, &path, &reemit, token).await;
+        assert_eq!(obs.status, status, "{}", obs.body);
+        note(&obs);
+        server.abort();
+    }
+    let documented: BTreeSet<u16> = eip_tests::contract::contract()
+        .operations("eip-saga-monitor")
+        .into_iter()
+        .filter(|(p, method, _)| p == ACTIONS && method == "post")
+        .map(|(_, _, status)| status)
+        .collect();
+    assert_eq!(
+        statuses, documented,
+        "POST {ACTIONS}: triggered vs documented"
+    );
+    // Resolve two by filter, with a progress bar: they leave the stuck list.
+    let args = act(&[
+        "resolve",
+        "--status",
+        "stuck",
+        "--failed-step",
+        "shipment_scheduled",
+        "--max",
+        "2",
+        "--reason",
+        "handled by hand",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = eipctl_run(ep, &args).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("resolve: 2 done, 0 refused, 0 failed"),
+        "{out}"
+    );
+    assert!(out.contains("100% 2/2 sagas"), "a progress bar: {out}");
+    let resolved = eventually("two sagas resolved", WAIT, || async {
+        let r = rig.sagas("resolved").await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!(rig.sagas("stuck").await.len(), 1);
+    eventually("the stuck gauge at 1", WAIT, || async {
+        (stuck_gauge(rig).await == 1.0).then_some(())
+    })
+    .await;
+    let rid = resolved[0]["saga_id"].as_str().unwrap();
+    let (code, out) = eipctl_run(ep, &["saga", "show", rid, "--monitor", &monitor]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(": resolved")
+            && out.contains("eip.saga.operator.Resolved")
+            && out.contains("by=test-op"),
+        "{out}"
     );
 }
 
@@ -598,7 +819,11 @@ async fn api_matches_the_contract(rig: &SagaRig, id: &str) {
         note(template, &obs);
     }
     server.abort();
-    let documented = c.operations("eip-saga-monitor");
+    let documented: BTreeSet<_> = c
+        .operations("eip-saga-monitor")
+        .into_iter()
+        .filter(|(_, method, _)| method == "get")
+        .collect();
     let missing: Vec<_> = documented.difference(&observed).collect();
     assert!(
         missing.is_empty(),

@@ -9,13 +9,12 @@
 //! - `aggregate history` prints an order's events from the orders journal, and `aggregate
 //!   state --at-version N` its state after version N.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use eip_orders::aggregate::{Event, replay};
-use eip_projector::rebuild::{Outcome, Plan, Progress, rebuild};
+use eip_projector::rebuild::{Outcome, Plan, rebuild};
 use eip_store::journal::Journal;
 use eip_store::sqlite::connect;
 use eip_store::view_any::AnyViews;
@@ -28,33 +27,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::Endpoints;
-
-/// A progress bar line: bar, percentage, counts, rate and ETA.
-pub fn bar(p: &Progress) -> String {
-    const WIDTH: usize = 30;
-    let fraction = if p.total == 0 {
-        1.0
-    } else {
-        (p.done as f64 / p.total as f64).min(1.0)
-    };
-    let filled = (fraction * WIDTH as f64).round() as usize;
-    let eta = if p.rate > 0.0 {
-        let secs = (p.total.saturating_sub(p.done) as f64 / p.rate).ceil() as u64;
-        humantime::format_duration(Duration::from_secs(secs)).to_string()
-    } else {
-        "?".into()
-    };
-    format!(
-        "[{}{}] {:>3.0}% {}/{} records, {:.0}/s, ETA {eta} (version {})",
-        "#".repeat(filled),
-        "-".repeat(WIDTH - filled),
-        fraction * 100.0,
-        p.done,
-        p.total,
-        p.rate,
-        p.version
-    )
-}
 
 /// `eipctl projection rebuild`.
 pub async fn rebuild_view(
@@ -83,22 +55,15 @@ pub async fn rebuild_view(
             on_signal.cancel();
         }
     });
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = crate::progress::bar(0);
+    bar.set_prefix("records");
     let outcome = rebuild(plan, cancel, |p| {
-        let line = bar(p);
-        let mut err = std::io::stderr();
-        // A terminal gets one line redrawn; a log gets a line per update.
-        let _ = if tty {
-            write!(err, "\r{line}")
-        } else {
-            writeln!(err, "{line}")
-        };
-        let _ = err.flush();
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        bar.set_message(format!("(version {})", p.version));
     })
     .await;
-    if tty {
-        eprintln!();
-    }
+    bar.abandon();
     match outcome? {
         Outcome::Switched {
             from,
@@ -322,33 +287,6 @@ pub fn aggregate_state(db: &Path, id: &str, at: Option<i64>) -> anyhow::Result<(
         .with_context(|| format!("{id} has no state at version {at}"))?;
     println!("{}", serde_json::to_string_pretty(&order)?);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bar_shows_share_rate_and_eta() {
-        let line = bar(&Progress {
-            done: 500,
-            total: 1_000,
-            rate: 100.0,
-            version: 2,
-        });
-        assert!(
-            line.starts_with("[###############---------------]  50% 500/1000"),
-            "{line}"
-        );
-        assert!(line.contains("100/s") && line.contains("ETA 5s") && line.contains("version 2"));
-        let done = bar(&Progress {
-            done: 10,
-            total: 0,
-            rate: 0.0,
-            version: 3,
-        });
-        assert!(done.contains("100%") && done.contains("ETA ?"), "{done}");
-    }
 }
 
 /// What a demo run expects the views to hold, as `eipctl orders send --report` writes it.

@@ -8,7 +8,9 @@
 pub mod cqrs;
 pub mod dlq;
 pub mod orders;
+pub mod progress;
 pub mod saga;
+pub mod saga_act;
 pub mod trace;
 
 use std::collections::HashMap;

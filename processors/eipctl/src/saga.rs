@@ -141,6 +141,9 @@ pub fn render_show(d: &Detail) -> String {
         if let Some(r) = &e.reason {
             line.push_str(&format!("  reason={r:?}"));
         }
+        if let Some(a) = &e.actor {
+            line.push_str(&format!("  by={a}"));
+        }
         out.push_str(&line);
         out.push('\n');
     }
@@ -247,6 +250,10 @@ pub async fn summary(
     }
     let base = monitor.trim_end_matches('/');
     println!("dashboard: http://{base}/dashboard (live; `make demo KEEP=1` keeps it up)");
+    println!(
+        "operator actions: eipctl saga act reemit|compensate|resolve ID (or --status stuck …) \
+         --monitor {base} --token <processor.operator_tokens>"
+    );
     println!("saga monitor API: http://{base}/sagas/stats, http://{base}/sagas?status=compensated");
     println!(
         "  eipctl saga list --status compensated --monitor {base}; eipctl saga show ID --monitor {base}"

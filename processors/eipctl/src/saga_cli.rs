@@ -18,7 +18,7 @@ pub struct Monitor {
 pub enum SagaCmd {
     /// Sagas of a status, stalest first.
     List {
-        /// running, completed, compensating, compensated or stuck.
+        /// running, completed, compensating, compensated, stuck or resolved.
         #[arg(long, default_value = "stuck")]
         status: String,
         /// Page size.
@@ -34,6 +34,48 @@ pub enum SagaCmd {
     Show {
         /// The saga id (the order id).
         id: String,
+        #[command(flatten)]
+        monitor: Monitor,
+    },
+    /// An operator action, recorded in each saga's history with who did it: `reemit` publishes
+    /// again the record that triggers what the saga waits for, `compensate` fails the step in
+    /// progress (its compensation follows), `resolve` marks the saga handled by hand. On one
+    /// saga (ID), or on every saga `--status` and the other filters select, with a progress
+    /// bar.
+    Act {
+        /// reemit, compensate or resolve.
+        #[arg(value_parser = ["reemit", "compensate", "resolve"])]
+        action: String,
+        /// One saga (the order id).
+        #[arg(required_unless_present = "status", conflicts_with = "status")]
+        id: Option<String>,
+        /// Every saga of this status (stuck, running, compensating).
+        #[arg(long)]
+        status: Option<String>,
+        /// ... whose step in progress (or being undone) is this one.
+        #[arg(long, requires = "status")]
+        step: Option<String>,
+        /// ... whose failed step is this one.
+        #[arg(long, requires = "status")]
+        failed_step: Option<String>,
+        /// ... with no progress for at least this long (`10m`).
+        #[arg(long, requires = "status", value_parser = humantime::parse_duration)]
+        idle_for: Option<Duration>,
+        /// ... at most this many, the stalest first.
+        #[arg(long, requires = "status")]
+        max: Option<usize>,
+        /// List the sagas the filter selects, and do nothing.
+        #[arg(long, requires = "status")]
+        dry_run: bool,
+        /// Who acts (default: the login name).
+        #[arg(long, env = "EIP_OPERATOR")]
+        actor: Option<String>,
+        /// Why (recorded with the action).
+        #[arg(long)]
+        reason: Option<String>,
+        /// A bearer token of the monitor's `processor.operator_tokens`.
+        #[arg(long, env = "EIP_SAGA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(flatten)]
         monitor: Monitor,
     },
@@ -79,6 +121,70 @@ pub async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
         SagaCmd::Show { id, monitor } => {
             let detail = saga::get(&monitor.monitor, &format!("/sagas/{id}")).await?;
             saga::render_show(&detail)
+        }
+        SagaCmd::Act {
+            action,
+            id,
+            status,
+            step,
+            failed_step,
+            idle_for,
+            max,
+            dry_run,
+            actor,
+            reason,
+            token,
+            monitor,
+        } => {
+            use eipctl::saga_act::{Client, Filter, act_on_all, render_done, render_outcome};
+            let request = eip_saga::operator::ActionRequest {
+                action: action.clone(),
+                actor: eipctl::saga_act::actor(actor)?,
+                reason,
+            };
+            let client = Client::new(&monitor.monitor, token);
+            if let Some(id) = id {
+                let done = client.act(&id, &request).await.map_err(|e| match e {
+                    eipctl::saga_act::NotDone::Refused(r) => anyhow::anyhow!("refused: {r}"),
+                    eipctl::saga_act::NotDone::Failed(r) => anyhow::anyhow!("{r}"),
+                })?;
+                render_done(&done)
+            } else {
+                let filter = Filter {
+                    status: status.unwrap_or_default(),
+                    step,
+                    failed_step,
+                    idle_for,
+                    max,
+                };
+                let sagas = client
+                    .select(&filter, eip_runtime::stateful::now_ms())
+                    .await?;
+                if dry_run {
+                    let page = eip_saga::api::Page {
+                        items: sagas,
+                        next: None,
+                    };
+                    print!(
+                        "{}",
+                        saga::render_list(&page, eip_runtime::stateful::now_ms())
+                    );
+                    return Ok(());
+                }
+                let ids: Vec<String> = sagas.into_iter().map(|s| s.saga_id).collect();
+                let bar = eipctl::progress::bar(ids.len() as u64);
+                bar.set_prefix("sagas");
+                bar.set_message(action.clone());
+                let outcome = act_on_all(&client, &ids, &request, &bar).await;
+                print!("{}", render_outcome(&action, &outcome));
+                anyhow::ensure!(
+                    outcome.failed.is_empty(),
+                    "{} of {} actions failed",
+                    outcome.failed.len(),
+                    ids.len()
+                );
+                String::new()
+            }
         }
         SagaCmd::Stats { monitor } => {
             let stats = saga::get(&monitor.monitor, "/sagas/stats").await?;

@@ -14,6 +14,7 @@
 //! - Prometheus metrics ([`metrics`]), `/healthz`, `/readyz` ([`health`], [`telemetry`]),
 //!   JSON logs and W3C trace context in headers ([`trace`]).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dlq;

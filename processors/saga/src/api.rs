@@ -3,24 +3,28 @@
 //! - `GET /sagas?status=stuck&limit=50&after=<cursor>`: sagas of a status, stalest first;
 //! - `GET /sagas/{id}`: one saga with its events in time order and its expected path;
 //! - `GET /sagas/by-correlation/{correlation_id}`: the sagas of a correlation id;
-//! - `GET /sagas/stats`: counts per status and failures grouped by step and code.
+//! - `GET /sagas/stats`: counts per status and failures grouped by step and code;
+//! - `POST /sagas/{id}/actions`: an operator action ([`crate::operator`]), with a bearer token
+//!   of `processor.operator_tokens`.
 //!
-//! Bad input gets a 400 with a JSON reason; an unknown saga a 404; a store that can't be
-//! read a 503 with `Retry-After`.
+//! Bad input gets a 400 with a JSON reason; an unknown saga a 404; an action the saga's state
+//! does not allow a 409; a store or broker that can't be reached a 503 with `Retry-After`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use eip_store::saga_views::{self, SagaEventView, SagaView};
 use serde::{Deserialize, Serialize};
 
 use crate::definition::Definition;
-use crate::fold::Status;
+use crate::fold::{Saga, Status};
+use crate::operate::{NotDone, Operator};
+use crate::operator::{ActionDone, ActionRequest};
 
 /// The largest page.
 pub const MAX_LIMIT: u32 = 500;
@@ -67,6 +71,8 @@ pub struct Api {
     def: Arc<Definition>,
     db: Arc<PathBuf>,
     latencies: Arc<Latencies>,
+    operator: Option<Arc<Operator>>,
+    tokens: Arc<Vec<Vec<u8>>>,
 }
 
 impl Api {
@@ -81,6 +87,17 @@ impl Api {
             def,
             db: Arc::new(db),
             latencies,
+            operator: None,
+            tokens: Arc::new(Vec::new()),
+        }
+    }
+
+    /// The same API, carrying out operator actions with `operator` for holders of `tokens`.
+    pub fn with_operator(self, operator: Arc<Operator>, tokens: &[String]) -> Api {
+        Api {
+            operator: Some(operator),
+            tokens: Arc::new(tokens.iter().map(|t| t.as_bytes().to_vec()).collect()),
+            ..self
         }
     }
 
@@ -104,21 +121,24 @@ impl Api {
 pub struct Problem {
     status: StatusCode,
     reason: String,
+    challenge: Option<&'static str>,
 }
 
 impl Problem {
-    fn bad(reason: impl Into<String>) -> Problem {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Problem {
         Problem {
-            status: StatusCode::BAD_REQUEST,
+            status,
             reason: reason.into(),
+            challenge: None,
         }
     }
 
+    fn bad(reason: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, reason)
+    }
+
     fn unavailable(reason: String) -> Problem {
-        Problem {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason,
-        }
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, reason)
     }
 }
 
@@ -132,6 +152,10 @@ impl IntoResponse for Problem {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(c) = self.challenge {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         r
     }
@@ -224,8 +248,10 @@ async fn list(
     let Query(q) = query.map_err(|e| Problem::bad(e.body_text()))?;
     let status = q.status.unwrap_or_else(|| "stuck".into());
     if Status::parse(&status).is_none() {
+        let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
         return Err(Problem::bad(format!(
-            "status={status:?}: one of running, completed, compensating, compensated, stuck"
+            "status={status:?}: one of {}",
+            all.join(", ")
         )));
     }
     let limit = q.limit.unwrap_or(50);
@@ -266,10 +292,7 @@ async fn one(
         })
         .await?;
     let Some(saga) = saga else {
-        return Err(Problem {
-            status: StatusCode::NOT_FOUND,
-            reason: format!("no saga {id}"),
-        });
+        return Err(Problem::new(StatusCode::NOT_FOUND, format!("no saga {id}")));
     };
     Ok(Json(Detail {
         saga,
@@ -463,6 +486,71 @@ async fn dashboard() -> impl IntoResponse {
     )
 }
 
+/// The operator's credentials: operator actions are off without tokens (403); a missing or
+/// wrong bearer token is a 401 with its challenge.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Problem> {
+    if api.tokens.is_empty() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "operator actions are off on this monitor: set processor.operator_tokens",
+        ));
+    }
+    eip_runtime::auth::check_bearer(&api.tokens, headers).map_err(|denied| Problem {
+        challenge: Some(match denied.error_code() {
+            None => "Bearer realm=\"eip-saga-monitor\"",
+            Some("invalid_request") => {
+                "Bearer realm=\"eip-saga-monitor\", error=\"invalid_request\""
+            }
+            Some(_) => "Bearer realm=\"eip-saga-monitor\", error=\"invalid_token\"",
+        }),
+        ..Problem::new(StatusCode::UNAUTHORIZED, denied.reason())
+    })
+}
+
+/// `POST /sagas/{id}/actions`: 202 with what was done and where it is recorded.
+async fn act(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<ActionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<ActionDone>), Problem> {
+    authorize(&api, &headers)?;
+    let Path(id) = path.map_err(|e| Problem::bad(e.body_text()))?;
+    check_id("saga id", &id)?;
+    let Json(request) = body.map_err(|e| Problem::bad(e.body_text()))?;
+    let kind = request.check().map_err(Problem::bad)?;
+    let key = id.clone();
+    let events = api
+        .read(move |conn| saga_views::read_events(conn, "saga_events", &key))
+        .await?;
+    let mut saga = Saga::default();
+    for e in events {
+        saga.observe(crate::monitor_store::observation(e));
+    }
+    if !saga.anchored(&api.def) {
+        return Err(Problem::new(StatusCode::NOT_FOUND, format!("no saga {id}")));
+    }
+    let Some(operator) = &api.operator else {
+        return Err(Problem::unavailable(
+            "this API has no Kafka connection for operator actions".into(),
+        ));
+    };
+    let done = operator
+        .act(
+            &id,
+            &saga,
+            kind,
+            request.actor.trim(),
+            request.reason.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            NotDone::Refused(r) => Problem::new(StatusCode::CONFLICT, r.0),
+            NotDone::Unavailable(reason) => Problem::unavailable(reason),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(done)))
+}
+
 /// The API's routes.
 pub fn routes(api: Api) -> Router {
     Router::new()
@@ -473,18 +561,18 @@ pub fn routes(api: Api) -> Router {
         .route("/sagas/live", get(live))
         .route("/sagas/by-correlation/{id}", get(by_correlation))
         .route("/sagas/{id}", get(one))
+        .route("/sagas/{id}/actions", post(act))
         .fallback(|| async {
-            Problem {
-                status: StatusCode::NOT_FOUND,
-                reason: "no such path: see docs/openapi.json (x-served-by: eip-saga-monitor)"
-                    .into(),
-            }
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no such path: see docs/openapi.json (x-served-by: eip-saga-monitor)",
+            )
         })
         .method_not_allowed_fallback(|| async {
-            Problem {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                reason: "the saga API answers GET only".into(),
-            }
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the saga API answers GET, and POST on /sagas/{id}/actions",
+            )
         })
         .with_state(api)
 }

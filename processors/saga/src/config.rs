@@ -149,6 +149,9 @@ pub struct MonitorConfig {
     /// The monitor's own topic: every saga event re-keyed by saga id, so one partition owns
     /// each saga whatever topic its events came from.
     pub observations_topic: String,
+    /// Bearer tokens that may carry out operator actions (`POST /sagas/{id}/actions`). With
+    /// none, operator actions are off (a 403 says so); reading is open on the telemetry port.
+    pub operator_tokens: Vec<String>,
 }
 
 impl Default for MonitorConfig {
@@ -157,6 +160,7 @@ impl Default for MonitorConfig {
             definition: PathBuf::from("deploy/sagas/order-fulfilment.toml"),
             db: PathBuf::from("eip-saga-monitor.db"),
             observations_topic: "saga-observations".into(),
+            operator_tokens: Vec::new(),
         }
     }
 }
@@ -171,6 +175,14 @@ impl Section for MonitorConfig {
                 "observations_topic",
                 "must name a topic",
             ));
+        }
+        for (i, t) in self.operator_tokens.iter().enumerate() {
+            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::invalid(
+                    format!("operator_tokens[{i}]"),
+                    "a token is one or more characters, none of them blank",
+                ));
+            }
         }
         Ok(())
     }

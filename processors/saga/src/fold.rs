@@ -33,6 +33,24 @@ use crate::definition::{Definition, Role};
 /// kept in the saga's history).
 pub const STUCK: &str = "eip.saga.monitor.Stuck";
 
+/// The prefix of the event types of operator actions (never published to a saga's topics;
+/// kept in the saga's history with who did them). They are not progress: the saga's
+/// `updated_at` ignores them.
+pub const OPERATOR: &str = "eip.saga.operator.";
+/// An operator re-emitted the trigger of what the saga waits for.
+pub const REEMITTED: &str = "eip.saga.operator.TriggerReemitted";
+/// An operator asked the participant of the step in progress to fail it, which starts the
+/// compensation.
+pub const COMPENSATION_STARTED: &str = "eip.saga.operator.CompensationStarted";
+/// An operator marked the saga resolved: handled by hand, nothing more is expected.
+pub const RESOLVED: &str = "eip.saga.operator.Resolved";
+
+/// True for the monitor's own marks and operator actions: kept in the history, but not events
+/// of the saga.
+pub fn is_mark(event_type: &str) -> bool {
+    event_type == STUCK || event_type.starts_with(OPERATOR)
+}
+
 /// Where a saga stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +65,10 @@ pub enum Status {
     Compensated,
     /// An expectation is overdue (a participant did not react in time).
     Stuck,
+    /// An operator marked it resolved before it reached completed or compensated: handled by
+    /// hand, nothing more is expected (no deadline, not stuck). Events that arrive later still
+    /// count: a saga that then completes or is compensated shows that status.
+    Resolved,
 }
 
 impl Status {
@@ -58,16 +80,18 @@ impl Status {
             Status::Compensating => "compensating",
             Status::Compensated => "compensated",
             Status::Stuck => "stuck",
+            Status::Resolved => "resolved",
         }
     }
 
     /// Every status, in display order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Running,
         Status::Completed,
         Status::Compensating,
         Status::Compensated,
         Status::Stuck,
+        Status::Resolved,
     ];
 
     /// The status spelled `s`.
@@ -75,9 +99,12 @@ impl Status {
         Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// True for completed and compensated: nothing more is expected.
+    /// True for completed, compensated and resolved: nothing more is expected.
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Completed | Status::Compensated)
+        matches!(
+            self,
+            Status::Completed | Status::Compensated | Status::Resolved
+        )
     }
 }
 
@@ -147,7 +174,7 @@ impl Saga {
     /// orders that never started a saga too) does not make a saga.
     pub fn anchored(&self, def: &Definition) -> bool {
         self.events.values().any(|e| {
-            e.event_type != STUCK
+            !is_mark(&e.event_type)
                 && !matches!(def.role_of(&e.event_type), Some(Role::EndCompensated))
         })
     }
@@ -261,12 +288,17 @@ pub fn derive(def: &Definition, saga: &Saga) -> Summary {
     let mut end: Option<i64> = None;
     let mut failure_of: Vec<Option<&SagaObservation>> = vec![None; n];
     let mut stuck_marks: Vec<&str> = Vec::new();
+    let mut resolved = false;
     let mut flags = Vec::new();
     let mut updated_at = i64::MIN;
     let mut first: Option<&SagaObservation> = None;
     for e in saga.events.values() {
         if e.event_type == STUCK {
             stuck_marks.push(e.step.as_deref().unwrap_or_default());
+            continue;
+        }
+        if is_mark(&e.event_type) {
+            resolved |= e.event_type == RESOLVED;
             continue;
         }
         updated_at = updated_at.max(e.occurred_at);
@@ -400,6 +432,12 @@ pub fn derive(def: &Definition, saga: &Saga) -> Summary {
                 ),
             }
         }
+    };
+    // Resolved by an operator: nothing more is expected, unless the saga reached its end.
+    let (status, expect) = if resolved && expect.is_some() {
+        (Status::Resolved, None)
+    } else {
+        (status, expect)
     };
     let stuck = expect.is_some_and(|x| stuck_marks.contains(&x.key(def).as_str()));
     let status = if stuck { Status::Stuck } else { status };

@@ -16,5 +16,7 @@ pub mod events;
 pub mod fold;
 pub mod monitor;
 pub mod monitor_store;
+pub mod operate;
+pub mod operator;
 pub mod participant;
 pub mod participant_store;

@@ -112,6 +112,8 @@ pub struct Monitor {
     step_topics: Vec<String>,
     metrics: SagaMetrics,
     latencies: Arc<crate::api::Latencies>,
+    operator: Arc<crate::operate::Operator>,
+    operator_tokens: Arc<Vec<String>>,
 }
 
 impl Monitor {
@@ -133,14 +135,26 @@ impl Monitor {
             .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?;
         let metrics = SagaMetrics::new()
             .map_err(|e| ConfigError::invalid("processor", format!("metrics: {e}")))?;
+        let def = Arc::new(def);
+        let registry = eip_schemas::Registry::new(config.registry.settings())
+            .map_err(|e| ConfigError::invalid("registry", e.to_string()))?;
+        let operator = crate::operate::Operator::new(
+            def.clone(),
+            &config.kafka,
+            Codec::new(Arc::new(registry)),
+            &p.observations_topic,
+        )
+        .map_err(|e| ConfigError::invalid("kafka", format!("operator clients: {e}")))?;
         let monitor = Monitor {
             observations: Arc::from(p.observations_topic.as_str()),
             timeouts: Arc::from(def.timeouts_topic.as_str()),
             step_topics: def.steps.iter().map(|s| s.topic.clone()).collect(),
-            def: Arc::new(def),
+            def,
             store,
             metrics,
             latencies: Arc::new(crate::api::Latencies::default()),
+            operator: Arc::new(operator),
+            operator_tokens: Arc::new(p.operator_tokens.clone()),
         };
         if config.pipeline.inputs.is_empty() {
             let mut inputs = monitor.def.topics();
@@ -171,6 +185,7 @@ impl Monitor {
             self.store.path().to_path_buf(),
             self.latencies.clone(),
         )
+        .with_operator(self.operator.clone(), &self.operator_tokens)
     }
 
     fn on_start(&self, running: Running) {
@@ -368,7 +383,8 @@ impl Monitor {
                 .compensations
                 .with_label_values(&[name, &self.def.steps[i].name])
                 .inc(),
-            Some(Role::TimedOut) => {
+            // An operator's start of a compensation travels as a timeout; it is not one.
+            Some(Role::TimedOut) if o.reason_code.as_deref() != Some("operator") => {
                 if let Some((_, s)) = o.step.as_deref().and_then(|s| self.def.step(s)) {
                     self.metrics
                         .timeouts
@@ -478,6 +494,8 @@ impl Stateful for Monitor {
                         saga: def.name.clone(),
                         step: step.clone(),
                         deadline: deadline.at,
+                        reason: None,
+                        reason_code: None,
                     },
                 ));
             }

@@ -379,8 +379,14 @@ impl Stateful for Participant {
                 return Ok(());
             }
             let id = self.id(&saga_id, &s.name, &r, now);
+            let operator = (r.fields.reason_code.as_deref() == Some("operator")).then(|| {
+                r.fields
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "compensation started by an operator".into())
+            });
             return self
-                .decide(state, Some(i), id, Request::TimedOut, effects)
+                .decide(state, Some(i), id, Request::TimedOut { operator }, effects)
                 .await;
         }
         for reaction in self.def.reactions(&self.role, &r.event_type) {

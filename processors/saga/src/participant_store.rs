@@ -86,8 +86,13 @@ pub enum Request {
         /// The order the saga carries.
         order: OrderSnapshot,
     },
-    /// The step's deadline passed: fail it, unless it was decided.
-    TimedOut,
+    /// The step's deadline passed, or an operator started the compensation: fail it, unless
+    /// it was decided.
+    TimedOut {
+        /// Set when an operator asked (their reason, recorded with code `operator`); None for
+        /// the monitor's deadline (code `timeout`).
+        operator: Option<String>,
+    },
     /// Undo the step.
     Compensate {
         /// The compensation.
@@ -412,20 +417,29 @@ fn decide_in(
             row: Box::new(row),
             fresh: false,
         }),
-        (Request::TimedOut, None) => {
+        (Request::TimedOut { operator }, None) => {
             let mut row = new_row("failed", empty_order());
-            row.reason = "the saga monitor's deadline passed before the step was performed".into();
-            row.reason_code = Some("timeout".into());
+            match operator {
+                Some(reason) => {
+                    row.reason = reason.clone();
+                    row.reason_code = Some("operator".into());
+                }
+                None => {
+                    row.reason =
+                        "the saga monitor's deadline passed before the step was performed".into();
+                    row.reason_code = Some("timeout".into());
+                }
+            }
             fresh(row)
         }
         // Decided before its timeout: publish that decision again (a repeat, same id), so a
         // decision whose event was lost (killed after the commit, before the ack) goes out
         // when the monitor's timeout comes, instead of leaving the saga waiting.
-        (Request::TimedOut, Some(row)) if row.state != "blocked" => Ok(Verdict::Publish {
+        (Request::TimedOut { .. }, Some(row)) if row.state != "blocked" => Ok(Verdict::Publish {
             row: Box::new(row),
             fresh: false,
         }),
-        (Request::TimedOut, Some(_)) => Ok(Verdict::Nothing("never performed: blocked")),
+        (Request::TimedOut { .. }, Some(_)) => Ok(Verdict::Nothing("never performed: blocked")),
         (Request::Compensate { .. }, Some(row)) if row.state == "blocked" => {
             Ok(Verdict::Nothing("it was never performed"))
         }

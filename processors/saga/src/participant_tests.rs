@@ -196,6 +196,32 @@ async fn whichever_of_trigger_and_timeout_comes_first_decides_the_step() {
 }
 
 #[tokio::test]
+async fn an_operator_who_starts_the_compensation_fails_the_undecided_step_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kit = kit("inventory", &dir, 0).await;
+    let Input::Saga(mut t) = timeout("inventory_reserved") else {
+        unreachable!()
+    };
+    t.fields.reason = Some("compensation started by ops@example: customer called".into());
+    t.fields.reason_code = Some("operator".into());
+    let out = kit.record(Some("o-1"), Input::Saga(t)).await.unwrap();
+    let (_, ty, json) = seen(&out[0]);
+    assert_eq!(ty, "eip.inventory.InventoryReservationFailed");
+    assert_eq!(json["reason_code"], "operator");
+    assert_eq!(
+        json["reason"],
+        "compensation started by ops@example: customer called"
+    );
+    // The trigger after it: the failure again, nothing reserved.
+    let out = kit
+        .record(Some("o-1"), event("eip.fraud.FraudCheckPassed", "f-1"))
+        .await
+        .unwrap();
+    assert_eq!(types(&out), ["eip.inventory.InventoryReservationFailed"]);
+    assert!(kit.processor().store().stock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_slow_participant_is_overtaken_by_its_timeout_and_never_completes_late() {
     let dir = tempfile::tempdir().unwrap();
     let mut kit = kit("shipping", &dir, 60_000).await;

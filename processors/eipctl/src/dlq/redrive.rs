@@ -157,7 +157,12 @@ pub async fn redrive(
         if !p.moves.is_empty() {
             move_chunk(&producer, topic, &ledger, &p, at)
                 .await
-                .map_err(|e| stopped(topic, &report, e))?;
+                .map_err(|e| {
+                    // A fenced producer fails what it sends with librdkafka's generic fatal
+                    // error; the producer's own fatal error says why.
+                    let fatal = producer.client().fatal_error().map(|(code, _)| code);
+                    stopped(topic, &report, e, fatal)
+                })?;
             report.chunks += 1;
         }
         report.add(&p);
@@ -289,25 +294,33 @@ async fn abort(producer: &FutureProducer) {
     let _ = crate::blocking(move || Ok(p.abort_transaction(TRANSACTION_TIMEOUT)?)).await;
 }
 
-/// Whether `e` says another producer took this transactional id.
-fn is_fenced(e: &OpsError) -> bool {
-    matches!(e, OpsError::Kafka(k) if matches!(
-        k.rdkafka_error_code(),
-        Some(
+/// Whether `e`, or the producer's fatal error `fatal` behind it, says another producer took
+/// this transactional id.
+fn is_fenced(e: &OpsError, fatal: Option<RDKafkaErrorCode>) -> bool {
+    let fenced = |c: RDKafkaErrorCode| {
+        matches!(
+            c,
             RDKafkaErrorCode::Fenced
                 | RDKafkaErrorCode::ProducerFenced
                 | RDKafkaErrorCode::InvalidProducerEpoch
         )
-    ))
+    };
+    matches!(e, OpsError::Kafka(k) if k.rdkafka_error_code().is_some_and(fenced))
+        || fatal.is_some_and(fenced)
 }
 
 /// The error of a redrive that stopped at a chunk, saying what was done before it.
-fn stopped(dlq: &str, report: &RedriveReport, e: OpsError) -> OpsError {
+fn stopped(
+    dlq: &str,
+    report: &RedriveReport,
+    e: OpsError,
+    fatal: Option<RDKafkaErrorCode>,
+) -> OpsError {
     let done = format!(
         "{} records were moved in {} chunks before it and are in the ledger",
         report.moved_total, report.chunks
     );
-    if is_fenced(&e) {
+    if is_fenced(&e, fatal) {
         OpsError::Superseded(format!(
             "another redrive of {dlq} took over and fenced this one ({e}); {done}, and the other run skips them"
         ))
@@ -315,5 +328,41 @@ fn stopped(dlq: &str, report: &RedriveReport, e: OpsError) -> OpsError {
         OpsError::Incomplete(format!(
             "a chunk failed and was rolled back: {e}; {done}; rerun to move the rest"
         ))
+    }
+}
+
+#[cfg(test)]
+mod fencing_tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+
+    #[test]
+    fn a_fenced_producer_is_told_apart_even_behind_the_generic_fatal_error() {
+        let fatal = OpsError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal));
+        assert!(!is_fenced(&fatal, None));
+        assert!(is_fenced(&fatal, Some(RDKafkaErrorCode::ProducerFenced)));
+        assert!(!is_fenced(
+            &fatal,
+            Some(RDKafkaErrorCode::BrokerTransportFailure)
+        ));
+        let direct = OpsError::Kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::ProducerFenced,
+        ));
+        assert!(is_fenced(&direct, None));
+        let report = RedriveReport::new("t.dlq", &Default::default());
+        let e = stopped(
+            "t.dlq",
+            &report,
+            fatal,
+            Some(RDKafkaErrorCode::ProducerFenced),
+        );
+        assert!(e.to_string().contains("another redrive"), "{e}");
+        let e = stopped(
+            "t.dlq",
+            &report,
+            OpsError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)),
+            None,
+        );
+        assert!(e.to_string().contains("rerun to move the rest"), "{e}");
     }
 }

@@ -677,7 +677,10 @@ async fn operator_actions_on_stuck_sagas(rig: &SagaRig, ep: &Endpoints, id: &str
     };
     let (first, second) = (at(&original), at(&again));
     assert!(second.offset > first.offset);
-    assert_eq!((&first.key, &first.payload), (&second.key, &second.payload));
+    assert_eq!(
+        (&first.key, &first.payload, &first.headers),
+        (&second.key, &second.payload, &second.headers)
+    );
     // Operator actions off (no tokens): 403; a store that can't be read: 503.
     let def = std::sync::Arc::new(eip_saga::definition::Definition::load(&rig.definition).unwrap());
     let unreadable = rig.dir.path().join("no-such-dir/monitor.db");
@@ -743,6 +746,16 @@ async fn operator_actions_on_stuck_sagas(rig: &SagaRig, ep: &Endpoints, id: &str
         (stuck_gauge(rig).await == 1.0).then_some(())
     })
     .await;
+    // A bulk action the state does not allow: counted as refused, with the reason; not an error.
+    let args = act(&["compensate", "--status", "stuck"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = eipctl_run(ep, &args).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("compensate: 0 done, 1 refused, 0 failed")
+            && out.contains("compensation has started"),
+        "{out}"
+    );
     let rid = resolved[0]["saga_id"].as_str().unwrap();
     let (code, out) = eipctl_run(ep, &["saga", "show", rid, "--monitor", &monitor]).await;
     assert_eq!(code, Some(0), "{out}");

@@ -22,8 +22,13 @@ pub async fn get<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> anyh
     } else {
         format!("http://{base}")
     };
-    let url = format!("{base}{path}");
-    let resp = reqwest::get(&url)
+    get_url(&format!("{base}{path}")).await
+}
+
+/// GETs `url` from the monitor and decodes the JSON answer, as [`get`].
+pub async fn get_url<T: serde::de::DeserializeOwned>(url: &str) -> anyhow::Result<T> {
+    let base = url.split("/sagas").next().unwrap_or(url);
+    let resp = reqwest::get(url)
         .await
         .with_context(|| format!("the saga monitor at {base} does not answer"))?;
     let status = resp.status();

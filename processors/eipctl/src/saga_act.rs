@@ -83,11 +83,14 @@ impl Client {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut path = format!("/sagas?status={}&limit=500", filter.status);
+            let mut url = self.url(&["sagas"])?;
+            url.query_pairs_mut()
+                .append_pair("status", &filter.status)
+                .append_pair("limit", "500");
             if let Some(a) = &after {
-                path.push_str(&format!("&after={a}"));
+                url.query_pairs_mut().append_pair("after", a);
             }
-            let page: Page = crate::saga::get(&self.base, &path).await?;
+            let page: Page = crate::saga::get_url(url.as_str()).await?;
             out.extend(page.items.into_iter().filter(|s| filter.matches(s, now_ms)));
             if filter.max.is_some_and(|m| out.len() >= m) {
                 out.truncate(filter.max.unwrap_or(usize::MAX));
@@ -100,10 +103,23 @@ impl Client {
         }
     }
 
+    /// `base` with `segments` as its path, each percent-encoded.
+    fn url(&self, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .with_context(|| format!("{} is not the monitor's address", self.base))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{} is not the monitor's address", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
     /// Carries out `request` on saga `id`.
     pub async fn act(&self, id: &str, request: &ActionRequest) -> Result<ActionDone, NotDone> {
-        let url = format!("{}/sagas/{id}/actions", self.base);
-        let mut call = self.http.post(&url).json(request);
+        let url = self
+            .url(&["sagas", id, "actions"])
+            .map_err(|e| NotDone::Failed(e.to_string()))?;
+        let mut call = self.http.post(url.clone()).json(request);
         if let Some(t) = &self.token {
             call = call.bearer_auth(t);
         }
@@ -145,16 +161,23 @@ pub struct Outcome {
     pub failed: Vec<(String, String)>,
 }
 
-/// Acts on each of `ids` in turn, advancing `bar`.
+/// Acts on each of `sagas` in turn, advancing `bar`. Each request carries the status and
+/// the expectation the saga was listed with, so a saga that moved on since is refused.
 pub async fn act_on_all(
     client: &Client,
-    ids: &[String],
+    sagas: &[SagaView],
     request: &ActionRequest,
     bar: &indicatif::ProgressBar,
 ) -> Outcome {
     let mut out = Outcome::default();
-    for id in ids {
-        match client.act(id, request).await {
+    for saga in sagas {
+        let id = &saga.saga_id;
+        let request = ActionRequest {
+            if_status: Some(saga.status.clone()),
+            if_expect: saga.expect.clone(),
+            ..request.clone()
+        };
+        match client.act(id, &request).await {
             Ok(done) => out.done.push(done),
             Err(NotDone::Refused(r)) => out.refused.push((id.clone(), r)),
             Err(NotDone::Failed(r)) => out.failed.push((id.clone(), r)),

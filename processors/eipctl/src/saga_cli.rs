@@ -141,6 +141,8 @@ pub async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
                 action: action.clone(),
                 actor: eipctl::saga_act::actor(actor)?,
                 reason,
+                if_status: None,
+                if_expect: None,
             };
             let client = Client::new(&monitor.monitor, token);
             if let Some(id) = id {
@@ -171,17 +173,16 @@ pub async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
                     );
                     return Ok(());
                 }
-                let ids: Vec<String> = sagas.into_iter().map(|s| s.saga_id).collect();
-                let bar = eipctl::progress::bar(ids.len() as u64);
+                let bar = eipctl::progress::bar(sagas.len() as u64);
                 bar.set_prefix("sagas");
                 bar.set_message(action.clone());
-                let outcome = act_on_all(&client, &ids, &request, &bar).await;
+                let outcome = act_on_all(&client, &sagas, &request, &bar).await;
                 print!("{}", render_outcome(&action, &outcome));
                 anyhow::ensure!(
                     outcome.failed.is_empty(),
                     "{} of {} actions failed",
                     outcome.failed.len(),
-                    ids.len()
+                    sagas.len()
                 );
                 String::new()
             }

@@ -536,13 +536,7 @@ async fn act(
         ));
     };
     let done = operator
-        .act(
-            &id,
-            &saga,
-            kind,
-            request.actor.trim(),
-            request.reason.as_deref(),
-        )
+        .act(&id, &saga, kind, &request)
         .await
         .map_err(|e| match e {
             NotDone::Refused(r) => Problem::new(StatusCode::CONFLICT, r.0),

@@ -516,7 +516,7 @@ impl Stateful for Monitor {
                         reason: Some(format!("no progress on {expect} by its deadline")),
                         reason_code: Some("stuck".into()),
                         step: Some(expect),
-                        actor: Some("saga-monitor".into()),
+                        actor: Some(crate::operator::MONITOR_ACTOR.into()),
                     },
                 ));
             }

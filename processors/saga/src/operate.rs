@@ -19,7 +19,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::definition::Definition;
 use crate::fold::{Saga, derive};
-use crate::operator::{ActionDone, Kind, Plan, Published, Refused, plan};
+use crate::operator::{ActionDone, ActionRequest, Kind, Plan, Published, Refused, plan};
 
 /// How long reading a trigger back or publishing may take.
 const WAIT: Duration = Duration::from_secs(10);
@@ -80,15 +80,16 @@ impl Operator {
         })
     }
 
-    /// Carries out `kind` on saga `id`, whose events are `saga`, for `actor`.
+    /// Carries out `request` (whose action is `kind`) on saga `id`, whose events are `saga`.
     pub async fn act(
         &self,
         id: &str,
         saga: &Saga,
         kind: Kind,
-        actor: &str,
-        reason: Option<&str>,
+        request: &ActionRequest,
     ) -> Result<ActionDone, NotDone> {
+        request.check_still(&self.def, saga)?;
+        let (actor, reason) = (request.actor.trim(), request.reason.as_deref());
         let plan = plan(&self.def, saga, kind)?;
         let summary = derive(&self.def, saga);
         let now = now_ms();
@@ -251,6 +252,10 @@ fn read_at(
 ) -> Result<OwnedMessage, NotDone> {
     let at = format!("{topic}/{partition}@{offset}");
     let unavailable = |what: String| NotDone::Unavailable(format!("reading {at}: {what}"));
+    // Whatever waits in the queue is from before this read (a broker blip hours ago, a record
+    // of an earlier read): drop it.
+    let _ = reader.unassign();
+    while reader.poll(Duration::ZERO).is_some() {}
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
         .map_err(|e| unavailable(e.to_string()))?;
@@ -258,21 +263,34 @@ fn read_at(
         .assign(&tpl)
         .map_err(|e| unavailable(e.to_string()))?;
     let deadline = std::time::Instant::now() + WAIT;
+    let mut last_error = None;
     let found = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            break Err(unavailable(format!("nothing read within {WAIT:?}")));
+            break Err(unavailable(match last_error.take() {
+                Some(e) => format!("nothing read within {WAIT:?}; last error: {e}"),
+                None => format!("nothing read within {WAIT:?}"),
+            }));
         }
         match reader.poll(left.min(Duration::from_millis(500))) {
+            Some(Ok(m)) if m.topic() != topic || m.partition() != partition => {}
             Some(Ok(m)) if m.offset() == offset => break Ok(m.detach()),
-            Some(Ok(m)) => {
+            Some(Ok(m)) if m.offset() > offset => {
                 break Err(NotDone::Refused(Refused(format!(
                     "the trigger at {at} is no longer in Kafka (the partition now starts at \
                      offset {}): it can't be published again",
                     m.offset()
                 ))));
             }
-            Some(Err(e)) => break Err(unavailable(e.to_string())),
+            Some(Ok(m)) => {
+                break Err(NotDone::Refused(Refused(format!(
+                    "the trigger at {at} is not in Kafka: the partition was read from offset \
+                     {} (was the topic deleted and created again?)",
+                    m.offset()
+                ))));
+            }
+            // A broker that is away for a moment: keep trying until the deadline.
+            Some(Err(e)) => last_error = Some(e.to_string()),
             None => {}
         }
     };

@@ -193,6 +193,14 @@ pub struct ActionRequest {
     /// Why (recorded too).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Act only if the saga still has this status (what the caller saw); else a 409.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_status: Option<String>,
+    /// Act only if the saga still waits for this (its `expect`, as the caller saw it); else a
+    /// 409. A bulk action sends both, so a saga that moved on since it was listed is left
+    /// alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_expect: Option<String>,
 }
 
 /// The longest actor name.
@@ -216,14 +224,49 @@ impl ActionRequest {
         if self.actor.chars().any(char::is_control) {
             return Err("actor: no control characters".into());
         }
-        if let Some(r) = &self.reason
-            && r.chars().count() > MAX_REASON
-        {
-            return Err(format!("reason: at most {MAX_REASON} characters"));
+        if actor == MONITOR_ACTOR {
+            return Err(format!(
+                "actor: {MONITOR_ACTOR} is the monitor's own name, not an operator's"
+            ));
+        }
+        if let Some(r) = &self.reason {
+            if r.chars().count() > MAX_REASON {
+                return Err(format!("reason: at most {MAX_REASON} characters"));
+            }
+            // It ends up in failure reasons that terminals print: no escape sequences.
+            if r.chars().any(|c| c.is_control() && c != '\n') {
+                return Err("reason: no control characters but line breaks".into());
+            }
         }
         Ok(kind)
     }
+
+    /// Refuses when the saga is no longer what the caller saw (`if_status`, `if_expect`).
+    pub fn check_still(&self, def: &Definition, saga: &Saga) -> Result<(), Refused> {
+        let summary = derive(def, saga);
+        if let Some(want) = &self.if_status
+            && want != summary.status.as_str()
+        {
+            return Err(Refused(format!(
+                "the saga is {} now, not {want}: it moved on, so it is left alone",
+                summary.status.as_str()
+            )));
+        }
+        let expect = summary.expect.map(|x| x.key(def));
+        if let Some(want) = &self.if_expect
+            && expect.as_ref() != Some(want)
+        {
+            return Err(Refused(format!(
+                "the saga waits for {} now, not {want}: it moved on, so it is left alone",
+                expect.as_deref().unwrap_or("nothing")
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The actor name of the monitor's own marks.
+pub const MONITOR_ACTOR: &str = "saga-monitor";
 
 /// Where an action's effect was published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -224,6 +224,8 @@ fn a_malformed_request_is_refused_with_its_reason() {
         action: action.into(),
         actor: actor.into(),
         reason,
+        if_status: None,
+        if_expect: None,
     };
     assert_eq!(req("resolve", " ops ", None).check(), Ok(Kind::Resolve));
     assert_eq!(
@@ -244,6 +246,14 @@ fn a_malformed_request_is_refused_with_its_reason() {
         (req("resolve", &"a".repeat(MAX_ACTOR + 1), None), "actor"),
         (req("resolve", "ops\n", None), "control"),
         (
+            req("resolve", MONITOR_ACTOR, None),
+            "the monitor's own name",
+        ),
+        (
+            req("resolve", "ops", Some("a\u{1b}[2Jb".into())),
+            "no control characters",
+        ),
+        (
             req("resolve", "ops", Some("x".repeat(MAX_REASON + 1))),
             "reason",
         ),
@@ -251,4 +261,32 @@ fn a_malformed_request_is_refused_with_its_reason() {
         let e = bad.check().unwrap_err();
         assert!(e.contains(needle), "{e}");
     }
+}
+
+#[test]
+fn an_action_with_what_the_caller_saw_is_refused_once_the_saga_moved_on() {
+    let d = def();
+    let listed = saga(&d, 3, false, 0);
+    let seen = derive(&d, &listed);
+    let request = ActionRequest {
+        action: "compensate".into(),
+        actor: "ops".into(),
+        reason: Some("line one\nline two".into()),
+        if_status: Some(seen.status.as_str().into()),
+        if_expect: seen.expect.map(|x| x.key(&d)),
+    };
+    assert_eq!(request.check(), Ok(Kind::Compensate));
+    assert_eq!(request.check_still(&d, &listed), Ok(()));
+    // The step completed since: the next one is in progress, and is left alone.
+    let moved = saga(&d, 4, false, 0);
+    let refused = request.check_still(&d, &moved).unwrap_err();
+    assert!(
+        refused.0.contains("outcome:points_redeemed") && refused.0.contains("moved on"),
+        "{refused}"
+    );
+    // Completed since: the status differs.
+    let refused = request
+        .check_still(&d, &saga(&d, 10, false, 0))
+        .unwrap_err();
+    assert!(refused.0.contains("completed now"), "{refused}");
 }

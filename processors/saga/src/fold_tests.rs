@@ -4,30 +4,7 @@
 use super::*;
 use proptest::prelude::*;
 
-const SHIPPED: &str = include_str!("../../../deploy/sagas/order-fulfilment.toml");
-const T0: i64 = 1_800_000_000_000;
-
-fn def() -> Definition {
-    Definition::parse(SHIPPED, "order-fulfilment.toml").unwrap()
-}
-
-fn obs(event_type: &str, id: &str, at: i64) -> SagaObservation {
-    SagaObservation {
-        saga_id: "o-1".into(),
-        event_type: event_type.into(),
-        event_id: id.into(),
-        correlation_id: "corr-1".into(),
-        causation_id: None,
-        occurred_at: at,
-        topic: "t".into(),
-        partition: 0,
-        offset: 0,
-        reason: None,
-        reason_code: None,
-        step: None,
-        actor: None,
-    }
-}
+use crate::test_support::{T0, def, obs};
 
 /// The events of a saga that completes `done` steps, then (if `fail`) fails the next one and
 /// compensates; each event a second after the one before.

@@ -20,3 +20,6 @@ pub mod operate;
 pub mod operator;
 pub mod participant;
 pub mod participant_store;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, missing_docs)]
+mod test_support;

@@ -64,7 +64,7 @@ $EIPCTL topics create order-commands order-events order-outcomes \
     order-commands.dlq order-events.dlq order-outcomes.dlq \
     legacy.orders.place.xml legacy.orders.place.xml.dlq fulfilment.orders orders.cancelled \
     --partitions 3 >/dev/null
-SAGA_TOPICS=(saga-timeouts saga-observations)
+SAGA_TOPICS=(saga-timeouts saga-observations inventory-levels)
 for role in "${SAGA_ROLES[@]}"; do SAGA_TOPICS+=("saga-$role"); done
 ALL_SAGA_TOPICS=()
 for t in "${SAGA_TOPICS[@]}"; do ALL_SAGA_TOPICS+=("$t" "$t.dlq"); done
@@ -115,7 +115,7 @@ $EIPCTL query summary --expect "$WORK/expect.json" --db "$WORK/eip-views.db" \
 ENDED=$(date +%s.%N)
 echo "sagas (one per confirmed order; eip-saga-monitor):"
 $EIPCTL saga summary --expect "$WORK/expect.json" --monitor "$MONITOR" \
-    --inventory-db "$WORK/eip-saga-inventory.db" --wait 300s || STATUS=$?
+    --inventory-db "$WORK/eip-saga-inventory.db" --gateway "$GATEWAY" --wait 300s || STATUS=$?
 SAGAS_ENDED=$(date +%s.%N)
 echo "records per route (router, rules demo-1):"
 curl -fsS http://127.0.0.1:9465/metrics | python3 -c '

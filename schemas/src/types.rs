@@ -239,6 +239,24 @@ pub struct InventoryReserved {
     pub order: Option<OrderSnapshot>,
 }
 
+/// Event: a SKU's stock after a reservation or a release
+/// (`eip.inventory.StockLevelChanged`), keyed by SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevelChanged {
+    /// Event envelope: its aggregate is the SKU, its version the sequence.
+    pub metadata: EventMetadata,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units that can still be reserved.
+    pub available: i64,
+    /// Units held for orders.
+    pub reserved: i64,
+    /// How many reservations and releases changed the SKU's stock so far.
+    pub sequence: i64,
+    /// The order whose reservation or release changed it.
+    pub order_id: String,
+}
+
 /// Event: stock could not be held (`eip.inventory.InventoryReservationFailed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReservationFailed {
@@ -333,6 +351,7 @@ avro_records! {
     InventoryReserved => "eip.inventory.InventoryReserved",
     InventoryReservationFailed => "eip.inventory.InventoryReservationFailed",
     InventoryReleased => "eip.inventory.InventoryReleased",
+    StockLevelChanged => "eip.inventory.StockLevelChanged",
     PaymentAuthorized => "eip.payments.PaymentAuthorized",
     PaymentDeclined => "eip.payments.PaymentDeclined",
     PaymentRefunded => "eip.payments.PaymentRefunded",
@@ -528,6 +547,14 @@ mod tests {
             order_id: "order-1".into(),
             lines: order.lines.clone(),
             order: Some(snapshot.clone()),
+        });
+        round_trip(StockLevelChanged {
+            metadata: meta.clone(),
+            sku: "SKU-0001".into(),
+            available: i64::MAX,
+            reserved: i64::MIN,
+            sequence: 0,
+            order_id: "order-1".into(),
         });
         round_trip(InventoryReservationFailed {
             metadata: meta.clone(),

@@ -74,8 +74,14 @@ async fn saga_round(ep: &Endpoints, n: usize, partitions: i32, dir: &std::path::
     std::fs::write(&def_path, &text).unwrap();
     let def = Definition::parse(&text, "saga.toml").unwrap();
     let observations = format!("{prefix}-saga-observations");
+    let levels = format!("{prefix}-inventory-levels");
     let mut topics: Vec<String> = def.topics();
-    topics.extend([commands.clone(), outcomes.clone(), observations.clone()]);
+    topics.extend([
+        commands.clone(),
+        outcomes.clone(),
+        observations.clone(),
+        levels.clone(),
+    ]);
     topics.sort();
     topics.dedup();
     let dlqs: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
@@ -114,6 +120,7 @@ async fn saga_round(ep: &Endpoints, n: usize, partitions: i32, dir: &std::path::
                 db: dir.join(format!("{group}.db")),
                 commands_topic: commands.clone(),
                 outcomes_topic: outcomes.clone(),
+                levels_topic: levels.clone(),
                 ..ParticipantConfig::default()
             },
         );

@@ -132,6 +132,11 @@ pub async fn start_orders(ep: &Endpoints, s: &Stack) -> InProcess {
 
 /// Starts `eip-projector` on `s` in process, in a group of its own.
 pub async fn start_projector(ep: &Endpoints, s: &Stack) -> InProcess {
+    start_projector_on(ep, s, vec![s.events.clone(), s.outcomes.clone()]).await
+}
+
+/// [`start_projector`] reading `inputs` (the saga's inventory topic too, say).
+pub async fn start_projector_on(ep: &Endpoints, s: &Stack, inputs: Vec<String>) -> InProcess {
     let mut cfg = config(
         ep,
         &s.events,
@@ -141,7 +146,7 @@ pub async fn start_projector(ep: &Endpoints, s: &Stack) -> InProcess {
             ..Default::default()
         },
     );
-    cfg.pipeline.inputs = vec![s.events.clone(), s.outcomes.clone()];
+    cfg.pipeline.inputs = inputs;
     let projector = eip_projector::Projector::new(&cfg).unwrap();
     InProcess::start_stateful(cfg, projector).await
 }

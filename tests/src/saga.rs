@@ -42,6 +42,8 @@ pub struct SagaRig {
     pub saga_topics: Vec<String>,
     /// The monitor's observations topic.
     pub observations: String,
+    /// Where the inventory participant publishes stock levels.
+    pub levels: String,
     /// Where the participants' and the monitor's files are.
     pub dir: tempfile::TempDir,
     /// Running participants, by role.
@@ -100,8 +102,10 @@ impl SagaRig {
             .filter(|t| *t != stack.events)
             .collect();
         let observations = format!("{prefix}-saga-observations");
+        let levels = format!("{prefix}-inventory-levels");
         let mut all: Vec<String> = saga_topics.clone();
         all.push(observations.clone());
+        all.push(levels.clone());
         let dlqs: Vec<String> = all.iter().map(|t| format!("{t}.dlq")).collect();
         all.extend(dlqs);
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -113,6 +117,7 @@ impl SagaRig {
             definition,
             saga_topics,
             observations,
+            levels,
             dir,
             participants: BTreeMap::new(),
             monitor: None,
@@ -161,6 +166,7 @@ impl SagaRig {
                 "EIP__PROCESSOR__OUTCOMES_TOPIC",
                 self.stack.outcomes.clone(),
             ),
+            ("EIP__PROCESSOR__LEVELS_TOPIC", self.levels.clone()),
             ("EIP__PROCESSOR__INITIAL_STOCK", "100000".into()),
             ("EIP__PROCESSOR__INITIAL_POINTS", "100000".into()),
         ]));

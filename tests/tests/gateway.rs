@@ -58,12 +58,15 @@ const CUSTOMER: &str = "/v1/customers/{customer_id}/orders";
 const SALES: &str = "/v1/sales/{day}";
 const COMMAND: &str = "/v1/commands/{command_id}";
 const COMMANDS: &str = "/v1/commands";
+const INVENTORY: &str = "/v1/inventory/{sku}";
 
 /// Writes two orders of customer c-1 (o-2 the newer, confirmed on 2026-11-30) and a rejected
 /// command, through the store's own definitions, as the projector does.
 fn write_sample_views(path: &std::path::Path) {
     use eip_store::view_sqlite::{execute, migrate, versions};
-    use eip_store::views::{LineView, OrderView, OutcomeView, diff, order_rows, outcome_rows};
+    use eip_store::views::{
+        LevelView, LineView, OrderView, OutcomeView, diff, level_rows, order_rows, outcome_rows,
+    };
     let mut conn = eip_store::sqlite::connect(path).unwrap();
     migrate(&conn).unwrap();
     let v = versions(&conn).unwrap();
@@ -101,6 +104,14 @@ fn write_sample_views(path: &std::path::Path) {
         decided_at: 1,
     };
     execute(&tx, &v, &diff(&[], &outcome_rows(&outcome), 0)).unwrap();
+    let level = LevelView {
+        sku: "A".into(),
+        available: 96,
+        reserved: 4,
+        version: 3,
+        updated_at: 20,
+    };
+    execute(&tx, &v, &diff(&[], &level_rows(&level), 3)).unwrap();
     tx.commit().unwrap();
 }
 
@@ -1061,6 +1072,13 @@ async fn the_openapi_document_matches_the_running_server() {
         (SALES, "/v1/sales/30-11-2026".into(), 400),
         (COMMAND, "/v1/commands/cmd-1".into(), 200),
         (COMMAND, "/v1/commands/cmd-404".into(), 404),
+        (INVENTORY, "/v1/inventory/A".into(), 200),
+        (INVENTORY, "/v1/inventory/SKU-404".into(), 404),
+        (
+            INVENTORY,
+            format!("/v1/inventory/{}", "s".repeat(2_000)),
+            400,
+        ),
         (COMMANDS, "/v1/commands?correlation_id=corr-1".into(), 200),
         (COMMANDS, "/v1/commands".into(), 400),
         // Ids no view could hold, and a path that is not UTF-8: 400 with a JSON reason on
@@ -1149,6 +1167,12 @@ async fn the_openapi_document_matches_the_running_server() {
     let (_, req) = get("/v1/commands/cmd-1".into());
     let outcome = gw.send("get", COMMAND, req).await.json();
     assert_eq!(outcome["reason_code"], json!("empty_order"));
+    let (_, req) = get("/v1/inventory/A".into());
+    let level = gw.send("get", INVENTORY, req).await.json();
+    assert_eq!(
+        level,
+        json!({"sku": "A", "available": 96, "reserved": 4, "version": 3, "updated_at": 20})
+    );
     // Without the token: 401 with its challenge.
     for (template, path) in [
         (ORDER, "/v1/orders/o-1"),
@@ -1156,6 +1180,7 @@ async fn the_openapi_document_matches_the_running_server() {
         (SALES, "/v1/sales/2026-11-30"),
         (COMMAND, "/v1/commands/cmd-1"),
         (COMMANDS, "/v1/commands?correlation_id=corr-1"),
+        (INVENTORY, "/v1/inventory/A"),
     ] {
         let obs = gw.get_as(template, path).await;
         assert_eq!(obs.status, 401, "{path}");
@@ -1200,6 +1225,7 @@ async fn the_openapi_document_matches_the_running_server() {
         (SALES, "/v1/sales/2026-11-30"),
         (COMMAND, "/v1/commands/cmd-1"),
         (COMMANDS, "/v1/commands?correlation_id=corr-1"),
+        (INVENTORY, "/v1/inventory/A"),
     ] {
         let obs = gw.get_as(template, path).await;
         assert_eq!(obs.status, 503, "{path}: {}", obs.body);

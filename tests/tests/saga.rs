@@ -203,6 +203,14 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     let mut rig = SagaRig::new(&ep, "saga-e2e", "60s", "60s", everywhere(0.06)).await;
     rig.start_participants();
     rig.start_monitor();
+    // The CQRS projector reads the stock levels the inventory participant publishes too: the
+    // inventory-levels view.
+    let inputs = vec![
+        rig.stack.events.clone(),
+        rig.stack.outcomes.clone(),
+        rig.levels.clone(),
+    ];
+    let projector = eip_tests::cqrs::start_projector_on(&ep, &rig.stack, inputs).await;
     let placed = orders(&rig.stack.names.input, 120);
     // Orders cancelled before they are confirmed start no saga, though their
     // OrderCancelled is the saga's end event.
@@ -210,6 +218,25 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     place_and_cancel(&ep, &codec, &rig.stack.names.input, &never).await;
     place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
     check_outcome(&rig, &ep, &placed, 4).await;
+    // The inventory-levels view shows, SKU by SKU, what the participant's own store holds.
+    let sql = "SELECT sku, available, reserved FROM stock ORDER BY sku";
+    let stock = rows(&rig.db("inventory"), sql);
+    assert!(!stock.is_empty());
+    let sql = "SELECT sku, available, reserved FROM inventory_levels ORDER BY sku";
+    eventually("the inventory-levels view", WAIT, || async {
+        (rows(&rig.stack.views_db, sql) == stock).then_some(())
+    })
+    .await;
+    projector.stop().await.unwrap();
+    let (sku, available, reserved) = &stock[0];
+    let views_db = rig.stack.views_db.display().to_string();
+    let (code, out) = eipctl_run(&ep, &["query", "inventory", sku, "--db", &views_db]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("\"available\": {available}"))
+            && out.contains(&format!("\"reserved\": {reserved}")),
+        "{out}"
+    );
     for o in &never {
         let (status, _) = http_get(&rig.monitor_addr, &format!("/sagas/{}", o.id))
             .await

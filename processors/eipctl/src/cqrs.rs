@@ -161,6 +161,8 @@ pub enum Query {
     },
     /// A command's outcome.
     Command(String),
+    /// A SKU's stock level.
+    Inventory(String),
     /// Outcomes by correlation id, a page at a time.
     Correlation {
         /// The correlation id.
@@ -238,6 +240,9 @@ pub async fn query(views: &Views, q: Query) -> anyhow::Result<()> {
         }
         Query::Command(id) => json!(store.command(&id).await?.with_context(|| format!(
             "no outcome for command {id:?}: unknown, or not decided and projected yet"
+        ))?),
+        Query::Inventory(sku) => json!(store.inventory(&sku).await?.with_context(|| format!(
+            "no stock level for SKU {sku:?}: no reservation or release of it projected yet"
         ))?),
         Query::Correlation { id, limit, cursor } => {
             let page = store

@@ -265,6 +265,13 @@ enum QueryCmd {
         #[command(flatten)]
         views: ViewsFrom,
     },
+    /// A SKU's stock level (the inventory-levels view).
+    Inventory {
+        /// The SKU.
+        sku: String,
+        #[command(flatten)]
+        views: ViewsFrom,
+    },
     /// The outcomes of the commands with a correlation id, a page at a time.
     Correlation {
         /// The correlation id.
@@ -815,6 +822,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     views,
                 } => (views, cqrs::Query::Sales { day, limit, cursor }),
                 QueryCmd::Command { id, views } => (views, cqrs::Query::Command(id)),
+                QueryCmd::Inventory { sku, views } => (views, cqrs::Query::Inventory(sku)),
                 QueryCmd::Correlation {
                     id,
                     limit,

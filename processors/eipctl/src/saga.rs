@@ -180,6 +180,7 @@ pub async fn summary(
     expect: &crate::cqrs::SagaExpectation,
     wait: std::time::Duration,
     inventory_db: &std::path::Path,
+    gateway: Option<&str>,
 ) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + wait;
     let stats = loop {
@@ -247,8 +248,26 @@ pub async fn summary(
         .collect::<Result<Vec<_>, _>>()
     }) {
         Ok(rows) => {
-            for (sku, available, reserved) in rows {
-                println!("  {sku:<10} available {available:>9}  held for orders {reserved:>6}");
+            // The inventory-levels view, served by the query API, against the participant's
+            // own store: the same numbers once the projector has caught up.
+            let view = match gateway {
+                Some(g) => levels_in_view(g, &rows, deadline).await,
+                None => Vec::new(),
+            };
+            for (i, (sku, available, reserved)) in rows.iter().enumerate() {
+                let shown = match view.get(i) {
+                    None => String::new(),
+                    Some(Some(v)) if v == &(*available, *reserved) => {
+                        "  (the view agrees)".to_string()
+                    }
+                    Some(v) => {
+                        ok = false;
+                        format!("  (the view: {v:?})")
+                    }
+                };
+                println!(
+                    "  {sku:<10} available {available:>9}  held for orders {reserved:>6}{shown}"
+                );
             }
         }
         Err(e) => println!("  ({} can't be read: {e})", inventory_db.display()),
@@ -265,6 +284,40 @@ pub async fn summary(
     );
     anyhow::ensure!(ok, "the sagas differ from what was expected");
     Ok(())
+}
+
+/// The (available, reserved) the inventory-levels view at `gateway` shows for each of
+/// `rows`' SKUs, once it shows what `rows` say or at `deadline`, whichever comes first.
+async fn levels_in_view(
+    gateway: &str,
+    rows: &[(String, i64, i64)],
+    deadline: std::time::Instant,
+) -> Vec<Option<(i64, i64)>> {
+    loop {
+        let mut seen = Vec::new();
+        for (sku, _, _) in rows {
+            let level = match reqwest::Url::parse(gateway) {
+                Ok(mut url) => {
+                    if let Ok(mut path) = url.path_segments_mut() {
+                        path.pop_if_empty().extend(["v1", "inventory", sku]);
+                    }
+                    get_url::<eip_store::views::LevelView>(url.as_str())
+                        .await
+                        .ok()
+                }
+                Err(_) => None,
+            };
+            seen.push(level.map(|l| (l.available, l.reserved)));
+        }
+        let agree = rows
+            .iter()
+            .zip(&seen)
+            .all(|((_, a, r), v)| v == &Some((*a, *r)));
+        if agree || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

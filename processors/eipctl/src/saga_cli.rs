@@ -96,6 +96,10 @@ pub enum SagaCmd {
         /// The inventory participant's SQLite file, for the inventory levels.
         #[arg(long)]
         inventory_db: std::path::PathBuf,
+        /// The gateway whose query API serves the inventory-levels view: the summary checks
+        /// that the view shows the participant's levels.
+        #[arg(long)]
+        gateway: Option<String>,
         #[command(flatten)]
         monitor: Monitor,
     },
@@ -195,6 +199,7 @@ pub async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
             expect,
             wait,
             inventory_db,
+            gateway,
             monitor,
         } => {
             let text = std::fs::read_to_string(&expect)
@@ -203,7 +208,14 @@ pub async fn saga_cmd(cmd: SagaCmd) -> anyhow::Result<()> {
             let sagas = expect
                 .sagas
                 .context("the expectation has no sagas: send with --saga-definition")?;
-            saga::summary(&monitor.monitor, &sagas, wait, &inventory_db).await?;
+            saga::summary(
+                &monitor.monitor,
+                &sagas,
+                wait,
+                &inventory_db,
+                gateway.as_deref(),
+            )
+            .await?;
             String::new()
         }
     };

@@ -50,6 +50,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/sales/{day}", get(crate::query::sales))
         .route("/v1/commands/{command_id}", get(crate::query::command))
+        .route("/v1/inventory/{sku}", get(crate::query::inventory))
         .route("/v1/commands", get(crate::query::commands))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))

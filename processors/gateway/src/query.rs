@@ -269,28 +269,73 @@ fn result(r: Result<Response, Problem>) -> Response {
     })
 }
 
+/// A lookup of one row by an id in the path: the token, the id's checks, the store, and a
+/// 404 saying `missing(id)` when the view holds nothing under it.
+async fn by_id<T, F, Fut>(
+    s: &Shared,
+    headers: &HeaderMap,
+    param: Result<Path<String>, PathRejection>,
+    what: &str,
+    read: F,
+    missing: impl FnOnce(&str) -> String,
+) -> Response
+where
+    T: serde::Serialize,
+    F: FnOnce(Arc<AnyViews>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+{
+    result(
+        async {
+            check_token(s, headers)?;
+            let id = path(param)?;
+            self::id(what, &id)?;
+            let (store, _permit) = views(s, headers).await?;
+            match read(store, id.clone()).await.map_err(store_problem)? {
+                Some(row) => Ok(json_response(StatusCode::OK, json!(row))),
+                None => Err(problem(StatusCode::NOT_FOUND, missing(&id))),
+            }
+        }
+        .await,
+    )
+}
+
 /// `GET /v1/orders/{order_id}`.
 pub(crate) async fn order(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
     order_id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    result(
-        async {
-            check_token(&s, &headers)?;
-            let id = path(order_id)?;
-            self::id("order id", &id)?;
-            let (store, _permit) = views(&s, &headers).await?;
-            match store.order(&id).await.map_err(store_problem)? {
-                Some(order) => Ok(json_response(StatusCode::OK, json!(order))),
-                None => Err(problem(
-                    StatusCode::NOT_FOUND,
-                    format!("no order {id:?} in the views"),
-                )),
-            }
-        }
-        .await,
+    by_id(
+        &s,
+        &headers,
+        order_id,
+        "order id",
+        |store, id| async move { store.order(&id).await },
+        |id| format!("no order {id:?} in the views"),
     )
+    .await
+}
+
+/// `GET /v1/inventory/{sku}`: the SKU's stock as the inventory participant last left it.
+pub(crate) async fn inventory(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    sku: Result<Path<String>, PathRejection>,
+) -> Response {
+    by_id(
+        &s,
+        &headers,
+        sku,
+        "SKU",
+        |store, sku| async move { store.inventory(&sku).await },
+        |sku| {
+            format!(
+                "no stock level for SKU {sku:?} yet: no order of it has been reserved or \
+                 released, or not projected yet"
+            )
+        },
+    )
+    .await
 }
 
 /// `GET /v1/customers/{customer_id}/orders`.
@@ -368,25 +413,20 @@ pub(crate) async fn command(
     headers: HeaderMap,
     command_id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    result(
-        async {
-            check_token(&s, &headers)?;
-            let id = path(command_id)?;
-            self::id("command id", &id)?;
-            let (store, _permit) = views(&s, &headers).await?;
-            match store.command(&id).await.map_err(store_problem)? {
-                Some(outcome) => Ok(json_response(StatusCode::OK, json!(outcome))),
-                None => Err(problem(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no outcome for command {id:?} yet: it is unknown, or not decided and \
-                     projected yet"
-                    ),
-                )),
-            }
-        }
-        .await,
+    by_id(
+        &s,
+        &headers,
+        command_id,
+        "command id",
+        |store, id| async move { store.command(&id).await },
+        |id| {
+            format!(
+                "no outcome for command {id:?} yet: it is unknown, or not decided and \
+                 projected yet"
+            )
+        },
     )
+    .await
 }
 
 /// `GET /v1/commands?correlation_id=`.

@@ -24,7 +24,7 @@ use eip_runtime::config::{Config, ConfigError, Section};
 use eip_runtime::{Effects, Envelope, Flush, Opened, PartitionId, ProcessError, Record, Stateful};
 use eip_schemas::codec::decode_with;
 use eip_schemas::order_events::OrderEvent as Event;
-use eip_schemas::types::CommandOutcome;
+use eip_schemas::types::{CommandOutcome, StockLevelChanged};
 use eip_schemas::{AvroRecord, Codec, frame};
 use eip_store::sqlite::{
     LEDGER_DDL, blocking, check_epoch, claim, classify, connect, write_ledger,
@@ -33,8 +33,8 @@ use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
 use eip_store::view_sqlite::{self, Versions, load_order};
 use eip_store::view_store::{StoreError, ViewStore};
 use eip_store::views::{
-    ORDER_LINES, ORDER_SUMMARY, ORDERS_BY_CUSTOMER, OrderView, OutcomeView, PRODUCT_SALES, Value,
-    Write, diff, order_rows, outcome_rows,
+    INVENTORY_LEVELS, LevelView, ORDER_LINES, ORDER_SUMMARY, ORDERS_BY_CUSTOMER, OrderView,
+    OutcomeView, PRODUCT_SALES, Value, Write, diff, level_rows, order_rows, outcome_rows,
 };
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -127,13 +127,15 @@ impl Section for ProjectorConfig {
     }
 }
 
-/// A decoded input: an order event or a command outcome.
+/// A decoded input: an order event, a command outcome, or a stock level.
 #[derive(Debug, Clone)]
 pub enum Input {
     /// An order event.
     Event(Event),
     /// A command's outcome.
     Outcome(CommandOutcome),
+    /// A SKU's stock level (`eip.inventory.StockLevelChanged`).
+    Levels(Vec<LevelView>),
 }
 
 /// Decodes an order event or a command outcome by its writer schema's name; any other record
@@ -144,13 +146,23 @@ pub async fn decode(codec: &Codec, payload: Option<&[u8]>) -> Result<Input, Proc
     }
     let (id, body) = frame::split(payload).map_err(|e| ProcessError::Codec(e.into()))?;
     let writer = codec.registry().schema_by_id(id).await?;
-    if writer.full_name == CommandOutcome::FULL_NAME {
-        return Ok(Input::Outcome(decode_with(&writer, body)?));
+    match writer.full_name.as_str() {
+        CommandOutcome::FULL_NAME => Ok(Input::Outcome(decode_with(&writer, body)?)),
+        StockLevelChanged::FULL_NAME => {
+            let e: StockLevelChanged = decode_with(&writer, body)?;
+            Ok(Input::Levels(vec![LevelView {
+                sku: e.sku,
+                available: e.available,
+                reserved: e.reserved,
+                version: e.sequence,
+                updated_at: e.metadata.occurred_at,
+            }]))
+        }
+        other => Err(ProcessError::poison(format!(
+            "{other} (schema id {id}) is neither an order event, a command outcome nor a \
+             stock level"
+        ))),
     }
-    Err(ProcessError::poison(format!(
-        "{} (schema id {id}) is neither an order event nor a command outcome",
-        writer.full_name
-    )))
 }
 
 /// What a partition's projection did, for tests and benchmarks.
@@ -162,6 +174,8 @@ pub struct Counts {
     pub duplicates: u64,
     /// Outcomes staged.
     pub outcomes: u64,
+    /// Stock levels staged.
+    pub levels: u64,
 }
 
 /// One partition's projection: the orders it knows, and what changed since the last commit.
@@ -174,6 +188,7 @@ pub struct Projection {
     /// keys of every line and sales row any state since then had.
     touched: HashMap<String, Touched>,
     outcomes: Vec<OutcomeView>,
+    levels: Vec<LevelView>,
     counts: Counts,
     /// In memory only (a rebuild): each order that met a gap, with the highest version seen
     /// for it. A later copy of the missing events (a redrive) can still fill the gap.
@@ -326,6 +341,16 @@ impl Projection {
         Ok(())
     }
 
+    /// Stages stock levels (a SKU no store could key is refused).
+    pub fn levels(&mut self, levels: &[LevelView]) -> Result<(), ProcessError> {
+        for l in levels {
+            check_key(INVENTORY_LEVELS.name, &l.sku)?;
+        }
+        self.levels.extend_from_slice(levels);
+        self.counts.levels += levels.len() as u64;
+        Ok(())
+    }
+
     /// The writes that bring the store from the last commit to now; the staged changes stay
     /// until [`Projection::committed`].
     pub fn writes(&self) -> Vec<Write> {
@@ -379,6 +404,9 @@ impl Projection {
         for outcome in &self.outcomes {
             writes.extend(diff(&[], &outcome_rows(outcome), outcome.version));
         }
+        for level in &self.levels {
+            writes.extend(diff(&[], &level_rows(level), level.version));
+        }
         writes
     }
 
@@ -386,6 +414,7 @@ impl Projection {
     pub fn committed(&mut self, cap: usize) {
         self.touched.clear();
         self.outcomes.clear();
+        self.levels.clear();
         if !self.in_memory && self.orders.len() > cap {
             self.orders.clear();
         }
@@ -403,6 +432,7 @@ impl Projection {
         self.orders.clear();
         self.touched.clear();
         self.outcomes.clear();
+        self.levels.clear();
     }
 
     /// What it did so far.
@@ -697,6 +727,7 @@ impl Stateful for Projector {
         let event = match &input.value {
             Input::Event(event) => event,
             Input::Outcome(outcome) => return state.projection.outcome(outcome),
+            Input::Levels(levels) => return state.projection.levels(levels),
         };
         // An id no store could key (empty, oversized) is refused here, before the store is
         // asked for the order: a CQL server refuses such a read outright, which must not

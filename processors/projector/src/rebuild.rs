@@ -339,6 +339,7 @@ async fn fill_and_switch(
                 Read::Input(input) => match *input {
                     Input::Event(e) => projection.event_known(&e),
                     Input::Outcome(o) => projection.outcome(&o),
+                    Input::Levels(l) => projection.levels(&l),
                 },
                 Read::Poison => {
                     skipped += 1;

@@ -632,3 +632,41 @@ fn a_rebuild_reports_a_gap_only_while_no_later_copy_fills_it() {
     gapped.event_known(&events[2]).unwrap();
     assert!(gapped.gaps().is_empty(), "{:?}", gapped.gaps());
 }
+
+#[test]
+fn stock_levels_keep_the_highest_sequence_per_sku_in_any_order_and_a_bad_sku_is_poison() {
+    let mut conn = store();
+    let tx = conn.transaction().unwrap();
+    let epoch = claim(&tx, &part()).unwrap().epoch;
+    tx.commit().unwrap();
+    let level = |sku: &str, available: i64, version: i64| eip_store::views::LevelView {
+        sku: sku.into(),
+        available,
+        reserved: 10 - available,
+        version,
+        updated_at: version * 1_000,
+    };
+    let mut p = Projection::default();
+    // Two participants' releases and reservations, read out of order and repeated.
+    p.levels(&[level("A", 7, 1), level("B", 9, 1)]).unwrap();
+    p.levels(&[level("A", 10, 3)]).unwrap();
+    commit_all(&mut conn, epoch, &mut p);
+    p.levels(&[level("A", 4, 2), level("B", 9, 1)]).unwrap();
+    commit_all(&mut conn, epoch, &mut p);
+    let rows = &dump(&conn)["inventory_levels"];
+    assert_eq!(
+        rows,
+        &vec![
+            "Text([65])|Integer(10)|Integer(0)|Integer(3)|Integer(3000)".to_string(),
+            "Text([66])|Integer(9)|Integer(1)|Integer(1)|Integer(1000)".to_string(),
+        ]
+    );
+    assert_eq!(p.counts().levels, 5);
+    match p.levels(&[level("", 1, 1)]) {
+        Err(ProcessError::Poison { reason, .. }) => {
+            assert!(reason.contains("inventory_levels"), "{reason}")
+        }
+        other => panic!("expected poison, got {other:?}"),
+    }
+    assert!(p.writes().is_empty());
+}

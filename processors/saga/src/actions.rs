@@ -140,6 +140,10 @@ pub struct Stock {
     pub available: i64,
     /// Units held for orders.
     pub reserved: i64,
+    /// How many decisions changed this SKU's stock: each reservation and each release adds
+    /// one, so the newest level of a SKU has the highest, whatever order its events are read
+    /// in (the inventory-levels view keeps the highest).
+    pub changes: i64,
 }
 
 /// An order's payment.
@@ -311,6 +315,7 @@ fn reserve(policy: &Policy, res: &mut Resources, order: &OrderSnapshot) -> Decis
         let stock = next.entry(line.sku.clone()).or_insert(Stock {
             available: policy.initial_stock,
             reserved: 0,
+            changes: 0,
         });
         if stock.available < want {
             return failed(
@@ -321,6 +326,11 @@ fn reserve(policy: &Policy, res: &mut Resources, order: &OrderSnapshot) -> Decis
         stock.available -= want;
         stock.reserved = stock.reserved.saturating_add(want);
         *held.entry(line.sku.clone()).or_default() += want;
+    }
+    for sku in held.keys() {
+        if let Some(s) = next.get_mut(sku) {
+            s.changes = s.changes.saturating_add(1);
+        }
     }
     res.stock = next;
     res.reservation = Some(held);
@@ -341,6 +351,7 @@ pub fn compensate(undo: Undo, res: &mut Resources, saga: &str) -> Decision {
                     if let Some(s) = res.stock.get_mut(sku) {
                         s.available = s.available.saturating_add(*n);
                         s.reserved -= n;
+                        s.changes = s.changes.saturating_add(1);
                     }
                 }
                 res.reservation = Some(BTreeMap::new());

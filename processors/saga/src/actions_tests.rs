@@ -43,14 +43,16 @@ fn stock_is_reserved_for_every_line_or_for_none() {
         res.stock["A"],
         Stock {
             available: 6,
-            reserved: 4
+            reserved: 4,
+            changes: 1
         }
     );
     assert_eq!(
         res.stock["B"],
         Stock {
             available: 0,
-            reserved: 10
+            reserved: 10,
+            changes: 1
         }
     );
     // One unit of B short: nothing is held, not even A.
@@ -92,7 +94,8 @@ fn a_release_gives_back_exactly_what_was_held_once() {
         res.stock["A"],
         Stock {
             available: 10,
-            reserved: 0
+            reserved: 0,
+            changes: 2
         }
     );
     // Again (a redelivered trigger the decision log somehow let through): nothing held.
@@ -101,7 +104,8 @@ fn a_release_gives_back_exactly_what_was_held_once() {
         res.stock["A"],
         Stock {
             available: 10,
-            reserved: 0
+            reserved: 0,
+            changes: 2
         }
     );
     assert!(matches!(d, Decision::Compensated { reason } if reason.contains("released 0 SKUs")));

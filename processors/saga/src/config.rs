@@ -59,6 +59,10 @@ pub struct ParticipantConfig {
     pub commands_topic: String,
     /// Where the orders participant reads the outcomes of those commands.
     pub outcomes_topic: String,
+    /// Where a role that reserves stock publishes each SKU's level after a reservation or a
+    /// release (`eip.inventory.StockLevelChanged`, keyed by SKU): the CQRS projector's
+    /// inventory-levels view reads it.
+    pub levels_topic: String,
 }
 
 impl Default for ParticipantConfig {
@@ -75,6 +79,7 @@ impl Default for ParticipantConfig {
             fraud_limit_cents: policy.fraud_limit_cents,
             commands_topic: "order-commands".into(),
             outcomes_topic: "order-outcomes".into(),
+            levels_topic: "inventory-levels".into(),
         }
     }
 }
@@ -129,6 +134,7 @@ impl Section for ParticipantConfig {
         for (key, topic) in [
             ("commands_topic", &self.commands_topic),
             ("outcomes_topic", &self.outcomes_topic),
+            ("levels_topic", &self.levels_topic),
         ] {
             if topic.trim().is_empty() {
                 return Err(ConfigError::invalid(key, "must name a topic"));

@@ -22,7 +22,7 @@ use eip_runtime::{
 };
 use eip_schemas::Codec;
 use eip_schemas::codec::decode_with;
-use eip_schemas::types::{CommandOutcome, OrderSnapshot};
+use eip_schemas::types::{CommandOutcome, EventMetadata, OrderSnapshot, StockLevelChanged};
 use eip_schemas::{AvroRecord, frame};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +65,8 @@ pub struct Participant {
     latency_ms: i64,
     commands_topic: Arc<str>,
     outcomes_topic: String,
+    /// Where stock levels go, for a role that reserves stock (None for the others).
+    levels_topic: Option<Arc<str>>,
 }
 
 impl Participant {
@@ -136,6 +138,14 @@ impl Participant {
             latency_ms: i64::try_from(p.injection().latency.as_millis()).unwrap_or(i64::MAX),
             commands_topic: Arc::from(p.commands_topic.as_str()),
             outcomes_topic: p.outcomes_topic.clone(),
+            levels_topic: def
+                .steps
+                .iter()
+                .any(|s| {
+                    s.participant == p.role
+                        && Perform::of(&s.completed_by) == Some(Perform::ReserveStock)
+                })
+                .then(|| Arc::from(p.levels_topic.as_str())),
             def: Arc::new(def),
             store,
         };
@@ -196,6 +206,24 @@ impl Participant {
                     tracing::debug!(saga = %saga_id, "repeating a decision already published");
                 }
                 effects.emit(self.publish(step, &saga_id, &row)?);
+                // The stock the decision left, a record per SKU (again with a repeat: the
+                // view keeps the highest sequence, so a repeat changes nothing).
+                if let (Some(topic), Some(levels), Some(i)) =
+                    (&self.levels_topic, &row.levels, step)
+                {
+                    let cause = format!("{saga_id}:{}:{}", self.def.steps[i].name, row.state);
+                    let at = row.compensated_at.unwrap_or(row.decided_at);
+                    for l in levels {
+                        effects.emit(level_output(
+                            topic,
+                            &saga_id,
+                            &cause,
+                            &row.correlation_id,
+                            at,
+                            l,
+                        ));
+                    }
+                }
                 Ok(())
             }
             Verdict::Nothing(why) => {
@@ -297,6 +325,9 @@ impl Stateful for Participant {
         }
         if self.sends_commands() {
             topics.push(self.commands_topic.to_string());
+        }
+        if let Some(t) = &self.levels_topic {
+            topics.push(t.to_string());
         }
         topics.sort();
         topics.dedup();
@@ -502,6 +533,36 @@ impl Stateful for Participant {
     async fn flush(&self, state: &mut Partition, flush: Flush<'_>) -> Result<(), ProcessError> {
         self.store.flush(state, &flush).await
     }
+}
+
+/// The `StockLevelChanged` record of `level`, caused by the step event `cause` of `saga_id`.
+fn level_output(
+    topic: &Arc<str>,
+    saga_id: &str,
+    cause: &str,
+    correlation_id: &str,
+    at: i64,
+    level: &crate::participant_store::StockLevel,
+) -> Output {
+    Output::record(
+        topic.clone(),
+        Some(Bytes::from(level.sku.clone())),
+        StockLevelChanged {
+            metadata: EventMetadata {
+                event_id: format!("{cause}:{}", level.sku),
+                correlation_id: correlation_id.to_string(),
+                causation_id: Some(cause.to_string()),
+                occurred_at: at,
+                aggregate_id: level.sku.clone(),
+                aggregate_version: level.sequence,
+            },
+            sku: level.sku.clone(),
+            available: level.available,
+            reserved: level.reserved,
+            sequence: level.sequence,
+            order_id: saga_id.to_string(),
+        },
+    )
 }
 
 #[cfg(test)]

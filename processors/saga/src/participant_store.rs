@@ -27,6 +27,7 @@ use eip_store::sqlite::{
     Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect, write_ledger,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
 
 use crate::actions::{self, Decision, Payment, Perform, Policy, Resources, Stock, Undo};
 
@@ -35,10 +36,11 @@ CREATE TABLE IF NOT EXISTS saga_steps (
     saga_id TEXT NOT NULL, step TEXT NOT NULL, state TEXT NOT NULL,
     reference TEXT NOT NULL, amount INTEGER NOT NULL, reason TEXT NOT NULL, reason_code TEXT,
     order_json TEXT NOT NULL, correlation_id TEXT NOT NULL, causation_id TEXT,
-    decided_at INTEGER NOT NULL, compensated_at INTEGER,
+    decided_at INTEGER NOT NULL, compensated_at INTEGER, levels_json TEXT,
     PRIMARY KEY (saga_id, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stock (
-    sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL) WITHOUT ROWID;
+    sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL,
+    changes INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     order_id TEXT NOT NULL, sku TEXT NOT NULL, quantity INTEGER NOT NULL,
     PRIMARY KEY (order_id, sku)) WITHOUT ROWID;
@@ -74,6 +76,9 @@ pub struct StepRow {
     pub decided_at: i64,
     /// When it was undone, if it was.
     pub compensated_at: Option<i64>,
+    /// The stock levels the decision left, for an inventory step (its reservation, then its
+    /// release): published beside the step's event, and again with a repeat.
+    pub levels: Option<Vec<StockLevel>>,
 }
 
 /// What a participant asks its store to decide.
@@ -167,6 +172,22 @@ impl Store {
     pub fn open(path: &Path, policy: Policy) -> rusqlite::Result<Store> {
         let conn = connect(path)?;
         conn.execute_batch(DDL)?;
+        // Files from before stock levels were published lack two columns.
+        for (table, column, ty) in [
+            ("saga_steps", "levels_json", "TEXT"),
+            ("stock", "changes", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            let has: bool = conn.query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
+                ),
+                [column],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+            }
+        }
         conn.execute_batch(LEDGER_DDL)?;
         Ok(Store {
             path: Arc::from(path),
@@ -248,13 +269,14 @@ impl Store {
     /// Every SKU's stock, for reports and tests.
     pub fn stock(&self) -> rusqlite::Result<BTreeMap<String, Stock>> {
         let conn = connect(&self.path)?;
-        let mut stmt = conn.prepare("SELECT sku, available, reserved FROM stock")?;
+        let mut stmt = conn.prepare("SELECT sku, available, reserved, changes FROM stock")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get(0)?,
                 Stock {
                     available: r.get(1)?,
                     reserved: r.get(2)?,
+                    changes: r.get(3)?,
                 },
             ))
         })?;
@@ -302,7 +324,7 @@ fn empty_order() -> OrderSnapshot {
 fn load_row(tx: &Transaction<'_>, id: &StepId) -> rusqlite::Result<Option<StepRow>> {
     tx.prepare_cached(
         "SELECT state, reference, amount, reason, reason_code, order_json, correlation_id,
-                causation_id, decided_at, compensated_at
+                causation_id, decided_at, compensated_at, levels_json
          FROM saga_steps WHERE saga_id = ?1 AND step = ?2",
     )?
     .query_row(params![id.saga_id, id.step], |r| {
@@ -318,6 +340,9 @@ fn load_row(tx: &Transaction<'_>, id: &StepId) -> rusqlite::Result<Option<StepRo
             causation_id: r.get(7)?,
             decided_at: r.get(8)?,
             compensated_at: r.get(9)?,
+            levels: r
+                .get::<_, Option<String>>(10)?
+                .and_then(|j| serde_json::from_str(&j).ok()),
         })
     })
     .optional()
@@ -325,13 +350,18 @@ fn load_row(tx: &Transaction<'_>, id: &StepId) -> rusqlite::Result<Option<StepRo
 
 fn save_row(tx: &Transaction<'_>, id: &StepId, row: &StepRow) -> rusqlite::Result<()> {
     let json = serde_json::to_string(&row.order).unwrap_or_default();
+    let levels = row
+        .levels
+        .as_ref()
+        .and_then(|l| serde_json::to_string(l).ok());
     tx.prepare_cached(
         "INSERT INTO saga_steps (saga_id, step, state, reference, amount, reason, reason_code,
-             order_json, correlation_id, causation_id, decided_at, compensated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             order_json, correlation_id, causation_id, decided_at, compensated_at, levels_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (saga_id, step) DO UPDATE SET state = excluded.state,
              reference = excluded.reference, amount = excluded.amount, reason = excluded.reason,
-             reason_code = excluded.reason_code, compensated_at = excluded.compensated_at",
+             reason_code = excluded.reason_code, compensated_at = excluded.compensated_at,
+             levels_json = excluded.levels_json",
     )?
     .execute(params![
         id.saga_id,
@@ -345,7 +375,8 @@ fn save_row(tx: &Transaction<'_>, id: &StepId, row: &StepRow) -> rusqlite::Resul
         row.correlation_id,
         row.causation_id,
         row.decided_at,
-        row.compensated_at
+        row.compensated_at,
+        levels
     ])?;
     Ok(())
 }
@@ -375,14 +406,18 @@ fn decide_in(
         causation_id: id.causation_id.clone(),
         decided_at: id.at,
         compensated_at: None,
+        levels: None,
     };
     match (request, existing) {
         (Request::Perform { action, order }, None) => {
             let mut res = load_resources(tx, &id.saga_id, &order)?;
+            let before = res.stock.clone();
             let decision =
                 actions::perform(action, policy, &mut res, &id.saga_id, &id.step, &order);
             save_resources(tx, &id.saga_id, &order, &res)?;
+            let levels = changed_levels(&before, &res);
             let mut row = new_row("completed", order);
+            row.levels = levels;
             match decision {
                 Decision::Completed { reference, amount } => {
                     row.reference = reference;
@@ -446,8 +481,10 @@ fn decide_in(
         (Request::Compensate { undo, reason }, Some(mut row)) if row.state == "completed" => {
             let order = row.order.clone();
             let mut res = load_resources(tx, &id.saga_id, &order)?;
+            let before = res.stock.clone();
             let decision = actions::compensate(undo, &mut res, &id.saga_id);
             save_resources(tx, &id.saga_id, &order, &res)?;
+            row.levels = changed_levels(&before, &res);
             row.state = "compensated".into();
             // The event says why (the failure that started the wave); what was undone is
             // the row's reference.
@@ -491,13 +528,43 @@ fn decide_in(
     }
 }
 
+/// One SKU's stock right after a decision: what `eip.inventory.StockLevelChanged` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units that can still be reserved.
+    pub available: i64,
+    /// Units held for orders.
+    pub reserved: i64,
+    /// The SKU's change count after the decision.
+    pub sequence: i64,
+}
+
+/// The levels of the SKUs whose stock the decision changed (None when it changed none).
+fn changed_levels(before: &BTreeMap<String, Stock>, after: &Resources) -> Option<Vec<StockLevel>> {
+    let levels: Vec<StockLevel> = after
+        .stock
+        .iter()
+        .filter(|(sku, s)| before.get(*sku) != Some(*s))
+        .map(|(sku, s)| StockLevel {
+            sku: sku.clone(),
+            available: s.available,
+            reserved: s.reserved,
+            sequence: s.changes,
+        })
+        .collect();
+    (!levels.is_empty()).then_some(levels)
+}
+
 fn load_resources(
     tx: &Transaction<'_>,
     saga_id: &str,
     order: &OrderSnapshot,
 ) -> rusqlite::Result<Resources> {
     let mut res = Resources::default();
-    let mut stmt = tx.prepare_cached("SELECT available, reserved FROM stock WHERE sku = ?1")?;
+    let mut stmt =
+        tx.prepare_cached("SELECT available, reserved, changes FROM stock WHERE sku = ?1")?;
     let mut reservation = BTreeMap::new();
     {
         let mut held =
@@ -521,6 +588,7 @@ fn load_resources(
                 Ok(Stock {
                     available: r.get(0)?,
                     reserved: r.get(1)?,
+                    changes: r.get(2)?,
                 })
             })
             .optional()?
@@ -569,11 +637,11 @@ fn save_resources(
 ) -> rusqlite::Result<()> {
     for (sku, s) in &res.stock {
         tx.prepare_cached(
-            "INSERT INTO stock (sku, available, reserved) VALUES (?1, ?2, ?3)
+            "INSERT INTO stock (sku, available, reserved, changes) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (sku) DO UPDATE SET available = excluded.available,
-                 reserved = excluded.reserved",
+                 reserved = excluded.reserved, changes = excluded.changes",
         )?
-        .execute(params![sku, s.available, s.reserved])?;
+        .execute(params![sku, s.available, s.reserved, s.changes])?;
     }
     if let Some(held) = &res.reservation {
         tx.prepare_cached("DELETE FROM reservations WHERE order_id = ?1")?

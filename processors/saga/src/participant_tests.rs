@@ -122,12 +122,39 @@ async fn inventory_reserves_once_however_often_its_trigger_comes_and_releases_on
     );
     assert_eq!(json["metadata"]["causation_id"], "f-1");
     assert_eq!(json["order"]["total_cents"], 300);
+    // The stock it left, on its own topic keyed by SKU, numbered by the SKU's changes.
+    assert_eq!(out.len(), 2);
+    let (topic, ty, level) = seen(&out[1]);
+    assert_eq!(
+        (topic.as_str(), ty.as_str()),
+        ("inventory-levels", "eip.inventory.StockLevelChanged")
+    );
+    assert_eq!(out[1].key.as_deref(), Some(&b"A"[..]));
+    assert_eq!(
+        (
+            &level["sku"],
+            &level["available"],
+            &level["reserved"],
+            &level["sequence"]
+        ),
+        (
+            &serde_json::json!("A"),
+            &serde_json::json!(2),
+            &serde_json::json!(3),
+            &serde_json::json!(1)
+        )
+    );
+    assert_eq!(
+        level["metadata"]["event_id"],
+        "o-1:inventory_reserved:completed:A"
+    );
     // Redelivered: the same record again, and stock held once.
     let again = kit
         .record(Some("o-1"), event("eip.fraud.FraudCheckPassed", "f-1"))
         .await
         .unwrap();
     assert_eq!(seen(&again[0]).2, json);
+    assert_eq!(seen(&again[1]).2, level);
     let stock = kit.processor().store().stock().unwrap();
     assert_eq!((stock["A"].available, stock["A"].reserved), (2, 3));
     // The payment is declined: released, once.
@@ -138,6 +165,26 @@ async fn inventory_reserves_once_however_often_its_trigger_comes_and_releases_on
     let (_, ty, json) = seen(&out[0]);
     assert_eq!(ty, "eip.inventory.InventoryReleased");
     assert_eq!(json["reason"], "payment_authorized failed: injected");
+    let released = seen(&out[1]).2;
+    assert_eq!(
+        (
+            &released["available"],
+            &released["reserved"],
+            &released["sequence"]
+        ),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!(0),
+            &serde_json::json!(2)
+        )
+    );
+    // Repeats publish the same records, and change nothing.
+    let again = kit
+        .record(Some("o-1"), event("eip.payments.PaymentDeclined", "p-1"))
+        .await
+        .unwrap();
+    assert_eq!(seen(&again[0]).2, json);
+    assert_eq!(seen(&again[1]).2, released);
     kit.record(Some("o-1"), event("eip.payments.PaymentDeclined", "p-1"))
         .await
         .unwrap();
@@ -183,7 +230,13 @@ async fn whichever_of_trigger_and_timeout_comes_first_decides_the_step() {
     };
     r.fields.order_id = Some("o-2".into());
     let out = kit.record(Some("o-2"), Input::Saga(r)).await.unwrap();
-    assert_eq!(types(&out), ["eip.inventory.InventoryReserved"]);
+    assert_eq!(
+        types(&out),
+        [
+            "eip.inventory.InventoryReserved",
+            "eip.inventory.StockLevelChanged"
+        ]
+    );
     let Input::Saga(mut t) = timeout("inventory_reserved") else {
         unreachable!()
     };
@@ -191,7 +244,13 @@ async fn whichever_of_trigger_and_timeout_comes_first_decides_the_step() {
     // The timeout after the decision publishes that decision again (the same record), so a
     // completion lost before its ack still goes out; it never turns into a failure.
     let again = kit.record(Some("o-2"), Input::Saga(t)).await.unwrap();
-    assert_eq!(types(&again), ["eip.inventory.InventoryReserved"]);
+    assert_eq!(
+        types(&again),
+        [
+            "eip.inventory.InventoryReserved",
+            "eip.inventory.StockLevelChanged"
+        ]
+    );
     assert_eq!(seen(&again[0]).2, seen(&out[0]).2);
 }
 
@@ -319,4 +378,38 @@ async fn the_orders_role_completes_the_order_and_cancels_it_after_the_compensati
         json["reason"],
         "saga order_fulfilment: payment_authorized failed: declined"
     );
+}
+
+#[test]
+fn a_store_from_before_stock_levels_gains_their_columns_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE saga_steps (
+                 saga_id TEXT NOT NULL, step TEXT NOT NULL, state TEXT NOT NULL,
+                 reference TEXT NOT NULL, amount INTEGER NOT NULL, reason TEXT NOT NULL,
+                 reason_code TEXT, order_json TEXT NOT NULL, correlation_id TEXT NOT NULL,
+                 causation_id TEXT, decided_at INTEGER NOT NULL, compensated_at INTEGER,
+                 PRIMARY KEY (saga_id, step)) WITHOUT ROWID;
+             CREATE TABLE stock (
+                 sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL)
+                 WITHOUT ROWID;
+             INSERT INTO stock VALUES ('A', 7, 3);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path, crate::actions::Policy::default()).unwrap();
+    let stock = store.stock().unwrap();
+    assert_eq!(
+        stock["A"],
+        crate::actions::Stock {
+            available: 7,
+            reserved: 3,
+            changes: 0
+        }
+    );
+    // Opening again finds the columns there.
+    Store::open(&path, crate::actions::Policy::default()).unwrap();
 }

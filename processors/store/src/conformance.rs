@@ -8,7 +8,9 @@
 #![allow(clippy::expect_used)] // a test suite: a failed expectation panics, naming it
 
 use crate::view_store::ViewStore;
-use crate::views::{LineView, OrderView, OutcomeView, Write, diff, order_rows, outcome_rows};
+use crate::views::{
+    LevelView, LineView, OrderView, OutcomeView, Write, diff, level_rows, order_rows, outcome_rows,
+};
 
 fn line(sku: &str, quantity: i64, version: i64) -> LineView {
     LineView {
@@ -103,6 +105,37 @@ pub async fn run<S: ViewStore>(store: &S) {
         .await
         .expect("the newest write again");
     check(store.order("o-2").await.expect("order"), &o2);
+
+    // Stock levels: the highest sequence stays, whatever order the levels arrive in, and a
+    // level at the edge of its type is kept as it is.
+    let level = |sku: &str, available: i64, version: i64| LevelView {
+        sku: sku.into(),
+        available,
+        reserved: 100_i64.saturating_sub(available),
+        version,
+        updated_at: 1_000_i64.saturating_add(version),
+    };
+    for l in [level("A", 90, 2), level("A", 95, 1), level("A", 90, 2)] {
+        store
+            .apply(&diff(&[], &level_rows(&l), l.version))
+            .await
+            .expect("a level");
+    }
+    assert_eq!(
+        store.inventory("A").await.expect("inventory"),
+        Some(level("A", 90, 2))
+    );
+    let edge = LevelView {
+        available: i64::MAX,
+        reserved: i64::MIN,
+        ..level("B", 0, i64::MAX)
+    };
+    store
+        .apply(&diff(&[], &level_rows(&edge), edge.version))
+        .await
+        .expect("a level at the edge");
+    assert_eq!(store.inventory("B").await.expect("inventory"), Some(edge));
+    assert_eq!(store.inventory("none").await.expect("inventory"), None);
 
     // A customer's orders, newest first (same instant: by order id), one per page.
     let mut ids = Vec::new();

@@ -4,7 +4,7 @@
 use crate::view_page::{CustomerOrder, Sales};
 use crate::view_scylla::ScyllaViews;
 use crate::view_store::{Paged, SqliteViews, StoreError, ViewStore};
-use crate::views::{OrderView, OutcomeView, Write};
+use crate::views::{LevelView, OrderView, OutcomeView, Write};
 
 /// Either backend, chosen by configuration.
 #[derive(Debug)]
@@ -65,6 +65,13 @@ impl ViewStore for AnyViews {
         match self {
             AnyViews::Sqlite(s) => s.commands_by_correlation(id, cursor, limit).await,
             AnyViews::Cql(s) => s.commands_by_correlation(id, cursor, limit).await,
+        }
+    }
+
+    async fn inventory(&self, sku: &str) -> Result<Option<LevelView>, StoreError> {
+        match self {
+            AnyViews::Sqlite(s) => s.inventory(sku).await,
+            AnyViews::Cql(s) => s.inventory(sku).await,
         }
     }
 }

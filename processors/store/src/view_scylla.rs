@@ -34,8 +34,9 @@ use tokio::sync::Semaphore;
 use crate::view_page::{BadCursor, CustomerOrder, Page, Sales, decode_cursor, encode_cursor};
 use crate::view_store::{Paged, StoreError, ViewStore};
 use crate::views::{
-    COMMAND_STATUS, COMMANDS_BY_CORRELATION, LineView, ORDER_LINES, ORDER_SUMMARY,
-    ORDERS_BY_CUSTOMER, OrderView, OutcomeView, PRODUCT_SALES, Table, VIEWS, Value, Write, view_of,
+    COMMAND_STATUS, COMMANDS_BY_CORRELATION, INVENTORY_LEVELS, LevelView, LineView, ORDER_LINES,
+    ORDER_SUMMARY, ORDERS_BY_CUSTOMER, OrderView, OutcomeView, PRODUCT_SALES, Table, VIEWS, Value,
+    Write, view_of,
 };
 
 /// How to reach the cluster.
@@ -133,6 +134,7 @@ struct Reads {
     command: PreparedStatement,
     correlation: PreparedStatement,
     correlation_after: PreparedStatement,
+    inventory: PreparedStatement,
 }
 
 /// The views in a CQL keyspace. See the module docs.
@@ -303,6 +305,11 @@ impl ScyllaViews {
             command: prepare(format!(
                 "SELECT {outcome_columns} FROM {} WHERE command_id = ?",
                 t(&COMMAND_STATUS)
+            ))
+            .await?,
+            inventory: prepare(format!(
+                "SELECT sku, available, reserved, version, updated_at FROM {} WHERE sku = ?",
+                t(&INVENTORY_LEVELS)
             ))
             .await?,
             correlation: prepare(format!(
@@ -660,6 +667,19 @@ impl ViewStore for ScyllaViews {
             .rows("reading a command's status", &self.reads.command, (id,))
             .await?;
         Ok(rows.into_iter().next().map(outcome))
+    }
+
+    async fn inventory(&self, sku: &str) -> Result<Option<LevelView>, StoreError> {
+        let rows: Vec<(String, i64, i64, i64, i64)> = self
+            .rows("reading a stock level", &self.reads.inventory, (sku,))
+            .await?;
+        Ok(rows.into_iter().next().map(|r| LevelView {
+            sku: r.0,
+            available: r.1,
+            reserved: r.2,
+            version: r.3,
+            updated_at: r.4,
+        }))
     }
 
     async fn commands_by_correlation(

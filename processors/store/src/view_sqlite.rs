@@ -19,7 +19,9 @@ use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, params};
 
 use crate::sqlite::{classify, connect};
 use crate::view_page::{BadCursor, CustomerOrder, Page, Sales, decode_cursor, encode_cursor};
-use crate::views::{LineView, OrderView, OutcomeView, Table, VIEWS, Value, Write, view_of};
+use crate::views::{
+    LevelView, LineView, OrderView, OutcomeView, Table, VIEWS, Value, Write, view_of,
+};
 
 impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -389,6 +391,26 @@ impl Reader {
                  FROM command_status WHERE command_id = ?1",
             )?
             .query_row(params![id], outcome)
+            .optional()
+        })
+    }
+
+    /// The stock level of `sku`.
+    pub fn inventory(&self, sku: &str) -> rusqlite::Result<Option<LevelView>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT sku, available, reserved, version, updated_at
+                 FROM inventory_levels WHERE sku = ?1",
+            )?
+            .query_row(params![sku], |r| {
+                Ok(LevelView {
+                    sku: r.get(0)?,
+                    available: r.get(1)?,
+                    reserved: r.get(2)?,
+                    version: r.get(3)?,
+                    updated_at: r.get(4)?,
+                })
+            })
             .optional()
         })
     }

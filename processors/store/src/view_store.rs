@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::view_page::{CustomerOrder, Sales};
 use crate::view_sqlite::{self, Reader};
-use crate::views::{OrderView, OutcomeView, Write};
+use crate::views::{LevelView, OrderView, OutcomeView, Write};
 
 /// A store failure, classified.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +71,11 @@ pub trait ViewStore: Send + Sync {
         cursor: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Paged<OutcomeView>> + Send;
+    /// A SKU's stock level.
+    fn inventory(
+        &self,
+        sku: &str,
+    ) -> impl Future<Output = Result<Option<LevelView>, StoreError>> + Send;
 }
 
 /// The SQLite backend behind the trait: writes in their own transaction on the live tables,
@@ -163,6 +168,11 @@ impl ViewStore for SqliteViews {
         let (id, cursor) = (id.to_string(), cursor.map(str::to_string));
         self.read(move |r| r.commands_by_correlation_page(&id, cursor.as_deref(), limit))
             .await
+    }
+
+    async fn inventory(&self, sku: &str) -> Result<Option<LevelView>, StoreError> {
+        let sku = sku.to_string();
+        self.read(move |r| r.inventory(&sku)).await
     }
 }
 

@@ -432,8 +432,24 @@ pub const COMMANDS_BY_CORRELATION: Table = Table {
     cql_buckets: None,
 };
 
+/// Each SKU's stock as the inventory participant last left it. The row's version is the SKU's
+/// change sequence, so of two levels read in any order the later one stays.
+pub const INVENTORY_LEVELS: Table = Table {
+    name: "inventory_levels",
+    columns: &[
+        col("sku", Type::Text),
+        col("available", Type::Int),
+        col("reserved", Type::Int),
+        col("version", Type::Int),
+        col("updated_at", Type::Int),
+    ],
+    partition: 1,
+    clustering: &[],
+    cql_buckets: None,
+};
+
 /// Every view.
-pub const VIEWS: [View; 4] = [
+pub const VIEWS: [View; 5] = [
     View {
         name: "order_summary",
         doc: "an order's status, lines, total and version, by order id",
@@ -453,6 +469,11 @@ pub const VIEWS: [View; 4] = [
         name: "command_status",
         doc: "each command's outcome, by command id and by correlation id",
         tables: &[&COMMAND_STATUS, &COMMANDS_BY_CORRELATION],
+    },
+    View {
+        name: "inventory_levels",
+        doc: "each SKU's available and reserved units, as the inventory participant left them",
+        tables: &[&INVENTORY_LEVELS],
     },
 ];
 
@@ -696,6 +717,35 @@ pub fn order_rows(order: &OrderView) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// A SKU's stock as the inventory-levels view holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelView {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units that can still be reserved.
+    pub available: i64,
+    /// Units held for orders (kept by completed ones).
+    pub reserved: i64,
+    /// The SKU's change sequence at this level.
+    pub version: i64,
+    /// When the decision that left it happened, in ms since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// The row a level stands for.
+pub fn level_rows(l: &LevelView) -> Vec<Row> {
+    vec![Row {
+        table: &INVENTORY_LEVELS,
+        values: vec![
+            l.sku.as_str().into(),
+            l.available.into(),
+            l.reserved.into(),
+            l.version.into(),
+            l.updated_at.into(),
+        ],
+    }]
 }
 
 /// A command's outcome as the command status view holds it.

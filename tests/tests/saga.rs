@@ -131,6 +131,31 @@ fn resources_net_back(rig: &SagaRig, placed: &[TestOrder], completed: &BTreeSet<
 /// Every one of `placed` ends completed or compensated, none stuck, with failures at
 /// several steps; resources net back; the order events end completed or cancelled. Returns
 /// the completed ones.
+/// The CQRS projector on the rig's orders topics and the stock levels the inventory
+/// participant publishes: the inventory-levels view.
+async fn levels_projector(ep: &Endpoints, rig: &SagaRig) -> InProcess {
+    let inputs = vec![
+        rig.stack.events.clone(),
+        rig.stack.outcomes.clone(),
+        rig.levels.clone(),
+    ];
+    eip_tests::cqrs::start_projector_on(ep, &rig.stack, inputs).await
+}
+
+/// Waits until the inventory-levels view shows, SKU by SKU, what the participant's own store
+/// holds; returns those rows.
+async fn view_matches_the_stock(rig: &SagaRig) -> Vec<(String, i64, i64)> {
+    let sql = "SELECT sku, available, reserved FROM stock ORDER BY sku";
+    let stock = rows(&rig.db("inventory"), sql);
+    assert!(!stock.is_empty());
+    let sql = "SELECT sku, available, reserved FROM inventory_levels ORDER BY sku";
+    eventually("the inventory-levels view", WAIT, || async {
+        (rows(&rig.stack.views_db, sql) == stock).then_some(())
+    })
+    .await;
+    stock
+}
+
 async fn check_outcome(
     rig: &SagaRig,
     ep: &Endpoints,
@@ -203,14 +228,7 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     let mut rig = SagaRig::new(&ep, "saga-e2e", "60s", "60s", everywhere(0.06)).await;
     rig.start_participants();
     rig.start_monitor();
-    // The CQRS projector reads the stock levels the inventory participant publishes too: the
-    // inventory-levels view.
-    let inputs = vec![
-        rig.stack.events.clone(),
-        rig.stack.outcomes.clone(),
-        rig.levels.clone(),
-    ];
-    let projector = eip_tests::cqrs::start_projector_on(&ep, &rig.stack, inputs).await;
+    let projector = levels_projector(&ep, &rig).await;
     let placed = orders(&rig.stack.names.input, 120);
     // Orders cancelled before they are confirmed start no saga, though their
     // OrderCancelled is the saga's end event.
@@ -218,15 +236,7 @@ async fn every_saga_ends_completed_or_compensated_and_resources_net_back() {
     place_and_cancel(&ep, &codec, &rig.stack.names.input, &never).await;
     place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
     check_outcome(&rig, &ep, &placed, 4).await;
-    // The inventory-levels view shows, SKU by SKU, what the participant's own store holds.
-    let sql = "SELECT sku, available, reserved FROM stock ORDER BY sku";
-    let stock = rows(&rig.db("inventory"), sql);
-    assert!(!stock.is_empty());
-    let sql = "SELECT sku, available, reserved FROM inventory_levels ORDER BY sku";
-    eventually("the inventory-levels view", WAIT, || async {
-        (rows(&rig.stack.views_db, sql) == stock).then_some(())
-    })
-    .await;
+    let stock = view_matches_the_stock(&rig).await;
     projector.stop().await.unwrap();
     let (sku, available, reserved) = &stock[0];
     let views_db = rig.stack.views_db.display().to_string();
@@ -368,6 +378,7 @@ async fn two_thousand_sagas_survive_kill_9_of_participants_and_the_monitor() {
     let mut rig = SagaRig::new(&ep, "saga-kill", "60s", "60s", everywhere(0.0221)).await;
     rig.start_participants();
     rig.start_monitor();
+    let projector = levels_projector(&ep, &rig).await;
     let placed = orders(&rig.stack.names.input, 2_000);
     place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
     // Kill -9 a random participant or the monitor every second or so while the sagas run,
@@ -396,6 +407,8 @@ async fn two_thousand_sagas_survive_kill_9_of_participants_and_the_monitor() {
     }
     eprintln!("killed {killed:?}");
     check_outcome(&rig, &ep, &placed, 6).await;
+    view_matches_the_stock(&rig).await;
+    projector.stop().await.unwrap();
 }
 
 /// The monitor's `eip_sagas{status="stuck"}` right now.

@@ -181,7 +181,8 @@ enum ProjectionCmd {
     /// Build a new version of VIEW from offset 0 while the live one serves, then switch
     /// readers to it atomically. Ctrl-C cancels; the old version is kept until dropped.
     Rebuild {
-        /// order_summary, orders_by_customer, product_sales or command_status.
+        /// order_summary, orders_by_customer, product_sales, command_status or
+        /// inventory_levels.
         view: String,
         #[command(flatten)]
         views: ViewsDb,
@@ -191,6 +192,10 @@ enum ProjectionCmd {
         /// The outcomes topic the projector reads.
         #[arg(long, default_value = "order-outcomes")]
         outcomes_topic: String,
+        /// The stock levels topic the projector reads (inventory_levels is built from it
+        /// alone).
+        #[arg(long, default_value = "inventory-levels")]
+        levels_topic: String,
         /// Go on when the topics can't be replayed whole (finite retention, deleted records).
         /// The rebuild still never switches past an order whose versions are missing.
         #[arg(long)]
@@ -741,14 +746,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 views,
                 events_topic,
                 outcomes_topic,
+                levels_topic,
                 accept_truncated_history,
                 hold_after_begin,
             } => {
+                // Each view from the topics its rows come from.
+                let topics = if view == eip_store::views::INVENTORY_LEVELS.name {
+                    vec![levels_topic]
+                } else {
+                    vec![events_topic, outcomes_topic]
+                };
                 cqrs::rebuild_view(
                     &ep,
                     &views.db,
                     &view,
-                    vec![events_topic, outcomes_topic],
+                    topics,
                     accept_truncated_history,
                     hold_after_begin,
                 )

@@ -295,15 +295,26 @@ async fn levels_in_view(
 ) -> Vec<Option<(i64, i64)>> {
     loop {
         let mut seen = Vec::new();
+        let base = if gateway.starts_with("http") {
+            gateway.to_string()
+        } else {
+            format!("http://{gateway}")
+        };
         for (sku, _, _) in rows {
-            let level = match reqwest::Url::parse(gateway) {
+            let level = match reqwest::Url::parse(&base) {
                 Ok(mut url) => {
                     if let Ok(mut path) = url.path_segments_mut() {
                         path.pop_if_empty().extend(["v1", "inventory", sku]);
                     }
-                    get_url::<eip_store::views::LevelView>(url.as_str())
-                        .await
-                        .ok()
+                    match get_url::<eip_store::views::LevelView>(url.as_str()).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            if std::time::Instant::now() > deadline {
+                                println!("  ({sku} in the view: {e})");
+                            }
+                            None
+                        }
+                    }
                 }
                 Err(_) => None,
             };

@@ -172,22 +172,29 @@ impl Store {
     pub fn open(path: &Path, policy: Policy) -> rusqlite::Result<Store> {
         let conn = connect(path)?;
         conn.execute_batch(DDL)?;
-        // Files from before stock levels were published lack two columns.
-        for (table, column, ty) in [
-            ("saga_steps", "levels_json", "TEXT"),
-            ("stock", "changes", "INTEGER NOT NULL DEFAULT 0"),
-        ] {
-            let has: bool = conn.query_row(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
-                ),
-                [column],
-                |r| r.get(0),
-            )?;
-            if !has {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        // Files from before stock levels were published lack two columns. One transaction,
+        // so two processes opening the same file don't both add them.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let added = (|| {
+            for (table, column, ty) in [
+                ("saga_steps", "levels_json", "TEXT"),
+                ("stock", "changes", "INTEGER NOT NULL DEFAULT 0"),
+            ] {
+                let has: bool = conn.query_row(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
+                    ),
+                    [column],
+                    |r| r.get(0),
+                )?;
+                if !has {
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+                }
             }
-        }
+            Ok::<_, rusqlite::Error>(())
+        })();
+        conn.execute_batch(if added.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        added?;
         conn.execute_batch(LEDGER_DDL)?;
         Ok(Store {
             path: Arc::from(path),

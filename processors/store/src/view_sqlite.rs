@@ -51,8 +51,20 @@ impl Versions {
 }
 
 /// Creates what is missing: the version table, every view's live tables at version 1 on a new
-/// file, the plain-name SQL views, and `product_sales_daily`. Safe to run on every start.
+/// file, the plain-name SQL views, and `product_sales_daily`. Safe to run on every start, and
+/// from several processes at once (the projector and the gateway start together): it runs in
+/// one `BEGIN IMMEDIATE` transaction, so one process creates and the others find.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        return migrate_in(conn);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = migrate_in(conn);
+    conn.execute_batch(if done.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+    done
+}
+
+fn migrate_in(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS view_versions (
              view TEXT PRIMARY KEY,
@@ -554,6 +566,30 @@ mod tests {
                     version: 2,
                 },
             ],
+        }
+    }
+
+    #[test]
+    fn processes_that_start_together_all_migrate_the_same_new_file() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("views.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let all: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        let conn = connect(&path).unwrap();
+                        start.wait();
+                        migrate(&conn)
+                    })
+                })
+                .collect();
+            for t in all {
+                t.join().unwrap().unwrap();
+            }
+            let conn = connect(&path).unwrap();
+            assert_eq!(versions(&conn).unwrap().live.len(), VIEWS.len());
         }
     }
 

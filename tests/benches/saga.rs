@@ -198,6 +198,7 @@ async fn saga_round(ep: &Endpoints, n: usize, partitions: i32, dir: &std::path::
             db: dir.join(format!("{group}.db")),
             observations_topic: observations.clone(),
             operator_tokens: Vec::new(),
+            ..MonitorConfig::default()
         },
     );
     mcfg.pipeline.inputs.clear();
@@ -356,6 +357,7 @@ async fn monitor_memory(ep: &Endpoints, n: usize, partitions: i32, dir: &std::pa
             db: dir.join(format!("{group}.db")),
             observations_topic: observations.clone(),
             operator_tokens: Vec::new(),
+            ..MonitorConfig::default()
         },
     );
     mcfg.kafka = kafka(ep, &group);

@@ -54,6 +54,9 @@ pub struct SagaRig {
     pub monitor_addr: String,
     /// Each participant's telemetry address, by role.
     pub telemetry: BTreeMap<String, String>,
+    /// Settings the monitor starts with on top of the rig's (a later one wins): its store,
+    /// another state directory.
+    pub monitor_env: Vec<(String, String)>,
     prefix: String,
     inject: Vec<Inject>,
     ep: Endpoints,
@@ -123,6 +126,7 @@ impl SagaRig {
             monitor: None,
             monitor_addr: String::new(),
             telemetry: BTreeMap::new(),
+            monitor_env: Vec::new(),
             prefix,
             inject,
             ep: ep.clone(),
@@ -223,6 +227,7 @@ impl SagaRig {
                 format!("[\"{OPERATOR_TOKEN}\"]"),
             ),
         ]));
+        e.extend(self.monitor_env.iter().cloned());
         self.monitor = Some(ChildProcess::spawn(&bin("eip-saga-monitor"), &[], &e));
     }
 

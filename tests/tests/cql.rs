@@ -324,3 +324,18 @@ async fn the_cql_view_store_passes_the_conformance_suite_and_refuses_an_oversize
     }
     store.drop_keyspace().await.unwrap();
 }
+
+/// The saga monitor's views on the CQL server: the same saga conformance suite the monitor's
+/// SQLite file passes (bucketed status pages, events as of an observation offset, deadlines
+/// by monitor partition, per-partition totals, newest wins).
+#[tokio::test]
+async fn the_saga_views_on_cql_pass_the_saga_conformance_suite() {
+    use eip_store::saga_store::{LazyCql, SagaStore};
+    use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
+    let mut settings = ScyllaSettings::new(nodes());
+    settings.keyspace = unique("sagas").replace(['-', '.'], "_");
+    let views = std::sync::Arc::new(ScyllaViews::connect(&settings).await.unwrap());
+    let store = SagaStore::Cql(std::sync::Arc::new(LazyCql::connected(views.clone())));
+    eip_store::saga_conformance::run(&store).await;
+    views.drop_keyspace().await.unwrap();
+}

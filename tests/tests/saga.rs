@@ -189,6 +189,7 @@ async fn check_outcome(
     for s in rig.sagas("completed").await {
         assert!(s["flags"].as_array().unwrap().is_empty(), "{s}");
     }
+    totals_match_the_listed_sagas(rig, &compensated, completed.len()).await;
     resources_net_back(rig, placed, &completed);
     let finals = final_order_events(ep, &codec, &rig.stack.events).await;
     for o in placed {
@@ -205,6 +206,45 @@ async fn check_outcome(
         );
     }
     completed
+}
+
+/// The totals the monitor keeps per partition (`/sagas/stats`) against the sagas it lists
+/// one by one: the same counts per status, and the same failures by step and code.
+async fn totals_match_the_listed_sagas(
+    rig: &SagaRig,
+    compensated: &[serde_json::Value],
+    completed: usize,
+) {
+    let stats = rig.api("/sagas/stats").await.unwrap();
+    assert_eq!(
+        stats["counts"]["completed"].as_i64(),
+        Some(completed as i64),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["counts"]["compensated"].as_i64(),
+        Some(compensated.len() as i64),
+        "{stats}"
+    );
+    let mut listed: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for s in compensated {
+        let key = (
+            s["failed_step"].as_str().unwrap().to_string(),
+            s["failure_code"].as_str().unwrap_or_default().to_string(),
+        );
+        *listed.entry(key).or_default() += 1;
+    }
+    let mut totals: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for f in stats["failures"].as_array().unwrap() {
+        totals.insert(
+            (
+                f["step"].as_str().unwrap().to_string(),
+                f["code"].as_str().unwrap().to_string(),
+            ),
+            f["sagas"].as_i64().unwrap(),
+        );
+    }
+    assert_eq!(totals, listed, "{stats}");
 }
 
 fn everywhere(fail_rate: f64) -> Vec<Inject> {
@@ -751,14 +791,17 @@ async fn operator_actions_on_stuck_sagas(rig: &SagaRig, ep: &Endpoints, id: &str
     // Operator actions off (no tokens): 403; a store that can't be read: 503.
     let def = std::sync::Arc::new(eip_saga::definition::Definition::load(&rig.definition).unwrap());
     let unreadable = rig.dir.path().join("no-such-dir/monitor.db");
-    let off = eip_saga::api::Api::new(def.clone(), unreadable.clone());
+    let off = eip_saga::api::Api::new(
+        def.clone(),
+        eip_store::saga_store::SagaStore::sqlite(unreadable.clone()),
+    );
     let kafka = eip_runtime::config::KafkaConfig {
         brokers: ep.brokers.clone(),
         ..Default::default()
     };
     let operator =
         eip_saga::operate::Operator::new(def.clone(), &kafka, codec(ep), "unused").unwrap();
-    let down = eip_saga::api::Api::new(def, unreadable)
+    let down = eip_saga::api::Api::new(def, eip_store::saga_store::SagaStore::sqlite(unreadable))
         .with_operator(std::sync::Arc::new(operator), &[OPERATOR_TOKEN.to_string()]);
     for (api, status) in [(off, 403), (down, 503)] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -876,7 +919,7 @@ async fn api_matches_the_contract(rig: &SagaRig, id: &str) {
     let def = eip_saga::definition::Definition::load(&rig.definition).unwrap();
     let api = eip_saga::api::Api::new(
         std::sync::Arc::new(def),
-        rig.dir.path().join("no-such-dir/monitor.db"),
+        eip_store::saga_store::SagaStore::sqlite(rig.dir.path().join("no-such-dir/monitor.db")),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -952,4 +995,144 @@ async fn dashboard_shows_the_stuck_sagas(rig: &SagaRig, id: &str) {
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 20_000, "screenshot {}: {size} bytes", shot.display());
     eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+/// The monitor with its views on CQL (`store = "cql"`) moves to another machine: it is
+/// killed -9 while sagas wait on a step's deadline, and started again with another state
+/// directory (nothing on the first machine's disk is read). Every deadline still fires from
+/// the keyspace's deadline rows, every saga ends compensated, and the totals the API serves
+/// (kept per monitor partition) agree with the sagas it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_on_cql_moves_to_another_machine_and_keeps_every_saga_and_deadline() {
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    let nodes: Vec<String> = std::env::var("EIP_CQL_NODES")
+        .unwrap_or_else(|_| "127.0.0.1:19042".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    // Some sagas fail early by injection; the rest wait at shipping, which takes an hour,
+    // until the step's 20 s deadline.
+    let mut inject: Vec<Inject> = ["customers", "fraud", "inventory", "payments"]
+        .into_iter()
+        .map(|role| Inject {
+            role,
+            fail_rate: 0.1,
+            latency: Duration::ZERO,
+        })
+        .collect();
+    inject.push(Inject {
+        role: "shipping",
+        fail_rate: 0.0,
+        latency: Duration::from_secs(3_600),
+    });
+    let mut rig = SagaRig::new(&ep, "saga-cql", "20s", "60s", inject).await;
+    let keyspace = format!(
+        "sagas_{}",
+        rig.stack
+            .names
+            .input
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let keyspace: String = keyspace.chars().take(48).collect();
+    let root = rig.dir.path().to_path_buf();
+    let on_machine = |name: &str| {
+        vec![
+            ("EIP__PROCESSOR__STORE".to_string(), "cql".to_string()),
+            (
+                "EIP__PROCESSOR__CQL_NODES".to_string(),
+                serde_json::to_string(&nodes).unwrap(),
+            ),
+            ("EIP__PROCESSOR__KEYSPACE".to_string(), keyspace.clone()),
+            (
+                "EIP__PROCESSOR__DB".to_string(),
+                root.join(name).join("monitor.db").display().to_string(),
+            ),
+        ]
+    };
+    rig.monitor_env = on_machine("machine-a");
+    rig.start_participants();
+    rig.start_monitor();
+    let placed = orders(&rig.stack.names.input, 40);
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    // Wait until no saga is before shipping: each waits there, or failed earlier.
+    let before_shipping = [
+        "customer_verified",
+        "fraud_check_passed",
+        "inventory_reserved",
+        "payment_authorized",
+        "points_redeemed",
+    ];
+    let waiting = eventually(
+        "every saga at shipping or failed before it",
+        WAIT,
+        || async {
+            let running = rig.sagas("running").await;
+            let mut failed = rig.sagas("compensated").await;
+            failed.extend(rig.sagas("compensating").await);
+            let early = failed
+                .iter()
+                .filter(|s| before_shipping.contains(&s["failed_step"].as_str().unwrap_or("")))
+                .count();
+            (running.len() + early == 40
+                && !running.is_empty()
+                && running.iter().all(|s| s["step"] == "shipment_scheduled"))
+            .then_some(40 - early)
+        },
+    )
+    .await;
+    // The first machine goes away with its deadlines pending; the monitor comes back on
+    // another one.
+    rig.kill("monitor").await;
+    rig.monitor_env = on_machine("machine-b");
+    rig.start_monitor();
+    let counts = all_final(&rig, 40).await;
+    assert_eq!(counts.get("compensated"), Some(&40), "{counts:?}");
+    for status in ["running", "stuck", "completed", "compensating", "resolved"] {
+        assert_eq!(counts.get(status).copied().unwrap_or(0), 0, "{counts:?}");
+    }
+    let compensated = rig.sagas("compensated").await;
+    assert_eq!(compensated.len(), 40);
+    let timed_out: Vec<&serde_json::Value> = compensated
+        .iter()
+        .filter(|s| s["failed_step"] == "shipment_scheduled")
+        .collect();
+    assert_eq!(
+        timed_out.len(),
+        waiting,
+        "every saga that reached shipping timed out there"
+    );
+    assert!(timed_out.iter().all(|s| s["failure_code"] == "timeout"));
+    // The totals (one row per monitor partition) against the sagas listed one by one.
+    totals_match_the_listed_sagas(&rig, &compensated, 0).await;
+    let stats = rig.api("/sagas/stats").await.unwrap();
+    // Every saga reserved stock before it failed at shipping or released it: the
+    // compensations by step count the sagas that got past each step.
+    let past_inventory = compensated
+        .iter()
+        .filter(|s| {
+            ![
+                "customer_verified",
+                "fraud_check_passed",
+                "inventory_reserved",
+            ]
+            .contains(&s["failed_step"].as_str().unwrap())
+        })
+        .count() as i64;
+    assert_eq!(
+        stats["compensations"]["inventory_reserved"]
+            .as_i64()
+            .unwrap_or(0),
+        past_inventory,
+        "{stats}"
+    );
+    resources_net_back(&rig, &placed, &BTreeSet::new());
+    for machine in ["machine-a", "machine-b"] {
+        assert!(
+            !rig.dir.path().join(machine).join("monitor.db").exists(),
+            "the monitor on CQL keeps nothing on {machine}'s disk"
+        );
+    }
 }

@@ -392,6 +392,7 @@ mod tests {
             reason_code: None,
             step: None,
             actor: None,
+            folded_at: None,
         };
         let d = Detail {
             saga: saga(),

@@ -41,15 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::projection::{Step, fold};
 
-/// Where the views live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// The SQLite file `db`: every replica on one machine.
-    Sqlite,
-    /// The CQL cluster `cql_nodes` (ScyllaDB in production): replicas on many machines.
-    Cql,
-}
+pub use eip_store::view_any::StoreKind;
 
 /// `[processor]` settings of the projector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,30 +90,11 @@ impl Section for ProjectorConfig {
             return Err(ConfigError::invalid("cached_orders", "must be at least 1"));
         }
         if self.store == StoreKind::Cql {
-            if self.cql_nodes.is_empty() {
-                return Err(ConfigError::invalid(
-                    "cql_nodes",
-                    "store = \"cql\" needs at least one contact point, e.g. [\"10.0.0.1:9042\"]",
-                ));
-            }
-            let ok = !self.keyspace.is_empty()
-                && self.keyspace.len() <= 48
-                && self
-                    .keyspace
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
-                return Err(ConfigError::invalid(
-                    "keyspace",
-                    "must be 1 to 48 letters, digits or underscores",
-                ));
-            }
-            if self.cql_max_in_flight == 0 {
-                return Err(ConfigError::invalid(
-                    "cql_max_in_flight",
-                    "must be at least 1",
-                ));
-            }
+            eip_store::view_any::check_cql(
+                &self.cql_nodes,
+                &self.keyspace,
+                self.cql_max_in_flight,
+            )?;
         }
         Ok(())
     }

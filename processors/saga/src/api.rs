@@ -10,7 +10,6 @@
 //! Bad input gets a 400 with a JSON reason; an unknown saga a 404; an action the saga's state
 //! does not allow a 409; a store or broker that can't be reached a 503 with `Retry-After`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -18,7 +17,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eip_store::saga_views::{self, SagaEventView, SagaView};
+use eip_store::saga_store::SagaStore;
+use eip_store::saga_views::{SagaEventView, SagaView};
+use eip_store::view_store::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::definition::Definition;
@@ -69,23 +70,27 @@ impl Latencies {
 #[derive(Debug, Clone)]
 pub struct Api {
     def: Arc<Definition>,
-    db: Arc<PathBuf>,
+    store: SagaStore,
     latencies: Arc<Latencies>,
     operator: Option<Arc<Operator>>,
     tokens: Arc<Vec<Vec<u8>>>,
 }
 
 impl Api {
-    /// An API over the store at `db`.
-    pub fn new(def: Arc<Definition>, db: PathBuf) -> Api {
-        Api::with_latencies(def, db, Arc::new(Latencies::default()))
+    /// An API over `store`.
+    pub fn new(def: Arc<Definition>, store: SagaStore) -> Api {
+        Api::with_latencies(def, store, Arc::new(Latencies::default()))
     }
 
-    /// An API over the store at `db` that shows `latencies`.
-    pub fn with_latencies(def: Arc<Definition>, db: PathBuf, latencies: Arc<Latencies>) -> Api {
+    /// An API over `store` that shows `latencies`.
+    pub fn with_latencies(
+        def: Arc<Definition>,
+        store: SagaStore,
+        latencies: Arc<Latencies>,
+    ) -> Api {
         Api {
             def,
-            db: Arc::new(db),
+            store,
             latencies,
             operator: None,
             tokens: Arc::new(Vec::new()),
@@ -100,20 +105,11 @@ impl Api {
             ..self
         }
     }
+}
 
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, Problem> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = eip_store::sqlite::connect(&db)?;
-            f(&conn)
-        })
-        .await
-        .map_err(|e| Problem::unavailable(format!("the saga store read failed: {e}")))?
-        .map_err(|e| Problem::unavailable(format!("the saga store can't be read: {e}")))
-    }
+/// A store that can't answer: 503, with the reason.
+fn unreadable(e: StoreError) -> Problem {
+    Problem::unavailable(format!("the saga store can't be read: {e}"))
 }
 
 /// An error answer: a status and a JSON reason.
@@ -262,15 +258,10 @@ async fn list(
     }
     let after = q.after.as_deref().map(parse_cursor).transpose()?;
     let items = api
-        .read(move |conn| {
-            saga_views::list(
-                conn,
-                &status,
-                after.as_ref().map(|(at, id)| (*at, id.as_str())),
-                limit,
-            )
-        })
-        .await?;
+        .store
+        .list(&status, after, limit)
+        .await
+        .map_err(unreadable)?;
     let next = (items.len() == limit as usize)
         .then(|| items.last().map(cursor))
         .flatten();
@@ -283,14 +274,8 @@ async fn one(
 ) -> Result<Json<Detail>, Problem> {
     let Path(id) = path.map_err(|e| Problem::bad(e.body_text()))?;
     check_id("saga id", &id)?;
-    let key = id.clone();
-    let (saga, events) = api
-        .read(move |conn| {
-            let saga = saga_views::read_saga(conn, "sagas", &key)?;
-            let events = saga_views::read_events(conn, "saga_events", &key)?;
-            Ok((saga, events))
-        })
-        .await?;
+    let (saga, events) = futures_util::try_join!(api.store.saga(&id), api.store.events(&id, None))
+        .map_err(unreadable)?;
     let Some(saga) = saga else {
         return Err(Problem::new(StatusCode::NOT_FOUND, format!("no saga {id}")));
     };
@@ -307,37 +292,19 @@ async fn by_correlation(
 ) -> Result<Json<Page>, Problem> {
     let Path(id) = path.map_err(|e| Problem::bad(e.body_text()))?;
     check_id("correlation id", &id)?;
-    let items = api
-        .read(move |conn| {
-            let ids = saga_views::by_correlation(conn, &id)?;
-            let mut out = Vec::new();
-            for id in ids {
-                if let Some(s) = saga_views::read_saga(conn, "sagas", &id)? {
-                    out.push(s);
-                }
-            }
-            Ok(out)
-        })
-        .await?;
+    let items = api.store.by_correlation(&id).await.map_err(unreadable)?;
     Ok(Json(Page { items, next: None }))
 }
 
 async fn stats(State(api): State<Api>) -> Result<Json<Stats>, Problem> {
-    let (counts, failures, types) = api
-        .read(|conn| {
-            Ok((
-                saga_views::counts(conn)?,
-                saga_views::failures(conn)?,
-                saga_views::event_types(conn)?,
-            ))
-        })
-        .await?;
+    let stats = api.store.stats(&api.def.name).await.map_err(unreadable)?;
     let mut compensations = std::collections::BTreeMap::new();
-    for (event_type, n) in types {
-        if let Some(crate::definition::Role::Compensated(i)) = api.def.role_of(&event_type) {
-            compensations.insert(api.def.steps[i].name.clone(), n);
+    for (event_type, n) in &stats.events {
+        if let Some(crate::definition::Role::Compensated(i)) = api.def.role_of(event_type) {
+            compensations.insert(api.def.steps[i].name.clone(), *n);
         }
     }
+    let (counts, failures) = (stats.counts(), stats.failure_groups());
     let mut all: std::collections::BTreeMap<String, i64> = Status::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
@@ -394,18 +361,14 @@ pub struct DashboardState {
 
 impl Api {
     async fn dashboard_state(&self) -> Result<DashboardState, Problem> {
-        let (counts, failures, types, stuck, running) = self
-            .read(|conn| {
-                Ok((
-                    saga_views::counts(conn)?,
-                    saga_views::failures(conn)?,
-                    saga_views::event_types(conn)?,
-                    saga_views::list(conn, "stuck", None, 20)?,
-                    saga_views::list(conn, "running", None, 20)?,
-                ))
-            })
-            .await?;
-        let types: std::collections::HashMap<String, i64> = types.into_iter().collect();
+        let (stats, stuck, running) = futures_util::try_join!(
+            self.store.stats(&self.def.name),
+            self.store.list("stuck", None, 20),
+            self.store.list("running", None, 20),
+        )
+        .map_err(unreadable)?;
+        let (counts, failures) = (stats.counts(), stats.failure_groups());
+        let types = stats.events;
         let n = |t: Option<&String>| t.and_then(|t| types.get(t)).copied().unwrap_or(0);
         let steps = self
             .def
@@ -519,10 +482,7 @@ async fn act(
     check_id("saga id", &id)?;
     let Json(request) = body.map_err(|e| Problem::bad(e.body_text()))?;
     let kind = request.check().map_err(Problem::bad)?;
-    let key = id.clone();
-    let events = api
-        .read(move |conn| saga_views::read_events(conn, "saga_events", &key))
-        .await?;
+    let events = api.store.events(&id, None).await.map_err(unreadable)?;
     let mut saga = Saga::default();
     for e in events {
         saga.observe(crate::monitor_store::observation(e));

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use eip_runtime::config::{ConfigError, Section};
+use eip_store::view_any::{StoreKind, check_cql};
 use serde::{Deserialize, Serialize};
 
 use crate::actions::Policy;
@@ -150,8 +151,19 @@ impl Section for ParticipantConfig {
 pub struct MonitorConfig {
     /// The saga definition file.
     pub definition: PathBuf,
-    /// The SQLite file holding every saga's state (the saga views).
+    /// Where the saga views live: `sqlite` (the default: the file `db`, monitors on one
+    /// machine) or `cql` (the keyspace `keyspace` on `cql_nodes`: monitors on many machines;
+    /// `db` is then unused).
+    pub store: StoreKind,
+    /// The SQLite file holding every saga's state (the saga views), for `store = "sqlite"`.
     pub db: PathBuf,
+    /// CQL contact points (`host:port`), for `store = "cql"`.
+    pub cql_nodes: Vec<String>,
+    /// The saga views' keyspace, for `store = "cql"` (created with replication factor 1 if
+    /// missing; create it yourself for production replication).
+    pub keyspace: String,
+    /// CQL writes in flight at most, across the partitions of this monitor.
+    pub cql_max_in_flight: usize,
     /// The monitor's own topic: every saga event re-keyed by saga id, so one partition owns
     /// each saga whatever topic its events came from.
     pub observations_topic: String,
@@ -164,7 +176,11 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             definition: PathBuf::from("deploy/sagas/order-fulfilment.toml"),
+            store: StoreKind::Sqlite,
             db: PathBuf::from("eip-saga-monitor.db"),
+            cql_nodes: Vec::new(),
+            keyspace: "eip".into(),
+            cql_max_in_flight: 256,
             observations_topic: "saga-observations".into(),
             operator_tokens: Vec::new(),
         }
@@ -175,6 +191,9 @@ impl Section for MonitorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.db.as_os_str().is_empty() {
             return Err(ConfigError::invalid("db", "must name a file"));
+        }
+        if self.store == StoreKind::Cql {
+            check_cql(&self.cql_nodes, &self.keyspace, self.cql_max_in_flight)?;
         }
         if self.observations_topic.trim().is_empty() {
             return Err(ConfigError::invalid(

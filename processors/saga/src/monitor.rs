@@ -26,7 +26,7 @@ use eip_runtime::{
 use eip_schemas::codec::decode_with;
 use eip_schemas::types::{EventMetadata, SagaObservation, SagaStepTimedOut};
 use eip_schemas::{AvroRecord, Codec, frame};
-use eip_store::saga_views::{self, SagaView, event_row, saga_rows};
+use eip_store::saga_views::{SagaView, event_row, saga_rows};
 use eip_store::views::{Write, diff};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
@@ -131,7 +131,7 @@ impl Monitor {
                 ),
             ));
         }
-        let store = Store::open(&p.db)
+        let store = Store::open(p, &def.name)
             .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?;
         let metrics = SagaMetrics::new()
             .map_err(|e| ConfigError::invalid("processor", format!("metrics: {e}")))?;
@@ -182,7 +182,7 @@ impl Monitor {
     pub fn api(&self) -> crate::api::Api {
         crate::api::Api::with_latencies(
             self.def.clone(),
-            self.store.path().to_path_buf(),
+            self.store.reads(),
             self.latencies.clone(),
         )
         .with_operator(self.operator.clone(), &self.operator_tokens)
@@ -192,24 +192,17 @@ impl Monitor {
         if let Err(e) = self.metrics.register(running.metrics.registry()) {
             tracing::error!(error = %e, "saga metrics not registered");
         }
-        let store = self.store.clone();
+        let store = self.store.reads();
         let gauge = self.metrics.sagas.clone();
         let saga = self.def.name.clone();
         let stop = running.stopping.clone();
         tokio::spawn(async move {
             loop {
-                let s = store.clone();
-                let counts = tokio::task::spawn_blocking(move || {
-                    let conn = s.reader()?;
-                    saga_views::counts(&conn)
-                })
-                .await;
-                if let Ok(Ok(counts)) = counts {
+                // The totals every monitor partition keeps, added up: the same figure on
+                // every monitor replica, whichever partitions it owns.
+                if let Ok(stats) = store.stats(&saga).await {
                     for status in crate::fold::Status::ALL {
-                        let n = counts
-                            .iter()
-                            .find(|(s, _)| s == status.as_str())
-                            .map_or(0, |(_, n)| *n);
+                        let n = stats.statuses.get(status.as_str()).copied().unwrap_or(0);
                         gauge
                             .with_label_values(&[saga.as_str(), status.as_str()])
                             .set(n);
@@ -311,45 +304,48 @@ impl Monitor {
         }
     }
 
-    /// Stage 2: folds `o` into its saga, stages the rows, sets the saga's timer.
+    /// Stage 2: folds `o`, read at observation offset `offset`, into its saga, stages the
+    /// rows, counts it in the partition's totals, sets the saga's timer.
     async fn fold(
         &self,
         state: &mut Partition,
         o: SagaObservation,
+        offset: i64,
         effects: &mut Effects,
     ) -> Result<(), ProcessError> {
         let id = o.saga_id.clone();
         let partition = state.partition().partition;
         let def = self.def.clone();
+        state.folded(offset);
         let saga = self.saga(state, &id).await?;
         // A saga's rows exist once it is anchored (its start or a step's event seen): an
         // order cancelled without ever being confirmed is kept as an event, not shown as a
         // saga.
-        let before = saga.anchored(&def).then(|| {
-            let s = derive(&def, saga);
-            (s, saga.version())
-        });
+        let before = saga
+            .anchored(&def)
+            .then(|| self.view(&id, &derive(&def, saga), saga.version(), partition));
         if !saga.observe(o.clone()) {
             return Ok(());
         }
         let event = Write::Upsert {
-            row: event_row(&event_view(&o)),
+            row: event_row(&event_view(&o, Some(offset))),
             stamp: 1,
         };
-        if !saga.anchored(&def) {
+        let anchored = saga.anchored(&def);
+        let summary = anchored.then(|| (derive(&def, saga), saga.version()));
+        if anchored {
+            self.count(&o, saga);
+        }
+        state.stats.saw(&o.event_type);
+        let Some((summary, version)) = summary else {
             state.staged.push(event);
             return Ok(());
-        }
-        let summary = derive(&def, saga);
-        let version = saga.version();
-        let old_rows = before
-            .as_ref()
-            .map(|(s, v)| saga_rows(&self.view(&id, s, *v, partition)))
-            .unwrap_or_default();
-        let new_rows = saga_rows(&self.view(&id, &summary, version, partition));
-        let mut writes = diff(&old_rows, &new_rows, version);
+        };
+        let after = self.view(&id, &summary, version, partition);
+        state.stats.moved(before.as_ref(), &after);
+        let old_rows = before.as_ref().map(saga_rows).unwrap_or_default();
+        let mut writes = diff(&old_rows, &saga_rows(&after), version);
         writes.push(event);
-        self.count(&o, saga);
         state.staged.extend(writes);
         match &summary.deadline {
             Some(d) => effects.schedule(Bytes::from(id), d.at),
@@ -450,7 +446,7 @@ impl Stateful for Monitor {
                 effects.emit(Output::record(self.observations.clone(), key, o));
                 Ok(())
             }
-            Input::Observed(o) => self.fold(state, o, effects).await,
+            Input::Observed(o) => self.fold(state, o, input.position.offset, effects).await,
         }
     }
 

@@ -11,6 +11,9 @@
 //!   trait, [`view_sqlite`] the SQLite backend (with [`view_rebuild`], the steps of a
 //!   zero-downtime rebuild), [`view_scylla`] the ScyllaDB one, and [`conformance`] the suite
 //!   both pass.
+//! - [`saga_views`]: the saga monitor's views, defined the same way; [`saga_store::SagaStore`]
+//!   reads them from SQLite or CQL ([`saga_scylla`]), and [`saga_conformance`] is the suite
+//!   both pass.
 //! - [`journal`]: event sourcing: each aggregate's events by version, its snapshots with the
 //!   schema version they were written with, and each command's outcome by command id.
 //!
@@ -19,6 +22,9 @@
 
 pub mod conformance;
 pub mod journal;
+pub mod saga_conformance;
+pub mod saga_scylla;
+pub mod saga_store;
 pub mod saga_views;
 pub mod sqlite;
 pub mod view_any;

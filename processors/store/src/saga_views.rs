@@ -10,7 +10,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::views::{Row, Sort, Table, Type, Value};
+use crate::views::{Buckets, Row, Sort, Table, Type, Value};
 
 const fn col(name: &'static str, ty: Type) -> crate::views::Column {
     crate::views::Column { name, ty }
@@ -55,7 +55,12 @@ pub const SAGAS_BY_STATUS: Table = Table {
     ],
     partition: 1,
     clustering: &[Sort::Asc, Sort::Asc],
-    cql_buckets: None,
+    // On CQL one status (`completed`) would grow into one unbounded partition: it is spread
+    // over buckets by saga id, and a page merges them.
+    cql_buckets: Some(Buckets {
+        by: "saga_id",
+        count: 16,
+    }),
 };
 
 /// The sagas of each correlation id.
@@ -88,6 +93,7 @@ pub const SAGA_EVENTS: Table = Table {
         col("reason_code", Type::Text),
         col("step", Type::Text),
         col("actor", Type::Text),
+        col("folded_at", Type::Int),
         col("version", Type::Int),
     ],
     partition: 1,
@@ -95,12 +101,46 @@ pub const SAGA_EVENTS: Table = Table {
     cql_buckets: None,
 };
 
+/// The next deadline of each saga that has one, by the monitor partition that owns the
+/// saga: what a new owner of the partition restores its timers from, on whichever machine.
+pub const SAGA_DEADLINES: Table = Table {
+    name: "saga_deadlines",
+    columns: &[
+        col("monitor_partition", Type::Int),
+        col("saga_id", Type::Text),
+        col("deadline_at", Type::Int),
+        col("version", Type::Int),
+    ],
+    partition: 1,
+    clustering: &[Sort::Asc],
+    cql_buckets: None,
+};
+
+/// Each monitor partition's running totals ([`SagaStats`]) and the last observation offset
+/// they count: the counts per status, the failures by step and code, and the step events
+/// seen. A reader adds up one small partition of rows instead of counting every saga.
+pub const SAGA_STATS: Table = Table {
+    name: "saga_stats",
+    columns: &[
+        col("saga", Type::Text),
+        col("monitor_partition", Type::Int),
+        col("stats", Type::Text),
+        col("through", Type::Int),
+        col("version", Type::Int),
+    ],
+    partition: 1,
+    clustering: &[Sort::Asc],
+    cql_buckets: None,
+};
+
 /// Every saga table.
-pub const SAGA_TABLES: [&Table; 4] = [
+pub const SAGA_TABLES: [&Table; 6] = [
     &SAGAS,
     &SAGAS_BY_STATUS,
     &SAGAS_BY_CORRELATION,
     &SAGA_EVENTS,
+    &SAGA_DEADLINES,
+    &SAGA_STATS,
 ];
 
 /// A saga as the views hold it.
@@ -171,6 +211,10 @@ pub struct SagaEventView {
     pub step: Option<String>,
     /// Who did an operator action.
     pub actor: Option<String>,
+    /// The offset of the observation that first folded it into the saga, on the monitor
+    /// partition that owns the saga (None in files from before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded_at: Option<i64>,
 }
 
 fn text_list(items: &[String]) -> String {
@@ -180,7 +224,7 @@ fn text_list(items: &[String]) -> String {
 /// The rows of `s` in the saga tables other than its events.
 pub fn saga_rows(s: &SagaView) -> Vec<Row> {
     let v = s.version;
-    vec![
+    let mut rows = vec![
         Row {
             table: &SAGAS,
             values: vec![
@@ -221,7 +265,19 @@ pub fn saga_rows(s: &SagaView) -> Vec<Row> {
                 v.into(),
             ],
         },
-    ]
+    ];
+    if let Some(at) = s.deadline_at {
+        rows.push(Row {
+            table: &SAGA_DEADLINES,
+            values: vec![
+                s.monitor_partition.into(),
+                s.saga_id.as_str().into(),
+                at.into(),
+                v.into(),
+            ],
+        });
+    }
+    rows
 }
 
 /// The row of one event (immutable: version 1).
@@ -242,6 +298,7 @@ pub fn event_row(e: &SagaEventView) -> Row {
             e.reason_code.clone().into(),
             e.step.clone().into(),
             e.actor.clone().into(),
+            e.folded_at.into(),
             Value::Int(1),
         ],
     }
@@ -251,6 +308,20 @@ pub fn event_row(e: &SagaEventView) -> Row {
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for table in SAGA_TABLES {
         conn.execute_batch(&table.sqlite_ddl(1))?;
+    }
+    // Files from before the fold offset was kept: the column is added (NULL: folded).
+    let events = SAGA_EVENTS.physical(1);
+    let has_folded_at = conn
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{events}') WHERE name = 'folded_at'"
+        ))?
+        .exists([])?;
+    if !has_folded_at {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {events} ADD COLUMN folded_at INTEGER"
+        ))?;
+    }
+    for table in SAGA_TABLES {
         crate::view_sqlite::ensure_alias(conn, table, 1)?;
     }
     Ok(())
@@ -293,18 +364,22 @@ pub fn read_saga(conn: &Connection, table: &str, id: &str) -> rusqlite::Result<O
     .optional()
 }
 
-/// The events of saga `id` in time order, from `table`.
+/// The events of saga `id` in time order, from `table`; with `through`, only those folded
+/// at or before that observation offset (see [`SagaStats`]).
 pub fn read_events(
     conn: &Connection,
     table: &str,
     id: &str,
+    through: Option<i64>,
 ) -> rusqlite::Result<Vec<SagaEventView>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT saga_id, occurred_at, event_id, event_type, correlation_id, causation_id, topic,
-                kafka_partition, kafka_offset, reason, reason_code, step, actor
-         FROM {table} WHERE saga_id = ?1 ORDER BY occurred_at, event_id"
+                kafka_partition, kafka_offset, reason, reason_code, step, actor, folded_at
+         FROM {table} WHERE saga_id = ?1
+           AND (?2 IS NULL OR folded_at IS NULL OR folded_at <= ?2)
+         ORDER BY occurred_at, event_id"
     ))?;
-    let rows = stmt.query_map([id], |r| {
+    let rows = stmt.query_map(params![id, through], |r| {
         Ok(SagaEventView {
             saga_id: r.get(0)?,
             occurred_at: r.get(1)?,
@@ -319,6 +394,7 @@ pub fn read_events(
             reason_code: r.get(10)?,
             step: r.get(11)?,
             actor: r.get(12)?,
+            folded_at: r.get(13)?,
         })
     })?;
     rows.collect()
@@ -367,27 +443,205 @@ pub fn by_correlation(conn: &Connection, correlation_id: &str) -> rusqlite::Resu
     .collect()
 }
 
-/// How many sagas have each status.
-pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
-    conn.prepare_cached("SELECT status, COUNT(*) FROM sagas GROUP BY status ORDER BY status")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
-}
-
-/// Failures grouped by step and code, most frequent first.
-pub fn failures(conn: &Connection) -> rusqlite::Result<Vec<(String, String, i64)>> {
+/// The deadlines of monitor partition `partition`'s sagas: (saga id, when).
+pub fn deadlines(conn: &Connection, partition: i64) -> rusqlite::Result<Vec<(String, i64)>> {
     conn.prepare_cached(
-        "SELECT failed_step, COALESCE(failure_code, ''), COUNT(*) FROM sagas
-         WHERE failed_step IS NOT NULL GROUP BY failed_step, failure_code
-         ORDER BY COUNT(*) DESC, failed_step",
+        "SELECT saga_id, deadline_at FROM saga_deadlines WHERE monitor_partition = ?1
+         ORDER BY saga_id",
     )?
-    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    .query_map([partition], |r| Ok((r.get(0)?, r.get(1)?)))?
     .collect()
 }
 
-/// How many events of each type the sagas hold.
-pub fn event_types(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
-    conn.prepare_cached("SELECT event_type, COUNT(*) FROM saga_events GROUP BY event_type")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
+/// The totals of every monitor partition of saga `saga`, added up.
+pub fn stats(conn: &Connection, saga: &str) -> rusqlite::Result<SagaStats> {
+    let mut total = SagaStats::default();
+    let mut stmt = conn.prepare_cached("SELECT stats FROM saga_stats WHERE saga = ?1")?;
+    for json in stmt.query_map([saga], |r| r.get::<_, String>(0))? {
+        total.add(&SagaStats::parse(&json?));
+    }
+    Ok(total)
+}
+
+/// One monitor partition's totals and the observation offset they count through, from
+/// `table` (the physical one for the monitor).
+pub fn partition_stats(
+    conn: &Connection,
+    table: &str,
+    saga: &str,
+    partition: i64,
+) -> rusqlite::Result<Option<(SagaStats, i64)>> {
+    conn.prepare_cached(&format!(
+        "SELECT stats, through FROM {table} WHERE saga = ?1 AND monitor_partition = ?2"
+    ))?
+    .query_row(params![saga, partition], |r| {
+        Ok((SagaStats::parse(&r.get::<_, String>(0)?), r.get(1)?))
+    })
+    .optional()
+}
+
+/// One monitor partition's totals counted from its sagas, for a file written before the
+/// totals were kept: the statuses and failures of its sagas, and their events by type.
+pub fn count_partition(conn: &Connection, partition: i64) -> rusqlite::Result<SagaStats> {
+    let (sagas, events) = (SAGAS.physical(1), SAGA_EVENTS.physical(1));
+    let mut stats = SagaStats::default();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT status, COUNT(*) FROM {sagas} WHERE monitor_partition = ?1 GROUP BY status"
+    ))?;
+    for row in stmt.query_map([partition], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        let (status, n): (String, i64) = row?;
+        stats.statuses.insert(status, n);
+    }
+    let mut stmt = conn.prepare(&format!(
+        "SELECT failed_step, COALESCE(failure_code, ''), COUNT(*) FROM {sagas}
+         WHERE monitor_partition = ?1 AND failed_step IS NOT NULL
+         GROUP BY failed_step, failure_code"
+    ))?;
+    for row in stmt.query_map([partition], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+        let (step, code, n): (String, String, i64) = row?;
+        *stats
+            .failures
+            .entry(step)
+            .or_default()
+            .entry(code)
+            .or_default() += n;
+    }
+    let mut stmt = conn.prepare(&format!(
+        "SELECT e.event_type, COUNT(*) FROM {events} e JOIN {sagas} s USING (saga_id)
+         WHERE s.monitor_partition = ?1 GROUP BY e.event_type"
+    ))?;
+    for row in stmt.query_map([partition], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        let (event_type, n): (String, i64) = row?;
+        stats.events.insert(event_type, n);
+    }
+    Ok(stats)
+}
+
+/// The running totals of the sagas of one monitor partition (or, added up, of all): kept by
+/// the monitor as it folds, in the same commit as the rows they count, with the offset of
+/// the last observation they count (`through`). On a store with no transaction (CQL), a
+/// commit that stopped half-way leaves rows of observations after `through`: the monitor
+/// reads a saga as of `through` (its events folded at or before it), so folding those
+/// observations again counts each exactly once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaStats {
+    /// Sagas per status.
+    #[serde(default)]
+    pub statuses: std::collections::BTreeMap<String, i64>,
+    /// Sagas that failed, by failed step and failure code (`""` for none).
+    #[serde(default)]
+    pub failures: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+    /// Events seen, by type: the declared step events.
+    #[serde(default)]
+    pub events: std::collections::BTreeMap<String, i64>,
+}
+
+fn bump(map: &mut std::collections::BTreeMap<String, i64>, key: &str, by: i64) {
+    let n = map.entry(key.to_string()).or_default();
+    *n += by;
+    if *n == 0 {
+        map.remove(key);
+    }
+}
+
+impl SagaStats {
+    /// Totals from their stored JSON; an unreadable value counts nothing.
+    pub fn parse(json: &str) -> SagaStats {
+        serde_json::from_str(json).unwrap_or_default()
+    }
+
+    /// The stored JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Adds `other` in.
+    pub fn add(&mut self, other: &SagaStats) {
+        for (k, n) in &other.statuses {
+            bump(&mut self.statuses, k, *n);
+        }
+        for (step, codes) in &other.failures {
+            let mine = self.failures.entry(step.clone()).or_default();
+            for (code, n) in codes {
+                bump(mine, code, *n);
+            }
+            if mine.is_empty() {
+                self.failures.remove(step);
+            }
+        }
+        for (k, n) in &other.events {
+            bump(&mut self.events, k, *n);
+        }
+    }
+
+    /// A saga moved from `before` (None: not shown yet) to `after`.
+    pub fn moved(&mut self, before: Option<&SagaView>, after: &SagaView) {
+        let failure = |s: &SagaView| {
+            s.failed_step
+                .clone()
+                .map(|step| (step, s.failure_code.clone().unwrap_or_default()))
+        };
+        if let Some(b) = before {
+            bump(&mut self.statuses, &b.status, -1);
+            if let Some((step, code)) = failure(b) {
+                self.fail(&step, &code, -1);
+            }
+        }
+        bump(&mut self.statuses, &after.status, 1);
+        if let Some((step, code)) = failure(after) {
+            self.fail(&step, &code, 1);
+        }
+    }
+
+    fn fail(&mut self, step: &str, code: &str, by: i64) {
+        let codes = self.failures.entry(step.to_string()).or_default();
+        bump(codes, code, by);
+        if codes.is_empty() {
+            self.failures.remove(step);
+        }
+    }
+
+    /// An event of type `event_type` was seen.
+    pub fn saw(&mut self, event_type: &str) {
+        bump(&mut self.events, event_type, 1);
+    }
+
+    /// Sagas per status, by status.
+    pub fn counts(&self) -> Vec<(String, i64)> {
+        self.statuses.iter().map(|(k, n)| (k.clone(), *n)).collect()
+    }
+
+    /// Failures grouped by step and code, most frequent first.
+    pub fn failure_groups(&self) -> Vec<(String, String, i64)> {
+        let mut out: Vec<(String, String, i64)> = self
+            .failures
+            .iter()
+            .flat_map(|(step, codes)| {
+                codes
+                    .iter()
+                    .map(move |(code, n)| (step.clone(), code.clone(), *n))
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.2.cmp(&a.2)
+                .then_with(|| a.0.cmp(&b.0))
+                .then_with(|| a.1.cmp(&b.1))
+        });
+        out
+    }
+}
+
+/// The row of one monitor partition's totals, counting through observation offset
+/// `through` (its version: a later commit's row replaces an earlier one, never the reverse).
+pub fn stats_row(saga: &str, partition: i64, stats: &SagaStats, through: i64) -> Row {
+    Row {
+        table: &SAGA_STATS,
+        values: vec![
+            saga.into(),
+            partition.into(),
+            stats.to_json().into(),
+            through.into(),
+            through.saturating_add(1).into(),
+        ],
+    }
 }

@@ -75,3 +75,47 @@ impl ViewStore for AnyViews {
         }
     }
 }
+
+/// Where a processor keeps its views: `store = "sqlite"` or `"cql"` in its `[processor]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The SQLite file `db`: every replica on one machine.
+    Sqlite,
+    /// The CQL cluster `cql_nodes` (ScyllaDB in production): replicas on many machines.
+    Cql,
+}
+
+/// Checks the CQL settings of a `[processor]` section with `store = "cql"`: contact points,
+/// a keyspace name CQL takes unquoted, and a bound on writes in flight.
+pub fn check_cql(
+    nodes: &[String],
+    keyspace: &str,
+    max_in_flight: usize,
+) -> Result<(), eip_runtime::config::ConfigError> {
+    use eip_runtime::config::ConfigError;
+    if nodes.is_empty() {
+        return Err(ConfigError::invalid(
+            "cql_nodes",
+            "store = \"cql\" needs at least one contact point, e.g. [\"10.0.0.1:9042\"]",
+        ));
+    }
+    let ok = !keyspace.is_empty()
+        && keyspace.len() <= 48
+        && keyspace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(ConfigError::invalid(
+            "keyspace",
+            "must be 1 to 48 letters, digits or underscores",
+        ));
+    }
+    if max_in_flight == 0 {
+        return Err(ConfigError::invalid(
+            "cql_max_in_flight",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}

@@ -31,6 +31,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use tokio::sync::Semaphore;
 
+use crate::saga_views::{SAGA_STATS, SAGA_TABLES};
 use crate::view_page::{BadCursor, CustomerOrder, Page, Sales, decode_cursor, encode_cursor};
 use crate::view_store::{Paged, StoreError, ViewStore};
 use crate::views::{
@@ -71,7 +72,7 @@ impl ScyllaSettings {
     }
 }
 
-fn classify(what: &str, e: impl Into<ExecutionErrorish>) -> StoreError {
+pub(crate) fn classify(what: &str, e: impl Into<ExecutionErrorish>) -> StoreError {
     let e = e.into();
     let permanent = matches!(
         &e.0,
@@ -97,7 +98,7 @@ fn classify(what: &str, e: impl Into<ExecutionErrorish>) -> StoreError {
 
 /// An error with its execution error when it has one (prepare and schema errors are
 /// classified by their text alone, as transient).
-struct ExecutionErrorish(Option<ExecutionError>, String);
+pub(crate) struct ExecutionErrorish(Option<ExecutionError>, String);
 
 impl From<ExecutionError> for ExecutionErrorish {
     fn from(e: ExecutionError) -> Self {
@@ -140,11 +141,12 @@ struct Reads {
 /// The views in a CQL keyspace. See the module docs.
 #[derive(Debug)]
 pub struct ScyllaViews {
-    session: Session,
+    pub(crate) session: Session,
     keyspace: String,
     /// Upsert and delete per table name, at the live version.
     writes: HashMap<(&'static str, bool), PreparedStatement>,
     reads: Reads,
+    pub(crate) sagas: crate::saga_scylla::SagaReads,
     in_flight: Arc<Semaphore>,
 }
 
@@ -232,6 +234,11 @@ impl ScyllaViews {
                 ddl(table.cql_ddl(&ks, version_of(table))).await?;
             }
         }
+        // The saga monitor's tables: one version, never rebuilt (the monitor refolds its
+        // own topic instead).
+        for table in SAGA_TABLES {
+            ddl(table.cql_ddl(&ks, 1)).await?;
+        }
         session
             .await_schema_agreement()
             .await
@@ -256,6 +263,14 @@ impl ScyllaViews {
                 );
             }
         }
+        for table in SAGA_TABLES {
+            writes.insert((table.name, true), prepare(table.cql_insert(&ks, 1)).await?);
+            writes.insert(
+                (table.name, false),
+                prepare(table.cql_delete(&ks, 1)).await?,
+            );
+        }
+        let sagas = crate::saga_scylla::SagaReads::prepare(&session, &ks).await?;
         let t = |table: &Table| format!("{ks}.{}", table.cql_physical(version_of(table)));
         let customer_columns = "order_id, placed_at, status, currency, total_cents, version";
         let outcome_columns = "command_id, correlation_id, aggregate_id, command, accepted, \
@@ -329,6 +344,7 @@ impl ScyllaViews {
             keyspace: ks,
             writes,
             reads,
+            sagas,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
         })
     }
@@ -348,7 +364,7 @@ impl ScyllaViews {
     }
 
     /// The rows of `statement` with `values`, deserialized as `R`.
-    async fn rows<R>(
+    pub(crate) async fn rows<R>(
         &self,
         what: &str,
         statement: &PreparedStatement,
@@ -475,10 +491,11 @@ impl ViewStore for ScyllaViews {
         // Each row is its own single-partition statement; the semaphore bounds how many are
         // in flight, across every caller. An order's summary goes last, once every other row
         // of the batch is written: whoever reads a summary at version v (a new owner loading
-        // the order) then finds every row of version v too.
+        // the order) then finds every row of version v too. A saga monitor partition's totals
+        // go last for the same reason: they say which observations every row counts.
         let (summaries, rest): (Vec<&Write>, Vec<&Write>) = writes
             .iter()
-            .partition(|w| w.table().name == ORDER_SUMMARY.name);
+            .partition(|w| [ORDER_SUMMARY.name, SAGA_STATS.name].contains(&w.table().name));
         for phase in [rest, summaries] {
             let mut pending = futures_util::stream::FuturesUnordered::new();
             for w in phase {

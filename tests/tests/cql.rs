@@ -339,3 +339,127 @@ async fn the_saga_views_on_cql_pass_the_saga_conformance_suite() {
     eip_store::saga_conformance::run(&store).await;
     views.drop_keyspace().await.unwrap();
 }
+
+/// The saga monitor's group commit on CQL, cut half-way: the rows of a second commit land but
+/// not its totals. A new owner of the partition starts after the first commit's offset, reads
+/// the saga as of it (without the second commit's event, which it folds again), keeps the
+/// first commit's totals, and restores the saga's timer from its deadline row.
+#[tokio::test]
+async fn a_monitor_commit_cut_half_way_on_cql_is_read_as_of_the_last_totals() {
+    use eip_runtime::{Flush, PartitionId};
+    use eip_saga::config::MonitorConfig;
+    use eip_saga::monitor_store::{Store, event_view};
+    use eip_schemas::types::SagaObservation;
+    use eip_store::saga_views::{SagaView, event_row, saga_rows};
+    use eip_store::view_any::StoreKind;
+    use eip_store::views::{Write, diff};
+    let keyspace = unique("monitor").replace(['-', '.'], "_");
+    let config = MonitorConfig {
+        store: StoreKind::Cql,
+        cql_nodes: nodes(),
+        keyspace: keyspace.clone(),
+        observations_topic: "observations".into(),
+        ..MonitorConfig::default()
+    };
+    let store = Store::open(&config, "cut").unwrap();
+    let pid = PartitionId {
+        topic: "observations".into(),
+        partition: 0,
+    };
+    let observation = |n: i64| SagaObservation {
+        saga_id: "order-1".into(),
+        event_type: format!("eip.test.Step{n}"),
+        event_id: format!("e{n}"),
+        correlation_id: "corr".into(),
+        causation_id: None,
+        occurred_at: 1_000 * n,
+        topic: "steps".into(),
+        partition: 0,
+        offset: n,
+        reason: None,
+        reason_code: None,
+        step: None,
+        actor: None,
+    };
+    let view = |version: i64, deadline: i64| SagaView {
+        saga_id: "order-1".into(),
+        saga: "cut".into(),
+        status: "running".into(),
+        step: Some(format!("step{version}")),
+        expect: None,
+        remaining: Vec::new(),
+        failed_step: None,
+        failure_reason: None,
+        failure_code: None,
+        correlation_id: "corr".into(),
+        started_at: Some(1_000),
+        updated_at: 1_000 * version,
+        deadline_at: Some(deadline),
+        flags: Vec::new(),
+        path: serde_json::json!([]),
+        monitor_partition: 0,
+        version,
+    };
+    // A new partition: nothing applied, no timers.
+    let opened = store.claim(&pid).await.unwrap();
+    assert_eq!(opened.applied, Some(-1));
+    assert!(opened.timers.is_empty());
+    let mut state = opened.state;
+    // First commit: the saga's first event, folded at offset 5.
+    let first = view(1, 50_000);
+    state.staged = diff(&[], &saga_rows(&first), 1);
+    state.staged.push(Write::Upsert {
+        row: event_row(&event_view(&observation(1), Some(5))),
+        stamp: 1,
+    });
+    state.stats.moved(None, &first);
+    state.stats.saw("eip.test.Step1");
+    let committed = state.stats.clone();
+    let flush = Flush {
+        partition: &pid,
+        up_to: Some(5),
+        timers: &[],
+    };
+    store.commit(&mut state, &flush).await.unwrap();
+    // Second commit, cut after its rows: the event folded at 6 and the saga at version 2
+    // are written, its totals are not.
+    let second = view(2, 90_000);
+    let reads = store.reads();
+    let mut rows = diff(&saga_rows(&first), &saga_rows(&second), 2);
+    rows.push(Write::Upsert {
+        row: event_row(&event_view(&observation(2), Some(6))),
+        stamp: 1,
+    });
+    reads.apply(&rows).await.unwrap();
+    assert_eq!(reads.events("order-1", None).await.unwrap().len(), 2);
+    // The new owner.
+    let opened = store.claim(&pid).await.unwrap();
+    assert_eq!(
+        opened.applied,
+        Some(5),
+        "starts after the last totals' offset"
+    );
+    assert_eq!(
+        opened.state.stats, committed,
+        "the totals of the first commit"
+    );
+    let saga = store.load(&opened.state, "order-1").await.unwrap();
+    assert_eq!(
+        saga.events.keys().cloned().collect::<Vec<_>>(),
+        vec!["e1".to_string()],
+        "read as of offset 5: the event folded at 6 is folded again"
+    );
+    // The timer comes from the deadline row (the cut commit's: the refold sets it again).
+    assert_eq!(
+        opened
+            .timers
+            .iter()
+            .map(|t| (String::from_utf8_lossy(&t.key).into_owned(), t.at_ms))
+            .collect::<Vec<_>>(),
+        vec![("order-1".to_string(), 90_000)]
+    );
+    let eip_store::saga_store::SagaStore::Cql(cql) = &reads else {
+        panic!("a CQL store")
+    };
+    cql.get().await.unwrap().drop_keyspace().await.unwrap();
+}

@@ -1136,3 +1136,48 @@ async fn the_monitor_on_cql_moves_to_another_machine_and_keeps_every_saga_and_de
         );
     }
 }
+
+/// A monitor that comes back after an outage acts on no deadline before it has read what was
+/// published before it. Shipping takes 6 s and its step's deadline is 12 s; the monitor is
+/// killed -9 while every saga waits at shipping and stays down past the deadlines, while the
+/// shipments are scheduled. When it comes back, the passed deadlines wait for the backlog,
+/// which holds the shipments: no timeout is published, and every saga completes unflagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_back_from_an_outage_reads_the_backlog_before_it_acts_on_a_deadline() {
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    let slow = vec![Inject {
+        role: "shipping",
+        fail_rate: 0.0,
+        latency: Duration::from_secs(6),
+    }];
+    let mut rig = SagaRig::new(&ep, "saga-outage", "12s", "60s", slow).await;
+    rig.start_participants();
+    rig.start_monitor();
+    let placed = orders(&rig.stack.names.input, 12);
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    eventually("every saga at shipping", WAIT, || async {
+        let running = rig.sagas("running").await;
+        (running.len() == 12 && running.iter().all(|s| s["step"] == "shipment_scheduled"))
+            .then_some(())
+    })
+    .await;
+    rig.kill("monitor").await;
+    // Down past every deadline; the shipments are scheduled meanwhile.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    rig.restart("monitor");
+    let counts = all_final(&rig, 12).await;
+    assert_eq!(counts.get("completed"), Some(&12), "{counts:?}");
+    for s in rig.sagas("completed").await {
+        assert!(s["flags"].as_array().unwrap().is_empty(), "{s}");
+    }
+    let timeouts_topic = format!("{}-saga-timeouts", rig.stack.names.input);
+    let published = read_all(&ep, &timeouts_topic).await;
+    assert!(
+        published.is_empty(),
+        "{} timeouts published for steps decided during the outage",
+        published.len()
+    );
+}

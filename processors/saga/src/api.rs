@@ -214,9 +214,9 @@ pub struct FailureGroup {
     pub sagas: i64,
 }
 
-/// A cursor: the last saga's updated_at and id.
-fn cursor(s: &SagaView) -> String {
-    format!("{}:{}", s.updated_at, s.saga_id)
+/// A cursor: the last entry's updated_at and saga id.
+fn cursor(updated_at: i64, id: &str) -> String {
+    format!("{updated_at}:{id}")
 }
 
 fn parse_cursor(c: &str) -> Result<(i64, String), Problem> {
@@ -257,14 +257,12 @@ async fn list(
         )));
     }
     let after = q.after.as_deref().map(parse_cursor).transpose()?;
-    let items = api
+    let (items, next) = api
         .store
         .list(&status, after, limit)
         .await
         .map_err(unreadable)?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last().map(cursor))
-        .flatten();
+    let next = next.map(|(at, id)| cursor(at, &id));
     Ok(Json(Page { items, next }))
 }
 
@@ -361,7 +359,7 @@ pub struct DashboardState {
 
 impl Api {
     async fn dashboard_state(&self) -> Result<DashboardState, Problem> {
-        let (stats, stuck, running) = futures_util::try_join!(
+        let (stats, (stuck, _), (running, _)) = futures_util::try_join!(
             self.store.stats(&self.def.name),
             self.store.list("stuck", None, 20),
             self.store.list("running", None, 20),

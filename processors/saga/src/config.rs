@@ -170,6 +170,11 @@ pub struct MonitorConfig {
     /// Bearer tokens that may carry out operator actions (`POST /sagas/{id}/actions`). With
     /// none, operator actions are off (a 403 says so); reading is open on the telemetry port.
     pub operator_tokens: Vec<String>,
+    /// The longest a passed deadline waits for the monitor to read everything published
+    /// before it (see docs/sagas.md, "Deadlines wait for the backlog"); past it, the
+    /// deadline acts on what has been read.
+    #[serde(with = "humantime_serde")]
+    pub deadline_hold_max: Duration,
 }
 
 impl Default for MonitorConfig {
@@ -183,6 +188,7 @@ impl Default for MonitorConfig {
             cql_max_in_flight: 256,
             observations_topic: "saga-observations".into(),
             operator_tokens: Vec::new(),
+            deadline_hold_max: Duration::from_secs(300),
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod actions;
 pub mod api;
+pub mod catch_up;
 pub mod config;
 pub mod definition;
 pub mod events;

@@ -30,11 +30,15 @@ use eip_store::saga_views::{SagaView, event_row, saga_rows};
 use eip_store::views::{Write, diff};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
+use crate::catch_up::CatchUp;
 use crate::config::{MonitorConfig, load_definition};
 use crate::definition::{Definition, Role};
 use crate::events;
 use crate::fold::{Action, STUCK, Saga, Summary, derive};
 use crate::monitor_store::{Partition, Store, event_view};
+
+/// How often a deadline held for the backlog is checked again.
+const HOLD_RETRY_MS: i64 = 1_000;
 
 /// `eip_sagas{saga, status}`: sagas per status, from the store.
 pub const SAGAS: &str = "eip_sagas";
@@ -114,6 +118,10 @@ pub struct Monitor {
     latencies: Arc<crate::api::Latencies>,
     operator: Arc<crate::operate::Operator>,
     operator_tokens: Arc<Vec<String>>,
+    catch_up: Arc<CatchUp>,
+    /// The Kafka settings the catch-up sampler connects with.
+    kafka: Arc<eip_runtime::config::KafkaConfig>,
+    deadline_hold_max: std::time::Duration,
 }
 
 impl Monitor {
@@ -155,6 +163,9 @@ impl Monitor {
             latencies: Arc::new(crate::api::Latencies::default()),
             operator: Arc::new(operator),
             operator_tokens: Arc::new(p.operator_tokens.clone()),
+            catch_up: Arc::new(CatchUp::default()),
+            kafka: Arc::new(config.kafka.clone()),
+            deadline_hold_max: p.deadline_hold_max,
         };
         if config.pipeline.inputs.is_empty() {
             let mut inputs = monitor.def.topics();
@@ -163,11 +174,12 @@ impl Monitor {
             inputs.dedup();
             config.pipeline.inputs = inputs;
         }
+        let inputs = config.pipeline.inputs.clone();
         let extras = Extras {
             routes: crate::api::routes(monitor.api()),
             on_start: Some(Box::new({
                 let monitor = monitor.clone();
-                move |running: Running| monitor.on_start(running)
+                move |running: Running| monitor.on_start(running, inputs)
             })),
         };
         Ok((monitor, extras))
@@ -188,9 +200,25 @@ impl Monitor {
         .with_operator(self.operator.clone(), &self.operator_tokens)
     }
 
-    fn on_start(&self, running: Running) {
+    fn on_start(&self, running: Running, inputs: Vec<String>) {
         if let Err(e) = self.metrics.register(running.metrics.registry()) {
             tracing::error!(error = %e, "saga metrics not registered");
+        }
+        // A client of the monitor's own group that reads its committed offsets: it never
+        // subscribes, so it never joins the group, and it never commits.
+        let mut c = eip_runtime::kafka::base_config(&self.kafka);
+        c.set("group.id", &self.kafka.group_id)
+            .set("enable.auto.commit", "false");
+        match c.create::<rdkafka::consumer::BaseConsumer>() {
+            Ok(consumer) => {
+                let catch_up = self.catch_up.clone();
+                let stop = running.stopping.clone();
+                std::thread::spawn(move || {
+                    catch_up.sample(consumer, inputs, std::time::Duration::from_secs(1), stop);
+                });
+            }
+            // Deadlines then wait `deadline_hold_max` before they act.
+            Err(e) => tracing::error!(error = %e, "the catch-up sampler can't start"),
         }
         let store = self.store.reads();
         let gauge = self.metrics.sagas.clone();
@@ -316,7 +344,6 @@ impl Monitor {
         let id = o.saga_id.clone();
         let partition = state.partition().partition;
         let def = self.def.clone();
-        state.folded(offset);
         let saga = self.saga(state, &id).await?;
         // A saga's rows exist once it is anchored (its start or a step's event seen): an
         // order cancelled without ever being confirmed is kept as an event, not shown as a
@@ -333,10 +360,19 @@ impl Monitor {
         };
         let anchored = saga.anchored(&def);
         let summary = anchored.then(|| (derive(&def, saga), saga.version()));
+        // The totals count the events of shown sagas: all of a saga's events when it is first
+        // shown, then each new one (what a recount from the store finds too).
+        let seen: Vec<String> = match (anchored, before.is_some()) {
+            (true, false) => saga.events.values().map(|e| e.event_type.clone()).collect(),
+            (true, true) => vec![o.event_type.clone()],
+            (false, _) => Vec::new(),
+        };
         if anchored {
             self.count(&o, saga);
         }
-        state.stats.saw(&o.event_type);
+        for event_type in &seen {
+            state.stats.saw(event_type);
+        }
         let Some((summary, version)) = summary else {
             state.staged.push(event);
             return Ok(());
@@ -347,6 +383,7 @@ impl Monitor {
         let mut writes = diff(&old_rows, &saga_rows(&after), version);
         writes.push(event);
         state.staged.extend(writes);
+        state.held.remove(&id);
         match &summary.deadline {
             Some(d) => effects.schedule(Bytes::from(id), d.at),
             None => effects.cancel(Bytes::from(id)),
@@ -457,6 +494,15 @@ impl Stateful for Monitor {
         effects: &mut Effects,
     ) -> Result<(), ProcessError> {
         let id = String::from_utf8_lossy(&timer.key).into_owned();
+        let now = effects.now_ms();
+        // A deadline held for the backlog is checked again without reading the saga.
+        if let Some(&at) = state.held.get(&id) {
+            if !self.catch_up.may_act(at, now, self.deadline_hold_max) {
+                effects.schedule(timer.key, now.saturating_add(HOLD_RETRY_MS));
+                return Ok(());
+            }
+            state.held.remove(&id);
+        }
         let def = self.def.clone();
         let saga = self.saga(state, &id).await?;
         if !saga.anchored(&def) {
@@ -466,8 +512,17 @@ impl Stateful for Monitor {
         let Some(deadline) = summary.deadline else {
             return Ok(());
         };
-        if deadline.at > effects.now_ms() {
+        if deadline.at > now {
             effects.schedule(timer.key, deadline.at);
+            return Ok(());
+        }
+        if !self
+            .catch_up
+            .may_act(deadline.at, now, self.deadline_hold_max)
+        {
+            tracing::debug!(saga = %id, deadline = deadline.at, "a passed deadline waits for the backlog");
+            state.held.insert(id, deadline.at);
+            effects.schedule(timer.key, now.saturating_add(HOLD_RETRY_MS));
             return Ok(());
         }
         let key = Some(Bytes::from(id.clone()));

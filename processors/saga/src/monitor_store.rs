@@ -55,10 +55,14 @@ pub struct Partition {
     pub sagas: HashMap<String, Saga>,
     /// This partition's totals, with every observation folded so far.
     pub stats: SagaStats,
-    /// The observation offset the stored totals count through.
+    /// Whether this is a partition of the observations topic (the only ones that fold).
+    observations: bool,
+    /// The observation offset the stored totals count through: the partition's applied
+    /// offset, written with it.
     through: Option<i64>,
-    /// The last observation offset folded since the last group commit.
-    folded: Option<i64>,
+    /// Sagas whose passed deadline waits for the backlog, with that deadline (in memory: a
+    /// new owner derives it again).
+    pub held: HashMap<String, i64>,
 }
 
 impl Partition {
@@ -67,20 +71,16 @@ impl Partition {
         &self.partition
     }
 
-    /// An observation at `offset` was folded.
-    pub fn folded(&mut self, offset: i64) {
-        self.folded = Some(offset);
-    }
-
-    fn new(backend: Backend, partition: &PartitionId) -> Partition {
+    fn new(backend: Backend, partition: &PartitionId, observations: bool) -> Partition {
         Partition {
             backend,
             partition: partition.clone(),
             staged: Vec::new(),
             sagas: HashMap::new(),
             stats: SagaStats::default(),
+            observations,
             through: None,
-            folded: None,
+            held: HashMap::new(),
         }
     }
 }
@@ -170,26 +170,55 @@ impl Store {
                 epoch,
             },
             partition,
+            observations,
         );
         if observations {
             let saga = self.saga.clone();
+            let part = partition.clone();
             let (stats, through) = blocking(move || {
-                let conn = conn
+                let mut conn = conn
                     .lock()
                     .map_err(|_| ProcessError::fatal("store connection poisoned"))?;
-                let stored = saga_views::partition_stats(&conn, &SAGA_STATS.physical(1), &saga, p)
+                let table = SAGA_STATS.physical(1);
+                let stored = saga_views::partition_stats(&conn, &table, &saga, p)
                     .map_err(|e| classify("reading the saga totals", e))?;
+                let through = applied.unwrap_or(-1);
                 match stored {
-                    Some((stats, through)) => Ok((stats, Some(through))),
-                    // A file from before the totals were kept: count them once.
-                    None => saga_views::count_partition(&conn, p)
-                        .map(|stats| (stats, None))
-                        .map_err(|e| classify("counting the saga totals", e)),
+                    Some((stats, at)) if at == through => Ok((stats, through)),
+                    // None (a file from before the totals were kept), or behind the ledger
+                    // (an older monitor folded after them): count them from the sagas once,
+                    // and keep them with the applied offset.
+                    _ => {
+                        let what = "counting the saga totals";
+                        let tx = conn
+                            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                            .map_err(|e| classify(what, e))?;
+                        check_epoch(&tx, &part, epoch)?;
+                        let stats =
+                            saga_views::count_partition(&tx, p).map_err(|e| classify(what, e))?;
+                        tx.execute(
+                            &format!(
+                                "INSERT OR REPLACE INTO {table} \
+                                 (saga, monitor_partition, stats, through, version) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5)"
+                            ),
+                            rusqlite::params![
+                                saga.as_ref(),
+                                p,
+                                stats.to_json(),
+                                through,
+                                through.saturating_add(1)
+                            ],
+                        )
+                        .map_err(|e| classify(what, e))?;
+                        tx.commit().map_err(|e| classify(what, e))?;
+                        Ok((stats, through))
+                    }
                 }
             })
             .await?;
             state.stats = stats;
-            state.through = through;
+            state.through = Some(through);
         }
         Ok(Opened {
             state,
@@ -206,22 +235,44 @@ impl Store {
     ) -> Result<Opened<Partition>, ProcessError> {
         let p = i64::from(partition.partition);
         let views = cql.get().await.map_err(store_error)?;
-        let mut state = Partition::new(Backend::Cql(cql.clone()), partition);
+        let mut state = Partition::new(Backend::Cql(cql.clone()), partition, observations);
         if !observations {
             return Ok(Opened::fresh(state));
         }
-        if let Some((stats, through)) = views
+        let deadlines = views.saga_deadlines(p).await.map_err(store_error)?;
+        match views
             .saga_partition_stats(&self.saga, p)
             .await
             .map_err(store_error)?
         {
-            state.stats = stats;
-            state.through = Some(through);
+            Some((stats, through)) => {
+                state.stats = stats;
+                state.through = Some(through);
+            }
+            None if !deadlines.is_empty() => {
+                return Err(ProcessError::fatal(format!(
+                    "keyspace holds {} deadline(s) of monitor partition {p} but no totals of \
+                     saga definition {:?}: one keyspace serves one saga definition (a renamed \
+                     definition needs a new keyspace)",
+                    deadlines.len(),
+                    self.saga
+                )));
+            }
+            None => {
+                // A new partition: its totals row goes first, so a first commit that stops
+                // half-way is read as of it (nothing) and folded again.
+                let first = stats_row(&self.saga, p, &SagaStats::default(), -1);
+                views
+                    .apply(&[Write::Upsert {
+                        row: first,
+                        stamp: 0,
+                    }])
+                    .await
+                    .map_err(store_error)?;
+                state.through = Some(-1);
+            }
         }
-        let timers = views
-            .saga_deadlines(p)
-            .await
-            .map_err(store_error)?
+        let timers = deadlines
             .into_iter()
             .map(|(id, at_ms)| Timer {
                 key: bytes::Bytes::from(id),
@@ -275,7 +326,9 @@ impl Store {
         flush: &Flush<'_>,
     ) -> Result<(), ProcessError> {
         let mut writes = state.staged.clone();
-        if let Some(through) = state.folded {
+        // An observations partition's totals go with the offset the commit covers.
+        let through = flush.up_to.filter(|_| state.observations);
+        if let Some(through) = through {
             let p = i64::from(state.partition.partition);
             writes.push(Write::Upsert {
                 row: stats_row(&self.saga, p, &state.stats, through),
@@ -316,8 +369,8 @@ impl Store {
         if result.is_ok() {
             state.staged.clear();
             state.sagas.clear();
-            if state.folded.is_some() {
-                state.through = state.folded.take();
+            if through.is_some() {
+                state.through = through;
             }
         }
         result
@@ -360,5 +413,85 @@ pub fn event_view(o: &SagaObservation, folded_at: Option<i64>) -> SagaEventView 
         step: o.step.clone(),
         actor: o.actor.clone(),
         folded_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eip_store::saga_views::{SagaView, saga_rows};
+    use eip_store::views::diff;
+
+    fn view(id: &str, status: &str, failed: Option<&str>) -> SagaView {
+        SagaView {
+            saga_id: id.into(),
+            saga: "s".into(),
+            status: status.into(),
+            step: None,
+            expect: None,
+            remaining: Vec::new(),
+            failed_step: failed.map(str::to_string),
+            failure_reason: None,
+            failure_code: failed.map(|_| "injected".to_string()),
+            correlation_id: "c".into(),
+            started_at: None,
+            updated_at: 1,
+            deadline_at: None,
+            flags: Vec::new(),
+            path: serde_json::json!([]),
+            monitor_partition: 0,
+            version: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_the_totals_is_counted_once_when_its_partition_is_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MonitorConfig {
+            db: dir.path().join("monitor.db"),
+            observations_topic: "obs".into(),
+            ..MonitorConfig::default()
+        };
+        let store = Store::open(&config, "s").unwrap();
+        // Sagas written with no totals row, as a monitor before the totals did.
+        let sagas = [
+            view("a", "completed", None),
+            view("b", "compensated", Some("pay")),
+            view("c", "compensated", Some("pay")),
+        ];
+        let writes: Vec<Write> = sagas
+            .iter()
+            .flat_map(|s| diff(&[], &saga_rows(s), 1))
+            .collect();
+        store.reads().apply(&writes).await.unwrap();
+        let pid = PartitionId {
+            topic: "obs".into(),
+            partition: 0,
+        };
+        let opened = store.claim(&pid).await.unwrap();
+        let want = [("compensated".to_string(), 2), ("completed".to_string(), 1)];
+        assert_eq!(opened.state.stats.counts(), want);
+        // Kept at once, so readers see them before the partition folds anything.
+        let read = store.reads().stats("s").await.unwrap();
+        assert_eq!(read.counts(), want);
+        assert_eq!(
+            read.failure_groups(),
+            vec![("pay".into(), "injected".into(), 2)]
+        );
+        // Another partition of the file holds none of them.
+        let other = PartitionId {
+            topic: "obs".into(),
+            partition: 1,
+        };
+        assert!(
+            store
+                .claim(&other)
+                .await
+                .unwrap()
+                .state
+                .stats
+                .counts()
+                .is_empty()
+        );
     }
 }

@@ -86,12 +86,12 @@ pub async fn run(store: &SagaStore) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list("running", after.clone(), 7).await.expect("list");
+        let (page, next) = store.list("running", after.clone(), 7).await.expect("list");
         seen.extend(page.iter().map(|s| (s.updated_at, s.saga_id.clone())));
-        if page.len() < 7 {
-            break;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
         }
-        after = page.last().map(|s| (s.updated_at, s.saga_id.clone()));
     }
     assert_eq!(
         seen, expected,
@@ -142,8 +142,9 @@ pub async fn run(store: &SagaStore) {
         store.saga("saga-007").await.expect("read"),
         Some(moved.clone())
     );
-    let compensating = store.list("compensating", None, 10).await.expect("list");
+    let (compensating, next) = store.list("compensating", None, 10).await.expect("list");
     assert_eq!(compensating, vec![moved.clone()]);
+    assert_eq!(next, None, "a page that is not full is the last");
     let deadlines = store
         .deadlines(one.monitor_partition)
         .await

@@ -10,7 +10,7 @@ use scylla::value::{CqlValue, Row};
 
 use crate::saga_views::{
     SAGA_DEADLINES, SAGA_EVENTS, SAGA_STATS, SAGAS, SAGAS_BY_CORRELATION, SAGAS_BY_STATUS,
-    SagaEventView, SagaStats, SagaView,
+    SagaEventView, SagaPage, SagaStats, SagaView,
 };
 use crate::view_scylla::{ScyllaViews, classify};
 use crate::view_store::StoreError;
@@ -199,15 +199,15 @@ impl ScyllaViews {
             .collect())
     }
 
-    /// Up to `n` sagas of `status`, stalest first, after `after` (updated_at and id). Each
-    /// bucket of the status gives its first `n` after the cursor; the first `n` of all of
-    /// them are the page.
+    /// Up to `n` sagas of `status`, stalest first, after `after` (updated_at and id), and
+    /// the key of the page's last entry when the page is full. Each bucket of the status
+    /// gives its first `n` after the cursor; the first `n` of all of them are the page.
     pub async fn sagas_by_status(
         &self,
         status: &str,
         after: Option<(i64, &str)>,
         n: u32,
-    ) -> Result<Vec<SagaView>, StoreError> {
+    ) -> Result<SagaPage, StoreError> {
         let what = "reading sagas by status";
         let count = SAGAS_BY_STATUS.cql_buckets.as_ref().map_or(1, |b| b.count);
         let reads = (0..count).map(|bucket| {
@@ -236,12 +236,15 @@ impl ScyllaViews {
         }
         keys.sort();
         keys.truncate(n as usize);
+        let next = (keys.len() == n as usize)
+            .then(|| keys.last().cloned())
+            .flatten();
         let sagas = futures_util::future::join_all(keys.iter().map(|(_, id)| self.saga(id))).await;
         let mut out = Vec::with_capacity(sagas.len());
         for s in sagas {
             out.extend(s?);
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// The ids of the sagas of correlation id `id`.
@@ -263,7 +266,10 @@ impl ScyllaViews {
             .await?;
         let mut total = SagaStats::default();
         for (json,) in rows {
-            total.add(&SagaStats::parse(json.as_deref().unwrap_or_default()));
+            total.add(
+                &SagaStats::parse(json.as_deref().unwrap_or_default())
+                    .map_err(StoreError::Permanent)?,
+            );
         }
         Ok(total)
     }
@@ -281,12 +287,14 @@ impl ScyllaViews {
                 (saga, partition),
             )
             .await?;
-        Ok(rows.into_iter().next().map(|(json, through)| {
-            (
-                SagaStats::parse(json.as_deref().unwrap_or_default()),
+        match rows.into_iter().next() {
+            None => Ok(None),
+            Some((json, through)) => Ok(Some((
+                SagaStats::parse(json.as_deref().unwrap_or_default())
+                    .map_err(StoreError::Permanent)?,
                 through,
-            )
-        }))
+            ))),
+        }
     }
 
     /// The deadlines of the sagas of monitor partition `partition` (saga id, when), read a

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::saga_views::{self, SagaEventView, SagaStats, SagaView};
+use crate::saga_views::{self, SagaEventView, SagaPage, SagaStats, SagaView};
 use crate::view_scylla::{ScyllaSettings, ScyllaViews};
 use crate::view_store::{StoreError, ViewStore};
 use crate::views::Write;
@@ -108,13 +108,16 @@ impl SagaStore {
         }
     }
 
-    /// Up to `limit` sagas of `status`, stalest first, after `after` (updated_at and id).
+    /// Up to `limit` sagas of `status`, stalest first, after `after` (updated_at and id),
+    /// and where the next page starts when this one is full. The next page is decided by the
+    /// status rows, not by the sagas read: a status row whose saga row is not written yet
+    /// (CQL writes them one by one) neither ends the paging early nor moves its cursor.
     pub async fn list(
         &self,
         status: &str,
         after: Option<(i64, String)>,
         limit: u32,
-    ) -> Result<Vec<SagaView>, StoreError> {
+    ) -> Result<SagaPage, StoreError> {
         match self {
             SagaStore::Sqlite(p) => {
                 let status = status.to_string();

@@ -306,6 +306,20 @@ pub fn event_row(e: &SagaEventView) -> Row {
 
 /// Creates the saga tables (version 1) and their plain-name views, if missing.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // One transaction: monitors that open a file together (or one from before `folded_at`)
+    // must not both add the column.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let migrated = migrate_in_transaction(conn);
+    match migrated {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn migrate_in_transaction(conn: &Connection) -> rusqlite::Result<()> {
     for table in SAGA_TABLES {
         conn.execute_batch(&table.sqlite_ddl(1))?;
     }
@@ -400,38 +414,48 @@ pub fn read_events(
     rows.collect()
 }
 
+/// A page of sagas, and the key (updated_at, saga id) the next page starts after, when the
+/// page is full.
+pub type SagaPage = (Vec<SagaView>, Option<(i64, String)>);
+
 /// Up to `limit` sagas of `status`, stalest first, after the saga `after` (its updated_at
-/// and id) when paging.
+/// and id) when paging, and the key of the page's last entry when the page is full (the next
+/// page starts after it).
 pub fn list(
     conn: &Connection,
     status: &str,
     after: Option<(i64, &str)>,
     limit: u32,
-) -> rusqlite::Result<Vec<SagaView>> {
-    let ids: Vec<String> = match after {
+) -> rusqlite::Result<SagaPage> {
+    let keys: Vec<(i64, String)> = match after {
         None => conn
             .prepare_cached(
-                "SELECT saga_id FROM sagas_by_status WHERE status = ?1
+                "SELECT updated_at, saga_id FROM sagas_by_status WHERE status = ?1
                  ORDER BY updated_at, saga_id LIMIT ?2",
             )?
-            .query_map(params![status, limit], |r| r.get(0))?
+            .query_map(params![status, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?,
         Some((at, id)) => conn
             .prepare_cached(
-                "SELECT saga_id FROM sagas_by_status WHERE status = ?1
+                "SELECT updated_at, saga_id FROM sagas_by_status WHERE status = ?1
                  AND (updated_at > ?2 OR (updated_at = ?2 AND saga_id > ?3))
                  ORDER BY updated_at, saga_id LIMIT ?4",
             )?
-            .query_map(params![status, at, id, limit], |r| r.get(0))?
+            .query_map(params![status, at, id, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?,
     };
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
+    let next = (keys.len() == limit as usize)
+        .then(|| keys.last().cloned())
+        .flatten();
+    let mut out = Vec::with_capacity(keys.len());
+    for (_, id) in keys {
         if let Some(s) = read_saga(conn, "sagas", &id)? {
             out.push(s);
         }
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 /// The ids of the sagas of correlation id `correlation_id`.
@@ -453,12 +477,20 @@ pub fn deadlines(conn: &Connection, partition: i64) -> rusqlite::Result<Vec<(Str
     .collect()
 }
 
+fn bad_stats(reason: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        Box::new(std::io::Error::other(reason)),
+    )
+}
+
 /// The totals of every monitor partition of saga `saga`, added up.
 pub fn stats(conn: &Connection, saga: &str) -> rusqlite::Result<SagaStats> {
     let mut total = SagaStats::default();
     let mut stmt = conn.prepare_cached("SELECT stats FROM saga_stats WHERE saga = ?1")?;
     for json in stmt.query_map([saga], |r| r.get::<_, String>(0))? {
-        total.add(&SagaStats::parse(&json?));
+        total.add(&SagaStats::parse(&json?).map_err(bad_stats)?);
     }
     Ok(total)
 }
@@ -475,7 +507,10 @@ pub fn partition_stats(
         "SELECT stats, through FROM {table} WHERE saga = ?1 AND monitor_partition = ?2"
     ))?
     .query_row(params![saga, partition], |r| {
-        Ok((SagaStats::parse(&r.get::<_, String>(0)?), r.get(1)?))
+        Ok((
+            SagaStats::parse(&r.get::<_, String>(0)?).map_err(bad_stats)?,
+            r.get(1)?,
+        ))
     })
     .optional()
 }
@@ -545,9 +580,9 @@ fn bump(map: &mut std::collections::BTreeMap<String, i64>, key: &str, by: i64) {
 }
 
 impl SagaStats {
-    /// Totals from their stored JSON; an unreadable value counts nothing.
-    pub fn parse(json: &str) -> SagaStats {
-        serde_json::from_str(json).unwrap_or_default()
+    /// Totals from their stored JSON.
+    pub fn parse(json: &str) -> Result<SagaStats, String> {
+        serde_json::from_str(json).map_err(|e| format!("unreadable saga totals {json:?}: {e}"))
     }
 
     /// The stored JSON.

@@ -1181,3 +1181,77 @@ async fn a_monitor_back_from_an_outage_reads_the_backlog_before_it_acts_on_a_dea
         published.len()
     );
 }
+
+/// A step whose completion event its topic would refuse fails `too_large` before anything is
+/// held, instead of stopping the participant. The inventory topic takes records of at most
+/// 20,000 bytes; one order has 1,000 lines, so its `OrderConfirmed` (the order once) fits
+/// the order events topic but its `InventoryReserved` (the lines twice) would not fit the
+/// inventory topic. That saga compensates with the reason; the other sagas complete behind
+/// it, and no unit of the big order's SKUs is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_event_its_topic_would_refuse_fails_too_large_and_the_others_go_on() {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    init_logs();
+    let ep = endpoints();
+    register(&ep).await;
+    let codec = codec(&ep);
+    let mut rig = SagaRig::new(&ep, "saga-large", "60s", "60s", Vec::new()).await;
+    let inventory_topic = format!("{}-saga-inventory", rig.stack.names.input);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        eip_runtime::kafka::base_config(&ep.kafka())
+            .create()
+            .unwrap();
+    // The whole set, as a history topic has it: this call resets what it does not name.
+    let small = AlterConfig::new(ResourceSpecifier::Topic(&inventory_topic))
+        .set("max.message.bytes", "20000")
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("cleanup.policy", "delete");
+    for r in admin
+        .alter_configs([&small], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    rig.start_participants();
+    rig.start_monitor();
+    let big = TestOrder {
+        id: format!("{}-big", rig.stack.names.input),
+        customer: "c-big".into(),
+        lines: (0..1_000)
+            .map(|i| (format!("BIG-{i:04}"), 1, 100))
+            .collect(),
+    };
+    let mut placed = vec![big.clone()];
+    placed.extend(orders(&rig.stack.names.input, 5));
+    place_and_confirm(&ep, &codec, &rig.stack.names.input, &placed).await;
+    let counts = all_final(&rig, 6).await;
+    assert_eq!(counts.get("completed"), Some(&5), "{counts:?}");
+    let detail = rig.api(&format!("/sagas/{}", big.id)).await.unwrap();
+    let saga = &detail["saga"];
+    assert_eq!(saga["status"], "compensated", "{saga}");
+    assert_eq!(saga["failed_step"], "inventory_reserved", "{saga}");
+    assert_eq!(saga["failure_code"], "too_large", "{saga}");
+    let reason = saga["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("InventoryReserved would be") && reason.contains("max.message.bytes"),
+        "{reason}"
+    );
+    assert!(
+        rig.participants
+            .get_mut("inventory")
+            .unwrap()
+            .exited()
+            .is_none(),
+        "the inventory participant runs on\n{}",
+        rig.logs()
+    );
+    let completed: BTreeSet<String> = rig
+        .sagas("completed")
+        .await
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect();
+    resources_net_back(&rig, &placed, &completed);
+}

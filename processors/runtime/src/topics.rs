@@ -139,7 +139,11 @@ async fn describe(
     topics: &[String],
     timeout: Duration,
 ) -> Result<HashMap<String, HashMap<String, (Option<String>, bool)>>, AdminError> {
-    let specs: Vec<ResourceSpecifier<'_>> = topics
+    // Each topic once: the broker refuses a request that names a resource twice.
+    let mut unique: Vec<&String> = topics.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let specs: Vec<ResourceSpecifier<'_>> = unique
         .iter()
         .map(|t| ResourceSpecifier::Topic(t.as_str()))
         .collect();
@@ -150,7 +154,7 @@ async fn describe(
         )
         .await?;
     let mut out = HashMap::new();
-    for (topic, result) in topics.iter().zip(results) {
+    for (topic, result) in unique.into_iter().zip(results) {
         let resource = result.map_err(|code| AdminError::Create {
             topic: topic.clone(),
             reason: format!("describing its configs: {code}"),

@@ -13,6 +13,7 @@
 //! - the orders role turns its step into `CompleteOrder` and the end compensation into
 //!   `CancelOrder`, and turns a refused `CompleteOrder` into the step's failure.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,7 +68,15 @@ pub struct Participant {
     outcomes_topic: String,
     /// Where stock levels go, for a role that reserves stock (None for the others).
     levels_topic: Option<Arc<str>>,
+    /// How to reach the cluster, to read the topics' `max.message.bytes`.
+    kafka: Arc<eip_runtime::config::KafkaConfig>,
+    /// The largest completion event each of the role's completion topics takes, read once.
+    max_event_bytes: Arc<tokio::sync::OnceCell<HashMap<String, usize>>>,
 }
+
+/// Room left in a record for its key, headers and framing on top of the event (as in
+/// eip-orders: ids of at most 1,024 bytes, headers of a few hundred).
+const RECORD_ROOM: usize = 4_096;
 
 impl Participant {
     /// The participant `config.processor.role`: loads and checks the definition, checks that
@@ -148,6 +157,8 @@ impl Participant {
                 .then(|| Arc::from(p.levels_topic.as_str())),
             def: Arc::new(def),
             store,
+            kafka: Arc::new(config.kafka.clone()),
+            max_event_bytes: Arc::default(),
         };
         if config.pipeline.inputs.is_empty() {
             config.pipeline.inputs = participant.inputs();
@@ -190,6 +201,120 @@ impl Participant {
         }
     }
 
+    /// The same participant with `max` as the largest event of each of its completion topics,
+    /// instead of reading their `max.message.bytes` from the cluster (the test kit's
+    /// participants have no cluster).
+    pub fn with_event_limit(self, max: usize) -> Participant {
+        let limits = self
+            .def
+            .steps
+            .iter()
+            .filter(|s| s.participant == self.role)
+            .map(|s| (s.completed_topic.clone(), max))
+            .collect();
+        Participant {
+            max_event_bytes: Arc::new(tokio::sync::OnceCell::new_with(Some(limits))),
+            ..self
+        }
+    }
+
+    /// The largest event each completion topic of this role takes: its `max.message.bytes`
+    /// and the producer's `message.max.bytes`, whichever is smaller, less [`RECORD_ROOM`].
+    async fn max_event_bytes(&self) -> Result<&HashMap<String, usize>, ProcessError> {
+        self.max_event_bytes
+            .get_or_try_init(|| async {
+                // Once each: a role with two steps on one topic (payments) names it twice.
+                let topics: Vec<String> = self
+                    .def
+                    .steps
+                    .iter()
+                    .filter(|s| s.participant == self.role)
+                    .map(|s| s.completed_topic.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let settings = eip_runtime::topics::topic_setting(
+                    &self.kafka,
+                    &topics,
+                    "max.message.bytes",
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| ProcessError::Transient {
+                    reason: "reading the completion topics' max.message.bytes".into(),
+                    source: Some(Arc::new(e)),
+                })?;
+                let producer_max = self
+                    .kafka
+                    .producer_properties
+                    .get("message.max.bytes")
+                    .or_else(|| self.kafka.properties.get("message.max.bytes"))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(1_000_000);
+                Ok(topics
+                    .into_iter()
+                    .map(|t| {
+                        let topic_max = settings
+                            .get(&t)
+                            .and_then(|v| v.as_deref()?.parse::<usize>().ok())
+                            .unwrap_or(usize::MAX);
+                        (t, topic_max.min(producer_max).saturating_sub(RECORD_ROOM))
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Why step `i`'s completion event for `order` would be too large for its topic, if it
+    /// would: measured with the longest reference and amount the step can add, before
+    /// anything is decided, so the step fails instead of holding what it could not announce.
+    async fn too_large(
+        &self,
+        i: usize,
+        id: &StepId,
+        order: &OrderSnapshot,
+    ) -> Result<Option<String>, ProcessError> {
+        let s = &self.def.steps[i];
+        if Perform::of(&s.completed_by) == Some(Perform::CompleteOrder) {
+            return Ok(None);
+        }
+
+        let Some(max) = self
+            .max_event_bytes()
+            .await?
+            .get(&s.completed_topic)
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let probe = events::output(&Publish {
+            event_type: s.completed_by.clone(),
+            topic: Arc::from(s.completed_topic.as_str()),
+            saga_id: id.saga_id.clone(),
+            event_id: format!("{}:{}:completed", id.saga_id, s.name),
+            correlation_id: id.correlation_id.clone(),
+            causation_id: id.causation_id.clone(),
+            occurred_at: id.at,
+            version: i64::try_from(i + 1).unwrap_or(i64::MAX),
+            order: order.clone(),
+            reference: "r".repeat(id.saga_id.len() + 256),
+            amount: i64::MAX,
+            reason: String::new(),
+            reason_code: None,
+        })?;
+        let size = match &probe.payload {
+            eip_runtime::Payload::Record(r) => r.encode(0).map_err(ProcessError::Codec)?.len(),
+            _ => 0,
+        };
+        Ok((size > max).then(|| {
+            format!(
+                "its {} would be {size} bytes, more than the {max} that {} takes \
+                 (max.message.bytes, less room for the key and headers)",
+                s.completed_by, s.completed_topic
+            )
+        }))
+    }
+
     /// Asks the store, then emits what the verdict stands for.
     async fn decide(
         &self,
@@ -200,6 +325,17 @@ impl Participant {
         effects: &mut Effects,
     ) -> Result<(), ProcessError> {
         let saga_id = id.saga_id.clone();
+        // A step whose completion its topic would refuse fails instead: deciding it would
+        // hold resources for an event that can never be published.
+        let request = match (step, request) {
+            (Some(i), Request::Perform { action, order }) => {
+                match self.too_large(i, &id, &order).await? {
+                    Some(reason) => Request::TooLarge { reason },
+                    None => Request::Perform { action, order },
+                }
+            }
+            (_, request) => request,
+        };
         match self.store.decide(state, id, request).await? {
             Verdict::Publish { row, fresh } => {
                 if !fresh {

@@ -107,6 +107,12 @@ pub enum Request {
     },
     /// The step's trigger step failed: never perform it.
     Block,
+    /// The step's completion event would be larger than its topic takes: fail the step
+    /// (code `too_large`), unless it was decided.
+    TooLarge {
+        /// How large, against what.
+        reason: String,
+    },
     /// The orders aggregate refused the step's command: a completion that was only requested
     /// becomes a failure.
     Refused {
@@ -474,6 +480,17 @@ fn decide_in(
             }
             fresh(row)
         }
+        (Request::TooLarge { reason }, None) => {
+            let mut row = new_row("failed", empty_order());
+            row.reason = reason;
+            row.reason_code = Some("too_large".into());
+            fresh(row)
+        }
+        (Request::TooLarge { .. }, Some(row)) if row.state != "blocked" => Ok(Verdict::Publish {
+            row: Box::new(row),
+            fresh: false,
+        }),
+        (Request::TooLarge { .. }, Some(_)) => Ok(Verdict::Nothing("never performed: blocked")),
         // Decided before its timeout: publish that decision again (a repeat, same id), so a
         // decision whose event was lost (killed after the commit, before the ack) goes out
         // when the monitor's timeout comes, instead of leaving the saga waiting.

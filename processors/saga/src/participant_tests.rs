@@ -31,7 +31,9 @@ fn participant(role: &str, dir: &tempfile::TempDir, latency_ms: u64) -> Particip
             latency: std::time::Duration::from_millis(latency_ms),
         },
     );
-    Participant::new(&mut config).unwrap()
+    Participant::new(&mut config)
+        .unwrap()
+        .with_event_limit(1_000_000 - 4_096)
 }
 
 async fn kit(role: &str, dir: &tempfile::TempDir, latency_ms: u64) -> TestKit<Participant> {
@@ -412,4 +414,47 @@ fn a_store_from_before_stock_levels_gains_their_columns_and_keeps_its_rows() {
     );
     // Opening again finds the columns there.
     Store::open(&path, crate::actions::Policy::default()).unwrap();
+}
+
+#[tokio::test]
+async fn a_step_whose_completion_its_topic_would_refuse_fails_too_large_and_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The inventory topic takes events of 64 bytes: an InventoryReserved carrying the order
+    // (twice: its lines and the order's, 90 bytes here) does not fit.
+    let p = participant("inventory", &dir, 0).with_event_limit(64);
+    let mut kit = TestKit::new(p, "saga-x", 0);
+    kit.set_clock(T0);
+    kit.assign().await.unwrap();
+    let out = kit
+        .record(Some("o-1"), event("eip.fraud.FraudCheckPassed", "f-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.len(),
+        1,
+        "the failure alone: no stock level, nothing was reserved: {:?}",
+        types(&out)
+    );
+    let (topic, ty, json) = seen(&out[0]);
+    assert_eq!(
+        (topic.as_str(), ty.as_str()),
+        ("saga-inventory", "eip.inventory.InventoryReservationFailed")
+    );
+    assert_eq!(json["reason_code"], "too_large");
+    let reason = json["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("eip.inventory.InventoryReserved would be") && reason.contains("64"),
+        "{reason}"
+    );
+    // The trigger again: the same failure, published again.
+    let again = kit
+        .record(Some("o-1"), event("eip.fraud.FraudCheckPassed", "f-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        types(&again),
+        vec!["eip.inventory.InventoryReservationFailed"]
+    );
+    let stock = kit.processor().store().stock().unwrap();
+    assert!(stock.is_empty(), "no SKU was ever touched: {stock:?}");
 }

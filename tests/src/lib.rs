@@ -160,6 +160,37 @@ pub async fn produce(ep: &Endpoints, topic: &str, count: u64, start: u64, poison
     assert_eq!(report.poison, poison);
 }
 
+/// Writes one record to each of `partitions` partitions of `topic` in a transaction and
+/// aborts it: the partitions' ends move past records no `read_committed` reader ever sees
+/// (the data, then the abort marker).
+pub async fn abort_a_transaction(ep: &Endpoints, topic: &str, partitions: i32) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let mut config = eip_runtime::kafka::base_config(&ep.kafka());
+    config.set("transactional.id", unique("aborted"));
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = config.create().unwrap();
+        let wait = Duration::from_secs(30);
+        producer.init_transactions(wait).unwrap();
+        producer.begin_transaction().unwrap();
+        for p in 0..partitions {
+            producer
+                .send(
+                    BaseRecord::<str, [u8]>::to(&topic)
+                        .partition(p)
+                        .key("aborted")
+                        .payload(b"never seen"),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(wait).unwrap();
+        producer.abort_transaction(wait).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
 /// Reads every record of `topic`.
 pub async fn read_all(ep: &Endpoints, topic: &str) -> Vec<ReadRecord> {
     let ep = ep.clone();

@@ -504,6 +504,11 @@ async fn a_participant_that_never_answers_times_out_then_a_missing_compensation_
         latency: Duration::from_secs(3_600),
     }];
     let mut rig = SagaRig::new(&ep, "saga-timeout", "15s", "4s", slow).await;
+    // The shipping topic holds only an aborted transaction until the timeouts: its committed
+    // offset stays below its end with nothing readable in between, which must not hold the
+    // deadlines (the monitor's catch-up probe finds the end first).
+    let shipping = format!("{}-saga-shipping", rig.stack.names.input);
+    abort_a_transaction(&ep, &shipping, 3).await;
     rig.start_participants();
     rig.start_monitor();
     let placed = orders(&rig.stack.names.input, 3);

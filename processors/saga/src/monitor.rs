@@ -37,8 +37,11 @@ use crate::events;
 use crate::fold::{Action, STUCK, Saga, Summary, derive};
 use crate::monitor_store::{Partition, Store, event_view};
 
-/// How often a deadline held for the backlog is checked again.
-const HOLD_RETRY_MS: i64 = 1_000;
+/// When a deadline held for `held_ms` is checked again: after 1 s, then less often the longer
+/// it waits (each check is a timer write), at most every 10 s.
+fn hold_retry(held_ms: i64) -> i64 {
+    (held_ms / 2).clamp(1_000, 10_000)
+}
 
 /// `eip_sagas{saga, status}`: sagas per status, from the store.
 pub const SAGAS: &str = "eip_sagas";
@@ -204,17 +207,37 @@ impl Monitor {
         if let Err(e) = self.metrics.register(running.metrics.registry()) {
             tracing::error!(error = %e, "saga metrics not registered");
         }
-        // A client of the monitor's own group that reads its committed offsets: it never
-        // subscribes, so it never joins the group, and it never commits.
-        let mut c = eip_runtime::kafka::base_config(&self.kafka);
-        c.set("group.id", &self.kafka.group_id)
-            .set("enable.auto.commit", "false");
-        match c.create::<rdkafka::consumer::BaseConsumer>() {
-            Ok(consumer) => {
+        // A client of the monitor's own group that reads its committed offsets (it never
+        // subscribes, so it never joins the group, and it never commits), and one of no
+        // group that probes below a partition's end.
+        let client = |group: &str, eof: bool| {
+            let mut c = eip_runtime::kafka::base_config(&self.kafka);
+            c.set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", if eof { "true" } else { "false" });
+            c.create::<rdkafka::consumer::BaseConsumer>()
+        };
+        let probe_group = format!("{}-catch-up-probe", self.kafka.group_id);
+        match client(&self.kafka.group_id, false).and_then(|group| {
+            Ok(crate::catch_up::Clients {
+                group,
+                probe: client(&probe_group, true)?,
+                from_latest: self.kafka.auto_offset_reset
+                    == eip_runtime::config::OffsetReset::Latest,
+            })
+        }) {
+            Ok(clients) => {
                 let catch_up = self.catch_up.clone();
                 let stop = running.stopping.clone();
+                let observations = self.observations.to_string();
                 std::thread::spawn(move || {
-                    catch_up.sample(consumer, inputs, std::time::Duration::from_secs(1), stop);
+                    catch_up.sample(
+                        clients,
+                        inputs,
+                        observations,
+                        std::time::Duration::from_secs(1),
+                        stop,
+                    );
                 });
             }
             // Deadlines then wait `deadline_hold_max` before they act.
@@ -496,9 +519,12 @@ impl Stateful for Monitor {
         let id = String::from_utf8_lossy(&timer.key).into_owned();
         let now = effects.now_ms();
         // A deadline held for the backlog is checked again without reading the saga.
-        if let Some(&at) = state.held.get(&id) {
-            if !self.catch_up.may_act(at, now, self.deadline_hold_max) {
-                effects.schedule(timer.key, now.saturating_add(HOLD_RETRY_MS));
+        if let Some(&(at, since)) = state.held.get(&id) {
+            if !self
+                .catch_up
+                .may_act(at, now, since, self.deadline_hold_max)
+            {
+                effects.schedule(timer.key, now.saturating_add(hold_retry(now - since)));
                 return Ok(());
             }
             state.held.remove(&id);
@@ -518,11 +544,11 @@ impl Stateful for Monitor {
         }
         if !self
             .catch_up
-            .may_act(deadline.at, now, self.deadline_hold_max)
+            .may_act(deadline.at, now, now, self.deadline_hold_max)
         {
             tracing::debug!(saga = %id, deadline = deadline.at, "a passed deadline waits for the backlog");
-            state.held.insert(id, deadline.at);
-            effects.schedule(timer.key, now.saturating_add(HOLD_RETRY_MS));
+            state.held.insert(id, (deadline.at, now));
+            effects.schedule(timer.key, now.saturating_add(hold_retry(0)));
             return Ok(());
         }
         let key = Some(Bytes::from(id.clone()));

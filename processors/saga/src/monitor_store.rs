@@ -60,9 +60,9 @@ pub struct Partition {
     /// The observation offset the stored totals count through: the partition's applied
     /// offset, written with it.
     through: Option<i64>,
-    /// Sagas whose passed deadline waits for the backlog, with that deadline (in memory: a
-    /// new owner derives it again).
-    pub held: HashMap<String, i64>,
+    /// Sagas whose passed deadline waits for the backlog: the deadline and since when it is
+    /// held (in memory: a new owner derives them again).
+    pub held: HashMap<String, (i64, i64)>,
 }
 
 impl Partition {
@@ -249,16 +249,21 @@ impl Store {
                 state.stats = stats;
                 state.through = Some(through);
             }
-            None if !deadlines.is_empty() => {
-                return Err(ProcessError::fatal(format!(
-                    "keyspace holds {} deadline(s) of monitor partition {p} but no totals of \
-                     saga definition {:?}: one keyspace serves one saga definition (a renamed \
-                     definition needs a new keyspace)",
-                    deadlines.len(),
-                    self.saga
-                )));
-            }
             None => {
+                // Rows of this partition kept under another definition's name (a renamed
+                // definition, or another sharing the keyspace), or deadlines with no totals at
+                // all: refolding into them would start the totals at zero and read every saga
+                // as empty.
+                let others = views.saga_names_with_totals(p).await.map_err(store_error)?;
+                if !others.is_empty() || !deadlines.is_empty() {
+                    return Err(ProcessError::fatal(format!(
+                        "keyspace holds monitor partition {p} of saga definition(s) {others:?} \
+                         ({} deadline(s)) but no totals of {:?}: one keyspace serves one saga \
+                         definition (a renamed definition needs a new keyspace)",
+                        deadlines.len(),
+                        self.saga
+                    )));
+                }
                 // A new partition: its totals row goes first, so a first commit that stops
                 // half-way is read as of it (nothing) and folded again.
                 let first = stats_row(&self.saga, p, &SagaStats::default(), -1);

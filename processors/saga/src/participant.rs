@@ -240,10 +240,16 @@ impl Participant {
                     std::time::Duration::from_secs(10),
                 )
                 .await
-                .map_err(|e| ProcessError::Transient {
-                    reason: "reading the completion topics' max.message.bytes".into(),
-                    source: Some(Arc::new(e)),
-                })?;
+                .unwrap_or_else(|e| {
+                    // Not allowed to describe them, or not there yet: the producer's own limit
+                    // still applies (and the broker's refusal stops the participant, as before).
+                    tracing::warn!(
+                        error = %e,
+                        "the completion topics' max.message.bytes can't be read; checking \
+                         completion events against the producer's message.max.bytes only"
+                    );
+                    HashMap::new()
+                });
                 let producer_max = self
                     .kafka
                     .producer_properties
@@ -251,22 +257,24 @@ impl Participant {
                     .or_else(|| self.kafka.properties.get("message.max.bytes"))
                     .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(1_000_000);
-                Ok(topics
-                    .into_iter()
-                    .map(|t| {
-                        let topic_max = settings
-                            .get(&t)
-                            .and_then(|v| v.as_deref()?.parse::<usize>().ok())
-                            .unwrap_or(usize::MAX);
-                        (t, topic_max.min(producer_max).saturating_sub(RECORD_ROOM))
-                    })
-                    .collect())
+                Ok::<_, ProcessError>(
+                    topics
+                        .into_iter()
+                        .map(|t| {
+                            let topic_max = settings
+                                .get(&t)
+                                .and_then(|v| v.as_deref()?.parse::<usize>().ok())
+                                .unwrap_or(usize::MAX);
+                            (t, topic_max.min(producer_max).saturating_sub(RECORD_ROOM))
+                        })
+                        .collect(),
+                )
             })
             .await
     }
 
     /// Why step `i`'s completion event for `order` would be too large for its topic, if it
-    /// would: measured with the longest reference and amount the step can add, before
+    /// would: measured with a reference and amount longer than any the step adds, before
     /// anything is decided, so the step fails instead of holding what it could not announce.
     async fn too_large(
         &self,
@@ -297,7 +305,8 @@ impl Participant {
             occurred_at: id.at,
             version: i64::try_from(i + 1).unwrap_or(i64::MAX),
             order: order.clone(),
-            reference: "r".repeat(id.saga_id.len() + 256),
+            // References name the saga or the customer (ids of at most 1,024 bytes).
+            reference: "r".repeat(id.saga_id.len().max(order.customer_id.len()) + 256),
             amount: i64::MAX,
             reason: String::new(),
             reason_code: None,

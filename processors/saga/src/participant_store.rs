@@ -486,6 +486,9 @@ fn decide_in(
             row.reason_code = Some("too_large".into());
             fresh(row)
         }
+        (Request::TooLarge { .. }, Some(row)) if row.state == "compensated" => {
+            Ok(Verdict::Nothing("the step was undone already"))
+        }
         (Request::TooLarge { .. }, Some(row)) if row.state != "blocked" => Ok(Verdict::Publish {
             row: Box::new(row),
             fresh: false,

@@ -25,6 +25,7 @@ pub(crate) struct SagaReads {
     correlation: PreparedStatement,
     stats: PreparedStatement,
     partition_stats: PreparedStatement,
+    all_stats: PreparedStatement,
     deadlines: PreparedStatement,
 }
 
@@ -156,6 +157,12 @@ impl SagaReads {
             .await?,
             partition_stats: prepare(format!(
                 "SELECT stats, through FROM {} WHERE saga = ? AND monitor_partition = ?",
+                t(&SAGA_STATS)
+            ))
+            .await?,
+            // The whole table: one row per saga definition and monitor partition.
+            all_stats: prepare(format!(
+                "SELECT saga, monitor_partition FROM {}",
                 t(&SAGA_STATS)
             ))
             .await?,
@@ -295,6 +302,19 @@ impl ScyllaViews {
                 through,
             ))),
         }
+    }
+
+    /// The saga definitions that have totals of monitor partition `partition` (the table is
+    /// small: a row per definition and partition).
+    pub async fn saga_names_with_totals(&self, partition: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String, i64)> = self
+            .rows("reading the saga totals", &self.sagas.all_stats, ())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, p)| *p == partition)
+            .map(|(saga, _)| saga)
+            .collect())
     }
 
     /// The deadlines of the sagas of monitor partition `partition` (saga id, when), read a

@@ -1140,6 +1140,29 @@ async fn the_monitor_on_cql_moves_to_another_machine_and_keeps_every_saga_and_de
             "the monitor on CQL keeps nothing on {machine}'s disk"
         );
     }
+    // A keyspace that holds nothing, under the group that has read the observations: the
+    // monitor refuses to start rather than show only the sagas from here on.
+    rig.kill("monitor").await;
+    let mut elsewhere = on_machine("machine-c");
+    elsewhere.push((
+        "EIP__PROCESSOR__KEYSPACE".to_string(),
+        format!("{}_lost", &keyspace[..keyspace.len().min(40)]),
+    ));
+    rig.monitor_env = elsewhere;
+    rig.start_monitor();
+    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig).await;
+}
+
+/// Waits for the monitor to stop, and checks it said why in one line.
+async fn the_monitor_refuses_a_store_that_lost_what_its_group_read(rig: &mut SagaRig) {
+    let monitor = rig.monitor.as_mut().unwrap();
+    let status = monitor.wait(Duration::from_secs(90)).await;
+    assert!(!status.success(), "{status:?}");
+    let log = monitor.log_text();
+    assert!(
+        log.contains("holds nothing of") && log.contains("new kafka.group_id"),
+        "{log}"
+    );
 }
 
 /// A monitor that comes back after an outage acts on no deadline before it has read what was
@@ -1185,6 +1208,14 @@ async fn a_monitor_back_from_an_outage_reads_the_backlog_before_it_acts_on_a_dea
         "{} timeouts published for steps decided during the outage",
         published.len()
     );
+    // A new file under the group that has read the observations: refused, not half empty.
+    rig.kill("monitor").await;
+    rig.monitor_env = vec![(
+        "EIP__PROCESSOR__DB".to_string(),
+        rig.dir.path().join("lost.db").display().to_string(),
+    )];
+    rig.start_monitor();
+    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig).await;
 }
 
 /// A step whose completion event its topic would refuse fails `too_large` before anything is

@@ -128,7 +128,7 @@ impl CatchUp {
         stop: CancellationToken,
     ) {
         let mut samples: VecDeque<Sample> = VecDeque::new();
-        let mut probed: HashMap<Tp, (i64, i64, bool)> = HashMap::new();
+        let mut probed: Probed = HashMap::new();
         while !stop.is_cancelled() {
             match clients.read(&topics, &mut probed) {
                 Ok(sample) => {
@@ -146,6 +146,10 @@ impl CatchUp {
         }
     }
 }
+
+/// Per partition, the (committed, end) pair last seen and, once it stood still for a
+/// sample, whether a record is readable below the end.
+type Probed = HashMap<Tp, (i64, i64, Option<bool>)>;
 
 /// The sampler's Kafka clients.
 pub struct Clients {
@@ -176,11 +180,7 @@ impl Clients {
     /// One sample: the ends, then the committed offsets, a partition with nothing readable
     /// below its end counted at its end. `probed` remembers each probe's answer for a
     /// (committed, end) pair, so a partition is probed once per change.
-    fn read(
-        &self,
-        topics: &[String],
-        probed: &mut HashMap<Tp, (i64, i64, bool)>,
-    ) -> Result<Sample, KafkaError> {
+    fn read(&self, topics: &[String], probed: &mut Probed) -> Result<Sample, KafkaError> {
         let at = now_ms();
         let mut ends = HashMap::new();
         let mut lows = HashMap::new();
@@ -207,12 +207,18 @@ impl Clients {
                 _ => lows.get(&tp).copied().unwrap_or(0),
             };
             if offset < end {
+                // Probed only once the partition stands still at one (committed, end): one
+                // that moves is being read, and a probe of a long backlog costs a fetch.
                 let readable = match probed.get(&tp) {
-                    Some(&(c, e, readable)) if c == offset && e == end => readable,
-                    _ => {
+                    Some(&(c, e, Some(readable))) if c == offset && e == end => readable,
+                    Some(&(c, e, None)) if c == offset && e == end => {
                         let readable = self.readable_below(&tp, offset)?;
-                        probed.insert(tp.clone(), (offset, end, readable));
+                        probed.insert(tp.clone(), (offset, end, Some(readable)));
                         readable
+                    }
+                    _ => {
+                        probed.insert(tp.clone(), (offset, end, None));
+                        true
                     }
                 };
                 if !readable {

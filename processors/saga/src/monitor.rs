@@ -143,7 +143,8 @@ impl Monitor {
             ));
         }
         let store = Store::open(p, &def.name)
-            .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?;
+            .map_err(|e| ConfigError::invalid("db", format!("{}: {e}", p.db.display())))?
+            .with_group(config.kafka.clone());
         let metrics = SagaMetrics::new()
             .map_err(|e| ConfigError::invalid("processor", format!("metrics: {e}")))?;
         let def = Arc::new(def);
@@ -214,7 +215,11 @@ impl Monitor {
             let mut c = eip_runtime::kafka::base_config(&self.kafka);
             c.set("group.id", group)
                 .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", if eof { "true" } else { "false" });
+                .set("enable.partition.eof", if eof { "true" } else { "false" })
+                // The probe needs one record, not a backlog's worth of prefetch.
+                .set("queued.max.messages.kbytes", "1024")
+                .set("max.partition.fetch.bytes", "65536")
+                .set("fetch.max.bytes", "1048576");
             c.create::<rdkafka::consumer::BaseConsumer>()
         };
         let probe_group = format!("{}-catch-up-probe", self.kafka.group_id);

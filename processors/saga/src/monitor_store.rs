@@ -106,6 +106,8 @@ enum StoreAt {
 #[derive(Debug, Clone)]
 pub struct Store {
     at: StoreAt,
+    /// The monitor's group, to tell a new store from a lost one (None: not checked).
+    group: Option<Arc<eip_runtime::config::KafkaConfig>>,
     saga: Arc<str>,
     observations: Arc<str>,
 }
@@ -133,9 +135,72 @@ impl Store {
         };
         Ok(Store {
             at,
+            group: None,
             saga: Arc::from(saga),
             observations: Arc::from(config.observations_topic.as_str()),
         })
+    }
+
+    /// The same store, refusing to start an observations partition it holds nothing of while
+    /// the monitor's group (`kafka.group_id`) has read past its start: the sagas before that
+    /// point would be missing for good.
+    pub fn with_group(self, kafka: eip_runtime::config::KafkaConfig) -> Store {
+        Store {
+            group: Some(Arc::new(kafka)),
+            ..self
+        }
+    }
+
+    /// Fails when the group has read partition `partition` of the observations topic past its
+    /// start while this store holds nothing of it (see [`Store::with_group`]).
+    async fn check_not_lost(&self, partition: &PartitionId) -> Result<(), ProcessError> {
+        let Some(kafka) = self.group.clone() else {
+            return Ok(());
+        };
+        let (topic, p) = (partition.topic.to_string(), partition.partition);
+        let read = blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let wait = std::time::Duration::from_secs(10);
+            let transient = |e: rdkafka::error::KafkaError| ProcessError::Transient {
+                reason: "reading the monitor group's committed offsets".into(),
+                source: Some(Arc::new(e)),
+            };
+            let mut c = eip_runtime::kafka::base_config(&kafka);
+            c.set("group.id", &kafka.group_id)
+                .set("enable.auto.commit", "false");
+            let consumer: BaseConsumer = c.create().map_err(transient)?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(&topic, p);
+            let committed = consumer.committed_offsets(tpl, wait).map_err(transient)?;
+            let (low, _) = consumer
+                .fetch_watermarks(&topic, p, wait)
+                .map_err(transient)?;
+            Ok(committed
+                .elements()
+                .first()
+                .and_then(|e| match e.offset() {
+                    rdkafka::Offset::Offset(n) if n > low => Some(n),
+                    _ => None,
+                })
+                .map(|n| (kafka.group_id.clone(), n)))
+        })
+        .await?;
+        match read {
+            None => Ok(()),
+            Some((group, n)) => {
+                let at = match &self.at {
+                    StoreAt::Sqlite(path) => format!("the file {}", path.display()),
+                    StoreAt::Cql(_) => "the CQL keyspace".to_string(),
+                };
+                Err(ProcessError::fatal(format!(
+                    "the saga store ({at}) holds nothing of {}[{}], but group {group:?} has \
+                     read it up to offset {n}: the sagas before that would be missing; start \
+                     this store with a new kafka.group_id (it reads every topic from its \
+                     start), or reset the group's offsets on {} to the earliest",
+                    partition.topic, partition.partition, partition.topic
+                )))
+            }
+        }
     }
 
     /// What readers (the API, the dashboard, reports) read.
@@ -163,6 +228,9 @@ impl Store {
                 timers,
             },
         ) = claim_partition(&path, partition).await?;
+        if observations && applied.is_none() {
+            self.check_not_lost(partition).await?;
+        }
         let conn = Arc::new(Mutex::new(conn));
         let mut state = Partition::new(
             Backend::Sqlite {
@@ -264,6 +332,7 @@ impl Store {
                         self.saga
                     )));
                 }
+                self.check_not_lost(partition).await?;
                 // A new partition: its totals row goes first, so a first commit that stops
                 // half-way is read as of it (nothing) and folded again.
                 let first = stats_row(&self.saga, p, &SagaStats::default(), -1);

@@ -1150,17 +1150,17 @@ async fn the_monitor_on_cql_moves_to_another_machine_and_keeps_every_saga_and_de
     ));
     rig.monitor_env = elsewhere;
     rig.start_monitor();
-    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig).await;
+    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig, "holds nothing of").await;
 }
 
-/// Waits for the monitor to stop, and checks it said why in one line.
-async fn the_monitor_refuses_a_store_that_lost_what_its_group_read(rig: &mut SagaRig) {
+/// Waits for the monitor to stop, and checks it said why (`what`) in one line.
+async fn the_monitor_refuses_a_store_that_lost_what_its_group_read(rig: &mut SagaRig, what: &str) {
     let monitor = rig.monitor.as_mut().unwrap();
     let status = monitor.wait(Duration::from_secs(90)).await;
     assert!(!status.success(), "{status:?}");
     let log = monitor.log_text();
     assert!(
-        log.contains("holds nothing of") && log.contains("new kafka.group_id"),
+        log.contains(what) && log.contains("new kafka.group_id"),
         "{log}"
     );
 }
@@ -1192,6 +1192,12 @@ async fn a_monitor_back_from_an_outage_reads_the_backlog_before_it_acts_on_a_dea
             .then_some(())
     })
     .await;
+    // A copy of the monitor's file as it is now, to come back later as an old backup.
+    let old = rig.dir.path().join("old.db");
+    rusqlite::Connection::open(rig.db("monitor"))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [old.display().to_string()])
+        .unwrap();
     rig.kill("monitor").await;
     // Down past every deadline; the shipments are scheduled meanwhile.
     tokio::time::sleep(Duration::from_secs(16)).await;
@@ -1215,7 +1221,11 @@ async fn a_monitor_back_from_an_outage_reads_the_backlog_before_it_acts_on_a_dea
         rig.dir.path().join("lost.db").display().to_string(),
     )];
     rig.start_monitor();
-    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig).await;
+    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig, "holds nothing of").await;
+    // The copy from before the outage, as a restored backup: behind what the group read.
+    rig.monitor_env = vec![("EIP__PROCESSOR__DB".to_string(), old.display().to_string())];
+    rig.start_monitor();
+    the_monitor_refuses_a_store_that_lost_what_its_group_read(&mut rig, "only up to offset").await;
 }
 
 /// A step whose completion event its topic would refuse fails `too_large` before anything is

@@ -147,9 +147,15 @@ impl CatchUp {
     }
 }
 
-/// Per partition, the (committed, end) pair last seen and, once it stood still for a
-/// sample, whether a record is readable below the end.
-type Probed = HashMap<Tp, (i64, i64, Option<bool>)>;
+/// Per partition: the committed offset of the last sample, and the last probe's answer for a
+/// (committed, end) pair.
+#[derive(Debug, Default)]
+struct Probe {
+    committed: Option<i64>,
+    answer: Option<(i64, i64, bool)>,
+}
+
+type Probed = HashMap<Tp, Probe>;
 
 /// The sampler's Kafka clients.
 pub struct Clients {
@@ -206,25 +212,33 @@ impl Clients {
                 _ if self.from_latest => end,
                 _ => lows.get(&tp).copied().unwrap_or(0),
             };
+            let before = probed.get(&tp).and_then(|p| p.committed);
+            let read_to = offset;
             if offset < end {
-                // Probed only once the partition stands still at one (committed, end): one
-                // that moves is being read, and a probe of a long backlog costs a fetch.
-                let readable = match probed.get(&tp) {
-                    Some(&(c, e, Some(readable))) if c == offset && e == end => readable,
-                    Some(&(c, e, None)) if c == offset && e == end => {
+                // Probed once the committed offset stood still for a sample (one that moves is
+                // being read, and a probe of a long backlog costs a fetch), once per
+                // (committed, end): the end may keep moving (aborted transactions) while
+                // nothing readable arrives.
+                let known = probed
+                    .get(&tp)
+                    .and_then(|p| p.answer)
+                    .filter(|(c, e, _)| *c == offset && *e == end)
+                    .map(|(_, _, readable)| readable);
+                let readable = match known {
+                    Some(readable) => readable,
+                    None if before == Some(offset) => {
                         let readable = self.readable_below(&tp, offset)?;
-                        probed.insert(tp.clone(), (offset, end, Some(readable)));
+                        probed.entry(tp.clone()).or_default().answer =
+                            Some((offset, end, readable));
                         readable
                     }
-                    _ => {
-                        probed.insert(tp.clone(), (offset, end, None));
-                        true
-                    }
+                    None => true,
                 };
                 if !readable {
                     offset = end;
                 }
             }
+            probed.entry(tp.clone()).or_default().committed = Some(read_to);
             committed.insert(tp, offset);
         }
         Ok(Sample {

@@ -216,10 +216,10 @@ impl Monitor {
             c.set("group.id", group)
                 .set("enable.auto.commit", "false")
                 .set("enable.partition.eof", if eof { "true" } else { "false" })
-                // The probe needs one record, not a backlog's worth of prefetch.
+                // The probe needs one record, not a backlog's worth of prefetch (fetch.max.bytes
+                // stays: librdkafka wants it at least message.max.bytes).
                 .set("queued.max.messages.kbytes", "1024")
-                .set("max.partition.fetch.bytes", "65536")
-                .set("fetch.max.bytes", "1048576");
+                .set("max.partition.fetch.bytes", "65536");
             c.create::<rdkafka::consumer::BaseConsumer>()
         };
         let probe_group = format!("{}-catch-up-probe", self.kafka.group_id);

@@ -151,9 +151,16 @@ impl Store {
         }
     }
 
-    /// Fails when the group has read partition `partition` of the observations topic past its
-    /// start while this store holds nothing of it (see [`Store::with_group`]).
-    async fn check_not_lost(&self, partition: &PartitionId) -> Result<(), ProcessError> {
+    /// Fails when the group has read partition `partition` of the observations topic past
+    /// what this store holds of it (`held`: the last offset it applied, None for nothing):
+    /// a store that is new, or restored from an older copy (see [`Store::with_group`]).
+    /// A healthy store is never behind: the group commits an offset only after the store
+    /// holds it.
+    async fn check_not_lost(
+        &self,
+        partition: &PartitionId,
+        held: Option<i64>,
+    ) -> Result<(), ProcessError> {
         let Some(kafka) = self.group.clone() else {
             return Ok(());
         };
@@ -175,29 +182,48 @@ impl Store {
             let (low, _) = consumer
                 .fetch_watermarks(&topic, p, wait)
                 .map_err(transient)?;
+            let from = held.map_or(low, |h| low.max(h.saturating_add(1)));
             Ok(committed
                 .elements()
                 .first()
                 .and_then(|e| match e.offset() {
-                    rdkafka::Offset::Offset(n) if n > low => Some(n),
+                    rdkafka::Offset::Offset(n) if n > from => Some(n),
                     _ => None,
                 })
-                .map(|n| (kafka.group_id.clone(), n)))
+                .map(|n| (kafka.clone(), n)))
         })
         .await?;
         match read {
             None => Ok(()),
-            Some((group, n)) => {
+            Some((kafka, n)) => {
                 let at = match &self.at {
                     StoreAt::Sqlite(path) => format!("the file {}", path.display()),
                     StoreAt::Cql(_) => "the CQL keyspace".to_string(),
                 };
+                let holds = match held {
+                    None => format!(
+                        "holds nothing of {}[{}]",
+                        partition.topic, partition.partition
+                    ),
+                    Some(h) => format!(
+                        "holds {}[{}] only up to offset {h}",
+                        partition.topic, partition.partition
+                    ),
+                };
+                // A new group starts at the topics' start only with auto_offset_reset =
+                // earliest.
+                let new_group = match kafka.auto_offset_reset {
+                    eip_runtime::config::OffsetReset::Earliest => {
+                        "start this store with a new kafka.group_id (it reads every topic from \
+                         its start), or "
+                    }
+                    eip_runtime::config::OffsetReset::Latest => "",
+                };
                 Err(ProcessError::fatal(format!(
-                    "the saga store ({at}) holds nothing of {}[{}], but group {group:?} has \
-                     read it up to offset {n}: the sagas before that would be missing; start \
-                     this store with a new kafka.group_id (it reads every topic from its \
-                     start), or reset the group's offsets on {} to the earliest",
-                    partition.topic, partition.partition, partition.topic
+                    "the saga store ({at}) {holds}, but group {:?} has read it up to offset \
+                     {n}: the sagas in between would be missing; {new_group}reset the group's \
+                     offsets on {} to the earliest",
+                    kafka.group_id, partition.topic
                 )))
             }
         }
@@ -228,8 +254,8 @@ impl Store {
                 timers,
             },
         ) = claim_partition(&path, partition).await?;
-        if observations && applied.is_none() {
-            self.check_not_lost(partition).await?;
+        if observations {
+            self.check_not_lost(partition, applied).await?;
         }
         let conn = Arc::new(Mutex::new(conn));
         let mut state = Partition::new(
@@ -314,6 +340,7 @@ impl Store {
             .map_err(store_error)?
         {
             Some((stats, through)) => {
+                self.check_not_lost(partition, Some(through)).await?;
                 state.stats = stats;
                 state.through = Some(through);
             }
@@ -332,7 +359,7 @@ impl Store {
                         self.saga
                     )));
                 }
-                self.check_not_lost(partition).await?;
+                self.check_not_lost(partition, None).await?;
                 // A new partition: its totals row goes first, so a first commit that stops
                 // half-way is read as of it (nothing) and folded again.
                 let first = stats_row(&self.saga, p, &SagaStats::default(), -1);

@@ -31,7 +31,7 @@ use eip_store::sqlite::{
 };
 use eip_store::view_scylla::{ScyllaSettings, ScyllaViews};
 use eip_store::view_sqlite::{self, Versions, load_order};
-use eip_store::view_store::{StoreError, ViewStore};
+use eip_store::view_store::ViewStore;
 use eip_store::views::{
     INVENTORY_LEVELS, LevelView, ORDER_LINES, ORDER_SUMMARY, ORDERS_BY_CUSTOMER, OrderView,
     OutcomeView, PRODUCT_SALES, Value, Write, diff, level_rows, order_rows, outcome_rows,
@@ -577,16 +577,6 @@ pub struct Projector {
     inputs: Vec<String>,
 }
 
-fn store_error(e: StoreError) -> ProcessError {
-    match e {
-        StoreError::Transient(reason) => ProcessError::Transient {
-            reason,
-            source: None,
-        },
-        StoreError::Permanent(reason) => ProcessError::fatal(reason),
-    }
-}
-
 impl Projector {
     /// The projector for `config`: creates the views' tables if missing.
     pub fn new(config: &Config<ProjectorConfig>) -> Result<Projector, ConfigError> {
@@ -656,7 +646,7 @@ impl Stateful for Projector {
             let views = session
                 .get_or_try_init(|| async { ScyllaViews::connect(settings).await.map(Arc::new) })
                 .await
-                .map_err(store_error)?
+                .map_err(ProcessError::from)?
                 .clone();
             return Ok(Opened::fresh(Partition {
                 store: PartitionStore::Cql(views),
@@ -723,7 +713,7 @@ impl Stateful for Projector {
             PartitionStore::Cql(views) => {
                 let id = &event.metadata().aggregate_id;
                 if !state.projection.knows(id)
-                    && let Some(order) = views.order(id).await.map_err(store_error)?
+                    && let Some(order) = views.order(id).await.map_err(ProcessError::from)?
                 {
                     state.projection.remember(order);
                 }
@@ -745,7 +735,7 @@ impl Stateful for Projector {
                 views
                     .apply(&state.projection.writes())
                     .await
-                    .map_err(store_error)?;
+                    .map_err(ProcessError::from)?;
                 state.projection.committed(self.cached_orders);
                 return Ok(());
             }

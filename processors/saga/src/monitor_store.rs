@@ -20,12 +20,12 @@ use eip_schemas::types::SagaObservation;
 use eip_store::saga_store::{LazyCql, SagaStore};
 use eip_store::saga_views::{self, SAGA_EVENTS, SAGA_STATS, SagaEventView, SagaStats, stats_row};
 use eip_store::sqlite::{
-    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect, write_ledger,
+    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect,
 };
 use eip_store::view_any::StoreKind;
 use eip_store::view_scylla::ScyllaSettings;
 use eip_store::view_sqlite::execute_at;
-use eip_store::view_store::{StoreError, ViewStore};
+use eip_store::view_store::ViewStore;
 use eip_store::views::Write;
 
 use crate::config::MonitorConfig;
@@ -82,16 +82,6 @@ impl Partition {
             through: None,
             held: HashMap::new(),
         }
-    }
-}
-
-fn store_error(e: StoreError) -> ProcessError {
-    match e {
-        StoreError::Transient(reason) => ProcessError::Transient {
-            reason,
-            source: None,
-        },
-        StoreError::Permanent(reason) => ProcessError::fatal(reason),
     }
 }
 
@@ -328,16 +318,16 @@ impl Store {
         observations: bool,
     ) -> Result<Opened<Partition>, ProcessError> {
         let p = i64::from(partition.partition);
-        let views = cql.get().await.map_err(store_error)?;
+        let views = cql.get().await.map_err(ProcessError::from)?;
         let mut state = Partition::new(Backend::Cql(cql.clone()), partition, observations);
         if !observations {
             return Ok(Opened::fresh(state));
         }
-        let deadlines = views.saga_deadlines(p).await.map_err(store_error)?;
+        let deadlines = views.saga_deadlines(p).await.map_err(ProcessError::from)?;
         match views
             .saga_partition_stats(&self.saga, p)
             .await
-            .map_err(store_error)?
+            .map_err(ProcessError::from)?
         {
             Some((stats, through)) => {
                 self.check_not_lost(partition, Some(through)).await?;
@@ -349,7 +339,10 @@ impl Store {
                 // definition, or another sharing the keyspace), or deadlines with no totals at
                 // all: refolding into them would start the totals at zero and read every saga
                 // as empty.
-                let others = views.saga_names_with_totals(p).await.map_err(store_error)?;
+                let others = views
+                    .saga_names_with_totals(p)
+                    .await
+                    .map_err(ProcessError::from)?;
                 if !others.is_empty() || !deadlines.is_empty() {
                     return Err(ProcessError::fatal(format!(
                         "keyspace holds monitor partition {p} of saga definition(s) {others:?} \
@@ -369,7 +362,7 @@ impl Store {
                         stamp: 0,
                     }])
                     .await
-                    .map_err(store_error)?;
+                    .map_err(ProcessError::from)?;
                 state.through = Some(-1);
             }
         }
@@ -395,10 +388,10 @@ impl Store {
             Backend::Cql(cql) => cql
                 .get()
                 .await
-                .map_err(store_error)?
+                .map_err(ProcessError::from)?
                 .saga_events(id, Some(state.through.unwrap_or(-1)))
                 .await
-                .map_err(store_error)?,
+                .map_err(ProcessError::from)?,
             Backend::Sqlite { conn, .. } => {
                 let conn = conn.clone();
                 let id = id.to_string();
@@ -440,30 +433,24 @@ impl Store {
             Backend::Cql(cql) => {
                 // Every row, then the totals (ScyllaViews::apply writes them last); the
                 // timers are the deadline rows.
-                let views = cql.get().await.map_err(store_error)?;
-                views.apply(&writes).await.map_err(store_error)
+                let views = cql.get().await.map_err(ProcessError::from)?;
+                views.apply(&writes).await.map_err(ProcessError::from)
             }
             Backend::Sqlite { conn, epoch } => {
-                let conn = conn.clone();
-                let partition = flush.partition.clone();
-                let epoch = *epoch;
-                let timers = flush.timers.to_vec();
-                let up_to = flush.up_to;
-                blocking(move || {
-                    let mut conn = conn
-                        .lock()
-                        .map_err(|_| ProcessError::fatal("store connection poisoned"))?;
-                    let tx = conn
-                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                        .map_err(|e| classify("group commit", e))?;
-                    check_epoch(&tx, &partition, epoch)?;
-                    for w in &writes {
-                        execute_at(&tx, w.table(), 1, w)
-                            .map_err(|e| classify("writing a saga row", e))?;
-                    }
-                    write_ledger(&tx, &partition, &timers, up_to)?;
-                    tx.commit().map_err(|e| classify("group commit", e))
-                })
+                eip_store::sqlite::group_commit(
+                    conn.clone(),
+                    flush.partition,
+                    *epoch,
+                    flush.timers,
+                    flush.up_to,
+                    move |tx| {
+                        for w in &writes {
+                            execute_at(tx, w.table(), 1, w)
+                                .map_err(|e| classify("writing a saga row", e))?;
+                        }
+                        Ok(())
+                    },
+                )
                 .await
             }
         };

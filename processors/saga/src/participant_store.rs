@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use eip_runtime::{Flush, Opened, PartitionId, ProcessError};
 use eip_schemas::types::OrderSnapshot;
 use eip_store::sqlite::{
-    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect, write_ledger,
+    Claim, LEDGER_DDL, blocking, check_epoch, claim_partition, classify, connect,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
@@ -260,22 +260,14 @@ impl Store {
     /// The group commit: the partition's applied offset and timer changes, if it still owns
     /// the partition.
     pub async fn flush(&self, state: &Partition, flush: &Flush<'_>) -> Result<(), ProcessError> {
-        let conn = state.conn.clone();
-        let partition = flush.partition.clone();
-        let epoch = state.epoch;
-        let timers = flush.timers.to_vec();
-        let up_to = flush.up_to;
-        blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| ProcessError::fatal("store connection poisoned"))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| classify("group commit", e))?;
-            check_epoch(&tx, &partition, epoch)?;
-            write_ledger(&tx, &partition, &timers, up_to)?;
-            tx.commit().map_err(|e| classify("group commit", e))
-        })
+        eip_store::sqlite::group_commit(
+            state.conn.clone(),
+            flush.partition,
+            state.epoch,
+            flush.timers,
+            flush.up_to,
+            |_| Ok(()),
+        )
         .await
     }
 

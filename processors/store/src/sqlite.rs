@@ -100,6 +100,34 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ProcessError::fatal_from("store task", e))?
 }
 
+/// A partition's group commit on its own connection, on the blocking pool: in one
+/// `BEGIN IMMEDIATE` transaction, the epoch check (a former owner is refused with
+/// [`ProcessError::Fenced`]), the processor's `rows`, then the timer changes and the applied
+/// offset `up_to`.
+pub async fn group_commit(
+    conn: Arc<std::sync::Mutex<Connection>>,
+    partition: &PartitionId,
+    epoch: i64,
+    timers: &[TimerChange],
+    up_to: Option<i64>,
+    rows: impl FnOnce(&Transaction<'_>) -> Result<(), ProcessError> + Send + 'static,
+) -> Result<(), ProcessError> {
+    let (partition, timers) = (partition.clone(), timers.to_vec());
+    blocking(move || {
+        let mut conn = conn
+            .lock()
+            .map_err(|_| ProcessError::fatal("store connection poisoned"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| classify("group commit", e))?;
+        check_epoch(&tx, &partition, epoch)?;
+        rows(&tx)?;
+        write_ledger(&tx, &partition, &timers, up_to)?;
+        tx.commit().map_err(|e| classify("group commit", e))
+    })
+    .await
+}
+
 /// Opens its own connection to the file at `path` and claims `partition` on it in one
 /// `BEGIN IMMEDIATE` transaction (see [`claim`]), on the blocking pool: what every
 /// processor's `open` does first. Returns the connection, for the partition's worker to keep.

@@ -33,6 +33,20 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// A store failure as a processor's error: transient stays transient (the runtime retries),
+/// a refusal for good is fatal.
+impl From<StoreError> for eip_runtime::ProcessError {
+    fn from(e: StoreError) -> eip_runtime::ProcessError {
+        match e {
+            StoreError::Transient(reason) => eip_runtime::ProcessError::Transient {
+                reason,
+                source: None,
+            },
+            StoreError::Permanent(reason) => eip_runtime::ProcessError::fatal(reason),
+        }
+    }
+}
+
 /// A query answer that may be refused for its cursor.
 pub type Paged<T> =
     Result<Result<crate::view_page::Page<T>, crate::view_page::BadCursor>, StoreError>;

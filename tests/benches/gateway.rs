@@ -121,7 +121,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        init_logs();
+        let level = eip_tests::bench::default_logging();
         let ep = endpoints();
         register(&ep).await;
         let gw_topic = unique("bench-gw");
@@ -144,7 +144,7 @@ fn main() {
 
         let total = warmup + requests;
         println!(
-            "gateway benchmark: {requests} requests (+{warmup} warm-up), {concurrency} concurrent clients, brokers {}",
+            "gateway benchmark: {requests} requests (+{warmup} warm-up), {concurrency} concurrent clients, log level {level}, brokers {}",
             ep.brokers
         );
         // Bodies and framed records are prepared before timing starts.

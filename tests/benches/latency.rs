@@ -33,6 +33,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = BenchArgs::parse();
+    println!("log level {}", eip_tests::bench::default_logging());
     let rate = a.usize("--rate", 200) as f64;
     let seconds = a.usize("--seconds", 20) as f64;
     let flush_ms = a.usize("--flush-ms", 10) as u64;

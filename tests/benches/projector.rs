@@ -115,6 +115,7 @@ async fn projector(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = BenchArgs::parse();
+    println!("log level {}", eip_tests::bench::default_logging());
     let orders = args.usize("--orders", 50_000);
     let events = sample::histories(orders);
     let n = events.len();

@@ -156,6 +156,7 @@ where
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = BenchArgs::parse();
+    println!("log level {}", eip_tests::bench::default_logging());
     let orders = args.usize("--orders", 20_000);
     let rate = args.usize("--rate", 1_000) as f64;
     let seconds = args.usize("--seconds", 10) as f64;

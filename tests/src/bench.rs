@@ -343,8 +343,9 @@ pub async fn opening(what: &str, prefix: &str, a: &BenchArgs) -> Opening {
     let (records, partitions, rounds, keys) = (a.records, a.partitions, a.rounds, a.keys);
     let ep = crate::endpoints();
     let (input, payload) = bench_input(&ep, prefix, partitions).await;
+    let level = default_logging();
     println!(
-        "{what} benchmark: {records} records of {} bytes, {}, {partitions} partitions, {rounds} rounds, broker {}",
+        "{what} benchmark: {records} records of {} bytes, {}, {partitions} partitions, {rounds} rounds, log level {level}, broker {}",
         payload.len(),
         if keys == 0 {
             "one key each".to_string()
@@ -368,12 +369,20 @@ pub async fn opening(what: &str, prefix: &str, a: &BenchArgs) -> Opening {
     Opening { ep, input, cpu }
 }
 
-/// Benchmark settings for a processor under test: probes and statistics every 5 s, and only
-/// warnings logged, so neither takes time from the records.
+/// Benchmark settings for a processor under test: probes and statistics every 5 s. The log
+/// level stays the default (`info`): a benchmark measures what a deployed processor pays.
 pub fn quiet<A: eip_runtime::Section>(cfg: &mut eip_runtime::config::Config<A>) {
     cfg.telemetry.readiness_interval = std::time::Duration::from_secs(5);
     cfg.kafka.statistics_interval = std::time::Duration::from_secs(5);
-    cfg.telemetry.log_filter = "warn".into();
+}
+
+/// Installs the logging a processor's binary installs, at the default settings (JSON to
+/// stderr at `info`), so the processors a benchmark runs in-process pay for their spans and
+/// logs as a deployed one does; returns the level, which every benchmark prints.
+pub fn default_logging() -> String {
+    let telemetry = eip_runtime::config::TelemetryConfig::default();
+    eip_runtime::telemetry::init_logging(&telemetry);
+    telemetry.log_filter
 }
 
 /// The stateless pass-through: records/s until all `n` outputs are acknowledged.

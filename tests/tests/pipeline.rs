@@ -453,8 +453,11 @@ async fn sigterm_drains_commits_and_exits_zero() {
         .find(|l| l["message"] == "record dead-lettered")
         .expect("the poison record was logged");
     assert_eq!(dead["level"], "WARN");
-    assert_eq!(dead["span"]["trace_id"].as_str().map(str::len), Some(32));
-    assert!(dead["span"]["correlation_id"].is_string());
+    assert_eq!(dead["trace_id"].as_str().map(str::len), Some(32));
+    assert!(dead["correlation_id"].is_string());
+    // At `info` the record's span is its batch's, which names where the batch came from.
+    assert_eq!(dead["span"]["name"], "batch", "{dead}");
+    assert_eq!(dead["span"]["topic"].as_str(), Some(input.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

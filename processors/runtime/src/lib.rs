@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use eip_schemas::{Codec, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{Producer, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -49,7 +49,7 @@ pub use processor::{
 };
 pub use stateful::{Effects, Flush, Opened, PartitionId, Stateful, Stateless, Timer, TimerChange};
 
-use pipeline::{ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
+use pipeline::{Batches, ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
 
 /// A startup failure (a port in use, a missing topic, a client that could not be created):
 /// what could not be set up, and the error that stopped it. Every binary's error enum holds
@@ -202,8 +202,12 @@ where
         // fails the producer instead, which stops the processor.
         producer_config.set("enable.gapless.guarantee", "true");
     }
-    let producer: FutureProducer<ProducerContext> =
-        producer_config.create_with_context(ProducerContext { stop: stop.clone() })?;
+    let batches = Arc::new(Batches::default());
+    let producer: ThreadedProducer<ProducerContext> =
+        producer_config.create_with_context(ProducerContext {
+            stop: stop.clone(),
+            batches: batches.clone(),
+        })?;
     let in_flight = InFlight::new(metrics.in_flight.with_label_values(&[name.as_str()]));
     let state = PollState::new(
         metrics.clone(),
@@ -223,6 +227,7 @@ where
         name: name.clone(),
         codec: codec.clone(),
         producer,
+        batches,
         metrics: metrics.clone(),
         stop: stop.clone(),
         pipeline: config.pipeline.clone(),

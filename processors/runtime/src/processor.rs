@@ -17,9 +17,37 @@ use eip_schemas::{
 
 use crate::trace::TraceContext;
 
+/// A header's name: the names eip itself reads and writes are shared `'static` strings, so
+/// copying a record's headers allocates nothing for them.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
 /// Record headers: an ordered list of name/value pairs (names may repeat, as in Kafka).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, Option<Bytes>)>);
+pub struct Headers(Vec<(HeaderName, Option<Bytes>)>);
+
+/// The header names interned by [`intern`]: the trace context, the correlation id, and the
+/// runtime's dead-letter headers.
+const INTERNED: &[&str] = &[
+    crate::trace::TRACEPARENT,
+    crate::trace::CORRELATION_ID,
+    "tracestate",
+    crate::dlq::ERROR_CLASS,
+    crate::dlq::REASON,
+    crate::dlq::SOURCE_TOPIC,
+    crate::dlq::SOURCE_PARTITION,
+    crate::dlq::SOURCE_OFFSET,
+    crate::dlq::ATTEMPTS,
+    crate::dlq::FIRST_FAILURE,
+    crate::dlq::PROCESSOR,
+];
+
+/// `name` as a shared `'static` string when it is one eip uses, else copied.
+pub fn intern(name: &str) -> HeaderName {
+    match INTERNED.iter().find(|known| **known == name) {
+        Some(known) => HeaderName::Borrowed(known),
+        None => HeaderName::Owned(name.to_string()),
+    }
+}
 
 /// Copies borrowed name/value pairs, as a client library hands them out, in order.
 impl<'a> FromIterator<(&'a str, Option<&'a [u8]>)> for Headers {
@@ -27,7 +55,7 @@ impl<'a> FromIterator<(&'a str, Option<&'a [u8]>)> for Headers {
         Headers(
             pairs
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), v.map(Bytes::copy_from_slice)))
+                .map(|(k, v)| (intern(k), v.map(Bytes::copy_from_slice)))
                 .collect(),
         )
     }
@@ -37,6 +65,16 @@ impl Headers {
     /// No headers.
     pub fn new() -> Headers {
         Headers(Vec::new())
+    }
+
+    /// Room for `n` headers.
+    pub fn with_capacity(n: usize) -> Headers {
+        Headers(Vec::with_capacity(n))
+    }
+
+    /// Appends a header whose value is already shared (a slice of a consumed batch, say).
+    pub fn push_shared(&mut self, name: HeaderName, value: Option<Bytes>) {
+        self.0.push((name, value));
     }
 
     /// The last value of `name`, if any.
@@ -54,19 +92,19 @@ impl Headers {
     }
 
     /// Appends a header, keeping earlier values of the same name.
-    pub fn push(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+    pub fn push(&mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) {
         self.0.push((name.into(), Some(value.into())));
     }
 
     /// Appends a header with a null value.
-    pub fn push_null(&mut self, name: impl Into<String>) {
+    pub fn push_null(&mut self, name: impl Into<HeaderName>) {
         self.0.push((name.into(), None));
     }
 
     /// Sets `name` to `value`, removing earlier values of it.
     pub fn set(&mut self, name: &str, value: impl Into<Bytes>) {
         self.remove(name);
-        self.0.push((name.to_string(), Some(value.into())));
+        self.0.push((intern(name), Some(value.into())));
     }
 
     /// Removes every value of `name`.
@@ -83,7 +121,7 @@ impl Headers {
 
     /// Every header in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_deref()))
     }
 
     /// Number of headers.
@@ -117,7 +155,8 @@ pub struct Record {
     pub position: Position,
     /// Raw key.
     pub key: Option<Bytes>,
-    /// Raw value.
+    /// Raw value. In the pipeline it is a slice of its poll batch's buffer: copy it
+    /// (`Bytes::copy_from_slice`) to keep it past the record, or the whole buffer stays.
     pub payload: Option<Bytes>,
     /// Headers.
     pub headers: Headers,

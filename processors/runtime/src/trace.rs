@@ -4,8 +4,6 @@
 //! headers (or a new trace when it has none). Every output gets a `traceparent` of a child span
 //! of that trace, and the correlation id of its input, so a flow can be followed across topics.
 
-use std::fmt::Write as _;
-
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 /// The header with the id shared by every message of one business flow.
@@ -22,29 +20,51 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
-fn hex_nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The value of a lowercase hex digit, or 0xff: one table look-up per digit on the hot path.
+const NIBBLE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != N * 2 {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = (hex_nibble(pair[0])? << 4) | hex_nibble(pair[1])?;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        if (hi | lo) & 0xf0 != 0 {
+            return None;
+        }
+        *o = (hi << 4) | lo;
     }
     Some(out)
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
+/// Writes `bytes` as lowercase hex into `out`, which is twice as long.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 0xf) as usize];
     }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
@@ -99,28 +119,27 @@ impl TraceContext {
 
     /// The header value.
     pub fn to_header(&self) -> String {
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push('-');
-        push_hex(&mut out, &self.span_id);
-        out.push('-');
-        push_hex(&mut out, &[self.flags]);
+        String::from_utf8(self.header_bytes().to_vec()).unwrap_or_default()
+    }
+
+    /// The header value's bytes, written without allocating.
+    pub fn header_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.span_id);
+        write_hex(&mut out[53..55], &[self.flags]);
         out
     }
 
     /// The trace id in hex, for logs.
     pub fn trace_id_hex(&self) -> String {
-        let mut out = String::with_capacity(32);
-        push_hex(&mut out, &self.trace_id);
-        out
+        hex_string(&self.trace_id)
     }
 
     /// The span id in hex, for logs.
     pub fn span_id_hex(&self) -> String {
-        let mut out = String::with_capacity(16);
-        push_hex(&mut out, &self.span_id);
-        out
+        hex_string(&self.span_id)
     }
 }
 

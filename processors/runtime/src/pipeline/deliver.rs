@@ -1,27 +1,26 @@
-//! Deliveries: handing outputs to the idempotent producer, sending refused ones again or
-//! redirecting them, and the acker that awaits each record's deliveries in offset order
-//! before storing its offset.
+//! Deliveries: handing outputs and dead letters to the idempotent producer under a batch's
+//! [`Tag`], and the slow path that sends a failed delivery again, redirects it or
+//! dead-letters its input, one delivery at a time.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
 use eip_schemas::{Codec, ErrorClass};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
-use tokio::sync::mpsc;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::dlq;
-use crate::processor::{DeliveryFailure, Headers, Output, Payload, ProcessError, Record, Redirect};
+use crate::processor::{DeliveryFailure, Output, Payload, ProcessError, Record, Redirect};
 use crate::stateful::Stateful;
+use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 
+use super::batch::{Failed, Outgoing, Tag};
 use super::dead_letter::*;
+use super::worker::Tries;
 use super::*;
 
 pub(super) enum SendError {
@@ -32,37 +31,29 @@ pub(super) enum SendError {
     Fatal(String),
 }
 
-/// Hands one output to the producer. When the producer refuses it for now (its topic does not
-/// exist), the processor decides: try again after a backoff, or produce something else instead.
+/// Hands one output to the producer under `tag`. When the producer refuses it for now (its
+/// topic does not exist), the processor decides: try again after a backoff, or produce
+/// something else instead. Returns the topic it went to.
 pub(super) async fn send_output<S: Stateful>(
     core: &Core<S>,
     source: &Record,
     out: Encoded,
     redirectable: bool,
+    batch: &Outgoing,
+    tag: Tag,
     cancel: &CancellationToken,
-) -> Result<(Arc<str>, DeliveryFuture), (Arc<str>, SendError)> {
+) -> Result<Arc<str>, (Arc<str>, SendError)> {
     let mut out = out;
     let mut attempts: u32 = 0;
     loop {
-        let sent = send(
-            core,
-            &out.topic,
-            out.key.as_deref(),
-            out.payload.as_deref(),
-            &out.headers,
-            cancel,
-        )
-        .await;
+        let sent = send(core, batch, tag, &out, cancel).await;
         let error = match sent {
-            Ok(f) => return Ok((out.topic, f)),
+            Ok(()) => return Ok(out.topic),
             Err(SendError::Refused(e)) => e,
             Err(other) => return Err((out.topic, other)),
         };
         attempts += 1;
-        core.metrics
-            .retried
-            .with_label_values(&[core.name.as_str(), &source.position.topic])
-            .inc();
+        count_retry(core, source);
         let failure = DeliveryFailure {
             source,
             topic: &out.topic,
@@ -92,6 +83,13 @@ pub(super) async fn send_output<S: Stateful>(
             }
         }
     }
+}
+
+fn count_retry<S: Stateful>(core: &Core<S>, source: &Record) {
+    core.metrics
+        .retried
+        .with_label_values(&[core.name.as_str(), &source.position.topic])
+        .inc();
 }
 
 /// Encodes a redirect; a redirect that can't be encoded is a processor bug, so fatal.
@@ -129,46 +127,44 @@ pub(super) fn record_is_unproducible(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// Hands a record to the producer, waiting while its queue is full (backpressure).
-pub(super) async fn send<S: Stateful>(
-    core: &Core<S>,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-    headers: &Headers,
-    cancel: &CancellationToken,
-) -> Result<DeliveryFuture, SendError> {
-    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-    for (k, v) in headers.iter() {
-        owned = owned.insert(Header { key: k, value: v });
-    }
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(owned);
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    if let Some(p) = payload {
-        record = record.payload(p);
-    }
-    send_record(core, record, cancel).await
+fn unproducible(e: &KafkaError) -> bool {
+    e.rdkafka_error_code().is_some_and(record_is_unproducible)
 }
 
-/// Hands a prepared record to the producer, waiting while its queue is full (backpressure).
-pub(super) async fn send_record<S: Stateful>(
+/// Hands a record to the producer under `tag`, counted in `batch`, waiting while the
+/// producer's queue is full (backpressure). On an error no delivery report will come, so the
+/// count is taken back.
+pub(super) async fn send<S: Stateful>(
     core: &Core<S>,
-    mut record: FutureRecord<'_, [u8], [u8]>,
+    batch: &Outgoing,
+    tag: Tag,
+    out: &Encoded,
     cancel: &CancellationToken,
-) -> Result<DeliveryFuture, SendError> {
-    loop {
-        match core.producer.send_result(record) {
-            Ok(f) => return Ok(f),
+) -> Result<(), SendError> {
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+    for (k, v) in out.headers.iter() {
+        headers = headers.insert(Header { key: k, value: v });
+    }
+    let mut record: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(&out.topic, tag.into_opaque()).headers(headers);
+    if let Some(k) = &out.key {
+        record = record.key(k);
+    }
+    if let Some(p) = &out.payload {
+        record = record.payload(p);
+    }
+    batch.expect();
+    let sent = loop {
+        match core.producer.send(record) {
+            Ok(()) => break Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
                 if !wait_or_stop(Duration::from_millis(2), cancel, Some(&core.stop.halt)).await {
-                    return Err(SendError::Abandoned);
+                    break Err(SendError::Abandoned);
                 }
             }
             Err((KafkaError::MessageProduction(code), _)) if record_is_unproducible(code) => {
-                return Err(SendError::Permanent(code.to_string()));
+                break Err(SendError::Permanent(code.to_string()));
             }
             Err((KafkaError::MessageProduction(code), _))
                 if matches!(
@@ -178,54 +174,73 @@ pub(super) async fn send_record<S: Stateful>(
                         | RDKafkaErrorCode::UnknownTopicOrPartition
                 ) =>
             {
-                return Err(SendError::Refused(code.to_string()));
+                break Err(SendError::Refused(code.to_string()));
             }
-            Err((e, _)) => return Err(SendError::Fatal(e.to_string())),
+            Err((e, _)) => break Err(SendError::Fatal(e.to_string())),
         }
+    };
+    if sent.is_err() {
+        batch.unexpect();
     }
+    sent
 }
 
-/// How a delivery ended.
+/// How a delivery taken through the slow path ended.
 pub(super) enum Settled {
     /// Acknowledged by the broker, by the topic named (a redirect's, if there was one).
     Delivered(Arc<str>),
-    /// Refused for good: this record can never be produced.
-    Unproducible(KafkaError),
+    /// Refused for good by the topic named: this record can never be produced there.
+    Unproducible(Arc<str>, KafkaError),
     /// The partition is abandoned or the process is stopping on a fatal error.
     Stop,
 }
 
-/// Awaits a delivery. A delivery that failed for a reason that may pass (the broker restarting,
-/// a leader moving) is sent again with backoff, in place, until it is acknowledged, unless the
-/// processor redirects it (`redirectable`, for outputs; never for dead letters): transient
-/// errors never dead-letter good data.
-pub(super) async fn settle<S: Stateful>(
+/// Sends one record as a batch of its own and waits for its report: `Ok` with the topic it
+/// went to, `Err(Some)` with the failure, `Err(None)` when the partition must stop.
+async fn deliver_once<S: Stateful>(
     core: &Core<S>,
     source: &Record,
-    topic: Arc<str>,
-    first: DeliveryFuture,
+    out: Encoded,
+    redirectable: bool,
+    cancel: &CancellationToken,
+) -> Result<Arc<str>, Option<Failed>> {
+    let batch = core.batches.open();
+    let tag = batch.tag(0, !redirectable);
+    let topic = match send_output(core, source, out, redirectable, &batch, tag, cancel).await {
+        Ok(topic) => topic,
+        Err((_, SendError::Abandoned)) => return Err(None),
+        Err((to, SendError::Permanent(r) | SendError::Fatal(r) | SendError::Refused(r))) => {
+            core.stop.fatal(format!("sending to {to} again: {r}"));
+            return Err(None);
+        }
+    };
+    let batch = batch.seal();
+    tokio::select! {
+        _ = batch.finished() => {}
+        _ = cancel.cancelled() => return Err(None),
+    }
+    match batch.take_failed().pop() {
+        None => Ok(topic),
+        Some(failed) => Err(Some(failed)),
+    }
+}
+
+/// Takes a failed delivery through the slow path. A delivery that failed for a reason that
+/// may pass (the broker restarting, a leader moving) is sent again with backoff, in place,
+/// until it is acknowledged, unless the processor redirects it (`redirectable`, for outputs;
+/// never for dead letters): transient errors never dead-letter good data.
+pub(super) async fn settle_failed<S: Stateful>(
+    core: &Core<S>,
+    source: &Record,
+    failed: Failed,
     redirectable: bool,
     cancel: &CancellationToken,
 ) -> Settled {
-    let mut topic = topic;
-    let mut fut = first;
+    let mut failed = failed;
     let mut attempt: u32 = 0;
     loop {
-        let result = tokio::select! {
-            r = fut => r,
-            _ = cancel.cancelled() => return Settled::Stop,
-        };
-        let (e, msg) = match result {
-            Ok(Ok(_)) => return Settled::Delivered(topic),
-            Ok(Err(failure)) => failure,
-            Err(_) => {
-                core.stop
-                    .fatal("producer shut down with deliveries pending".into());
-                return Settled::Stop;
-            }
-        };
-        if e.rdkafka_error_code().is_some_and(record_is_unproducible) {
-            return Settled::Unproducible(e);
+        if unproducible(&failed.error) {
+            return Settled::Unproducible(failed.topic, failed.error);
         }
         if let Some((code, reason)) = core.producer.client().fatal_error() {
             core.stop
@@ -233,19 +248,15 @@ pub(super) async fn settle<S: Stateful>(
             return Settled::Stop;
         }
         attempt += 1;
-        core.metrics
-            .retried
-            .with_label_values(&[core.name.as_str(), &source.position.topic])
-            .inc();
-        let headers = crate::kafka::headers_of(&msg);
+        count_retry(core, source);
         let redirect = if redirectable {
             core.processor.on_delivery_failure(&DeliveryFailure {
                 source,
-                topic: msg.topic(),
-                key: msg.key(),
-                payload: msg.payload(),
-                headers: headers.clone(),
-                error: e.to_string(),
+                topic: &failed.topic,
+                key: failed.key.as_deref(),
+                payload: failed.payload.as_deref(),
+                headers: failed.headers.clone(),
+                error: failed.error.to_string(),
                 attempts: attempt,
             })
         } else {
@@ -254,7 +265,7 @@ pub(super) async fn settle<S: Stateful>(
         let next = match redirect {
             Redirect::Again => {
                 let delay = backoff(&core.pipeline.retry, attempt);
-                warn!(error = %e, topic = msg.topic(), attempt, retry_in_ms = delay.as_millis() as u64, "delivery failed: sending again");
+                warn!(error = %failed.error, topic = %failed.topic, attempt, retry_in_ms = delay.as_millis() as u64, "delivery failed: sending again");
                 // Only abandonment stops this wait: after a fatal error, what was already
                 // produced is still seen through.
                 if !wait_or_stop(delay, cancel, None).await {
@@ -262,17 +273,16 @@ pub(super) async fn settle<S: Stateful>(
                 }
                 Encoded {
                     // The failed message's own topic: a dead letter goes back to the DLQ.
-                    topic: msg.topic().into(),
-                    key: msg.key().map(Bytes::copy_from_slice),
-                    payload: msg.payload().map(Bytes::copy_from_slice),
-                    headers,
+                    topic: failed.topic,
+                    key: failed.key,
+                    payload: failed.payload,
+                    headers: failed.headers,
                 }
             }
             Redirect::To(redirect) => {
-                info!(error = %e, from = msg.topic(), to = %redirect.topic, "delivery failed: redirected");
+                info!(error = %failed.error, from = %failed.topic, to = %redirect.topic, "delivery failed: redirected");
                 attempt = 0;
-                let from: Arc<str> = msg.topic().into();
-                match encode_redirect(&core.codec, &from, redirect).await {
+                match encode_redirect(&core.codec, &failed.topic, redirect).await {
                     Ok(encoded) => encoded,
                     Err((_, SendError::Fatal(reason))) => {
                         core.stop.fatal(reason);
@@ -282,207 +292,11 @@ pub(super) async fn settle<S: Stateful>(
                 }
             }
         };
-        fut = match send_output(core, source, next, redirectable, cancel).await {
-            Ok((sent_to, f)) => {
-                topic = sent_to;
-                f
-            }
-            Err((_, SendError::Abandoned)) => return Settled::Stop,
-            Err((to, SendError::Permanent(reason)))
-            | Err((to, SendError::Fatal(reason)))
-            | Err((to, SendError::Refused(reason))) => {
-                core.stop.fatal(format!("sending to {to} again: {reason}"));
-                return Settled::Stop;
-            }
-        };
-    }
-}
-
-/// A partition's acker: awaits each record's deliveries in the order the worker handed them
-/// over, dead-letters an input whose output the broker refused for good, reports the last
-/// settled sequence number (group commits wait for it), and stores offsets: after the
-/// acknowledgement for a stateless processor, after the group commit for a stateful one.
-/// It ends when the worker is gone and everything it sent is settled, or when the partition is
-/// abandoned; `done` then tells the poll thread.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn acker<S: Stateful>(
-    core: Arc<Core<S>>,
-    key: PartitionKey,
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    mut rx: mpsc::UnboundedReceiver<AckItem>,
-    acked: tokio::sync::watch::Sender<u64>,
-    in_flight: Arc<AtomicUsize>,
-    cancel: CancellationToken,
-    done: std::sync::mpsc::Sender<()>,
-) {
-    let mut produced: HashMap<Arc<str>, prometheus::IntCounter> = HashMap::new();
-    let mut to_store: Option<i64> = None;
-    let mut since_store = 0usize;
-    // The highest offset stored: a stored offset never goes back (a record the state already
-    // held, acknowledged before a group commit stored a later one, must not undo it).
-    let mut stored = -1i64;
-    'acks: while let Some(item) = rx.recv().await {
-        let ack = match item {
-            AckItem::Handled(ack) => ack,
-            AckItem::Durable(offset) => {
-                if cancel.is_cancelled() {
-                    break 'acks;
-                }
-                store_offset(&consumer, &key, offset);
-                stored = stored.max(offset);
-                continue;
-            }
-        };
-        let offset = ack.record.position.offset;
-        let mut failed: Option<(Arc<str>, KafkaError)> = None;
-        for (what, fut) in ack.deliveries {
-            let (topic, redirectable) = match &what {
-                Delivery::Output(topic) => (topic.clone(), true),
-                Delivery::DeadLetter(_) => (key.0.clone(), false),
-            };
-            match settle(&core, &ack.record, topic, fut, redirectable, &cancel).await {
-                Settled::Delivered(delivered_to) => match what {
-                    Delivery::Output(_) => produced
-                        .entry(delivered_to.clone())
-                        .or_insert_with(|| {
-                            core.metrics
-                                .produced
-                                .with_label_values(&[core.name.as_str(), &delivered_to])
-                        })
-                        .inc(),
-                    Delivery::DeadLetter(info) => count_dead_letter(&core, &key.0, info.class),
-                },
-                Settled::Unproducible(e) => match what {
-                    Delivery::Output(topic) => {
-                        failed.get_or_insert((topic, e));
-                    }
-                    Delivery::DeadLetter(mut info) if !info.reduced => {
-                        info.reduced = true;
-                        let dlq_topic = format!("{}{}", key.0, core.pipeline.dlq_suffix);
-                        let sent = send_reduced(
-                            &core,
-                            &dlq_topic,
-                            &ack.record,
-                            &info,
-                            &e.to_string(),
-                            &cancel,
-                        )
-                        .await;
-                        let settled = match sent {
-                            Ok(f) => {
-                                settle(&core, &ack.record, key.0.clone(), f, false, &cancel).await
-                            }
-                            Err(SendError::Abandoned) => Settled::Stop,
-                            Err(
-                                SendError::Permanent(r)
-                                | SendError::Fatal(r)
-                                | SendError::Refused(r),
-                            ) => {
-                                core.stop
-                                    .fatal(format!("dead-lettering to {dlq_topic}: {r}"));
-                                Settled::Stop
-                            }
-                        };
-                        match settled {
-                            Settled::Delivered(_) => count_dead_letter(&core, &key.0, info.class),
-                            Settled::Unproducible(e) => {
-                                refused_dead_letter(&core, &key, &e);
-                                break 'acks;
-                            }
-                            Settled::Stop => break 'acks,
-                        }
-                    }
-                    Delivery::DeadLetter(_) => {
-                        refused_dead_letter(&core, &key, &e);
-                        break 'acks;
-                    }
-                },
-                Settled::Stop => break 'acks,
-            }
+        match deliver_once(core, source, next, redirectable, cancel).await {
+            Ok(topic) => return Settled::Delivered(topic),
+            Err(Some(again)) => failed = again,
+            Err(None) => return Settled::Stop,
         }
-        if let Some((topic, e)) = failed {
-            if core.processor.stages_writes() {
-                // A stateful processor already changed its state for this record (and may
-                // have decided later records on top of it): dead-lettering the input would
-                // keep a state change whose output never exists. Stop instead; nothing of
-                // this batch is made durable (the group commit waits for this record's
-                // acknowledgement, which never comes), and the record is decided again after
-                // the restart. A processor refuses what it can't publish before it changes
-                // its state (eip-orders: `too_large`), so this is for the unforeseen.
-                core.stop.fatal(format!(
-                    "an output of {}[{}] offset {offset} to {topic} was refused for good \
-                     ({e}); its state change is not kept. If the record is too large, raise \
-                     {topic}'s max.message.bytes (and keep the producer's batch.size at or \
-                     below it)",
-                    key.0, key.1
-                ));
-                break 'acks;
-            }
-            // The broker refused this output for good (too large, invalid): the input is poison.
-            let reason = format!("delivery to {topic} failed: {e}");
-            let Some(dl) = dead_letter(
-                &core,
-                ack.record,
-                ErrorClass::Poison,
-                &reason,
-                1,
-                None,
-                &cancel,
-            )
-            .await
-            else {
-                break 'acks;
-            };
-            for (_, fut) in dl.deliveries {
-                match settle(&core, &dl.record, key.0.clone(), fut, false, &cancel).await {
-                    Settled::Delivered(_) => count_dead_letter(&core, &key.0, ErrorClass::Poison),
-                    Settled::Unproducible(e) => {
-                        refused_dead_letter(&core, &key, &e);
-                        break 'acks;
-                    }
-                    Settled::Stop => break 'acks,
-                }
-            }
-        }
-        // Only a group commit waits for this; publishing it is a lock, so a stateless
-        // processor skips it, and a stateful one publishes when it has caught up (a waiting
-        // worker sends nothing more, so the acker always catches up).
-        if core.processor.stages_writes() && (rx.is_empty() || ack.seq % 256 == 0) {
-            acked.send_replace(ack.seq);
-        }
-        if ack.commit == Commit::Never {
-            continue;
-        }
-        // After a drain timeout the poll thread already took this partition's records off
-        // the global count: only what is still counted here comes off.
-        core.in_flight.sub(take(&in_flight, 1));
-        if ack.commit == Commit::OnAck {
-            to_store = Some(offset);
-            since_store += 1;
-            if since_store >= 256 || rx.is_empty() {
-                if offset > stored {
-                    store_offset(&consumer, &key, offset);
-                    stored = offset;
-                }
-                to_store = None;
-                since_store = 0;
-            }
-        }
-    }
-    if let Some(offset) = to_store
-        && !cancel.is_cancelled()
-        && offset > stored
-    {
-        store_offset(&consumer, &key, offset);
-    }
-    drop(done);
-}
-
-/// Marks everything up to and including `offset` as done; librdkafka commits `offset + 1`.
-pub(super) fn store_offset(consumer: &BaseConsumer<ConsumerCtx>, key: &PartitionKey, offset: i64) {
-    if let Err(e) = consumer.store_offset(&key.0, key.1, offset) {
-        // The partition was revoked meanwhile; its new owner re-reads from the last commit.
-        debug!(topic = %key.0, partition = key.1, offset, error = %e, "offset not stored");
     }
 }
 
@@ -524,17 +338,21 @@ pub(super) fn encoded(outputs: Vec<Output>, payloads: Vec<Option<Bytes>>) -> Vec
         .collect()
 }
 
-/// Sends a dead letter again without its payload and original headers, after the broker
-/// refused it whole (too large for the DLQ topic, say): a record is never stuck, and never
-/// crash-loops the processor, because its dead letter does not fit.
-pub(super) async fn send_reduced<S: Stateful>(
+/// The DLQ topic of a record's input topic.
+fn dlq_topic<S: Stateful>(core: &Core<S>, record: &Record) -> Arc<str> {
+    format!("{}{}", record.position.topic, core.pipeline.dlq_suffix).into()
+}
+
+/// A dead letter without its payload and original headers, for when the broker refused it
+/// whole (too large for the DLQ topic, say): a record is never stuck, and never crash-loops
+/// the processor, because its dead letter does not fit.
+fn reduced<S: Stateful>(
     core: &Core<S>,
-    topic: &str,
     record: &Record,
     info: &DeadLetterInfo,
     refused: &str,
-    cancel: &CancellationToken,
-) -> Result<DeliveryFuture, SendError> {
+) -> Encoded {
+    let topic = dlq_topic(core, record);
     warn!(
         topic = %record.position.topic,
         partition = record.position.partition,
@@ -543,64 +361,156 @@ pub(super) async fn send_reduced<S: Stateful>(
         dlq = %topic,
         "dead letter refused: sending it again without its payload and original headers"
     );
-    let headers = dlq::reduced_headers(record, &info.failure(&core.name), refused);
-    send(core, topic, record.key.as_deref(), None, &headers, cancel).await
+    Encoded {
+        headers: dlq::reduced_headers(record, &info.failure(&core.name), refused),
+        topic,
+        key: record.key.clone(),
+        payload: None,
+    }
 }
 
+/// Hands a record's dead letter to the producer under `tag`, in `batch`: the original record
+/// with its reason headers, to `<topic><dlq_suffix>`. Returns what it says, for the acker,
+/// or `None` when the partition must stop.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn dead_letter<S: Stateful>(
-    core: &Arc<Core<S>>,
-    record: Record,
+    core: &Core<S>,
+    record: &Record,
+    context: (&TraceContext, &str),
     class: ErrorClass,
     reason: &str,
-    attempts: u32,
-    first_failure: Option<time::OffsetDateTime>,
+    tries: &Tries,
+    batch: &Outgoing,
+    tag: Tag,
     cancel: &CancellationToken,
-) -> Option<Ack> {
-    let topic = format!("{}{}", record.position.topic, core.pipeline.dlq_suffix);
+) -> Option<DeadLetterInfo> {
     let mut info = DeadLetterInfo {
         class,
         reason: reason.to_string(),
-        attempts,
-        first_failure: first_failure.unwrap_or_else(time::OffsetDateTime::now_utc),
+        attempts: tries.count,
+        first_failure: tries
+            .first_failure
+            .unwrap_or_else(time::OffsetDateTime::now_utc),
         reduced: false,
     };
-    let headers = dlq::headers(&record, &info.failure(&core.name));
+    let whole = Encoded {
+        topic: dlq_topic(core, record),
+        key: record.key.clone(),
+        payload: record.payload.clone(),
+        headers: dlq::headers(record, &info.failure(&core.name)),
+    };
     warn!(
         topic = %record.position.topic,
         partition = record.position.partition,
         offset = record.position.offset,
+        trace_id = %context.0.trace_id_hex(),
+        correlation_id = context.1,
         class = class.as_str(),
         reason,
-        dlq = %topic,
+        dlq = %whole.topic,
         "record dead-lettered"
     );
-    let sent = match send(
-        core,
-        &topic,
-        record.key.as_deref(),
-        record.payload.as_deref(),
-        &headers,
-        cancel,
-    )
-    .await
-    {
+    let sent = match send(core, batch, tag, &whole, cancel).await {
         Err(SendError::Permanent(refused)) => {
             info.reduced = true;
-            send_reduced(core, &topic, &record, &info, &refused, cancel).await
+            let reduced = reduced(core, record, &info, &refused);
+            send(core, batch, tag, &reduced, cancel).await
         }
         other => other,
     };
     match sent {
-        Ok(f) => Some(Ack {
-            commit: Commit::of(core.processor.stages_writes(), record.position.offset),
-            record,
-            deliveries: vec![(Delivery::DeadLetter(Box::new(info)), f)],
-            seq: 0,
-        }),
+        Ok(()) => Some(info),
         Err(SendError::Abandoned) => None,
         Err(SendError::Permanent(r)) | Err(SendError::Fatal(r)) | Err(SendError::Refused(r)) => {
-            core.stop.fatal(format!("dead-lettering to {topic}: {r}"));
+            core.stop
+                .fatal(format!("dead-lettering to {}: {r}", whole.topic));
             None
         }
+    }
+}
+
+/// Sees a failed dead letter through: sent again while the failure may pass, then without
+/// its payload if the broker refused it whole. A dead letter the broker refuses even so can't
+/// be kept anywhere: the processor stops rather than lose it. False when the partition must
+/// stop.
+pub(super) async fn settle_dead_letter<S: Stateful>(
+    core: &Core<S>,
+    key: &PartitionKey,
+    record: &Record,
+    mut info: DeadLetterInfo,
+    failed: Failed,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut failed = failed;
+    loop {
+        match settle_failed(core, record, failed, false, cancel).await {
+            Settled::Delivered(_) => {
+                count_dead_letter(core, &key.0, info.class);
+                return true;
+            }
+            Settled::Stop => return false,
+            Settled::Unproducible(_, e) if !info.reduced => {
+                info.reduced = true;
+                let reduced = reduced(core, record, &info, &e.to_string());
+                match deliver_once(core, record, reduced, false, cancel).await {
+                    Ok(_) => {
+                        count_dead_letter(core, &key.0, info.class);
+                        return true;
+                    }
+                    Err(Some(again)) => failed = again,
+                    Err(None) => return false,
+                }
+            }
+            Settled::Unproducible(_, e) => {
+                refused_dead_letter(core, key, &e);
+                return false;
+            }
+        }
+    }
+}
+
+/// Dead-letters `record` from the slow path and waits for it (an input whose output the
+/// broker refused for good). False when the partition must stop.
+pub(super) async fn dead_letter_now<S: Stateful>(
+    core: &Core<S>,
+    key: &PartitionKey,
+    record: &Record,
+    reason: &str,
+    cancel: &CancellationToken,
+) -> bool {
+    let info = DeadLetterInfo {
+        class: ErrorClass::Poison,
+        reason: reason.to_string(),
+        attempts: 1,
+        first_failure: time::OffsetDateTime::now_utc(),
+        reduced: false,
+    };
+    let trace = record
+        .headers
+        .get(TRACEPARENT)
+        .and_then(TraceContext::parse);
+    warn!(
+        topic = %record.position.topic,
+        partition = record.position.partition,
+        offset = record.position.offset,
+        trace_id = trace.map(|t| t.trace_id_hex()),
+        correlation_id = record.headers.get_str(CORRELATION_ID),
+        class = info.class.as_str(),
+        reason,
+        "record dead-lettered"
+    );
+    let whole = Encoded {
+        topic: dlq_topic(core, record),
+        key: record.key.clone(),
+        payload: record.payload.clone(),
+        headers: dlq::headers(record, &info.failure(&core.name)),
+    };
+    match deliver_once(core, record, whole, false, cancel).await {
+        Ok(_) => {
+            count_dead_letter(core, &key.0, info.class);
+            true
+        }
+        Err(Some(failed)) => settle_dead_letter(core, key, record, info, failed, cancel).await,
+        Err(None) => false,
     }
 }

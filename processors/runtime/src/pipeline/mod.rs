@@ -1,26 +1,33 @@
-//! The message loop: consume -> decode -> process -> produce -> commit.
+//! The message loop: consume -> decode -> process -> produce -> commit, one batch at a time.
 //!
 //! ```text
 //!  poll thread (owns the consumer)           one pair of tasks per assigned partition
 //!  ─────────────────────────────             ──────────────────────────────────────────
-//!  poll ─► batch by partition ─► channel ─► worker: decode, process, encode, send ─► acker:
-//!    ▲        │ in-flight ≥ max: pause                 (transient: retry in place)    await
-//!    │        ▼                                        (poison: send to DLQ)          deliveries
-//!  rebalance callbacks: drain revoked partitions,                                    in order,
-//!  then commit synchronously                                                          store offset
+//!  poll ─► batch by partition ─► channel ─► worker: per batch: decode, process, encode,
+//!    ▲        │ in-flight ≥ max: pause        send each output tagged with the batch ─┐
+//!    │        ▼                               (transient: retry in place;             │
+//!  rebalance callbacks: drain revoked          poison: send to DLQ), seal the batch   │
+//!  partitions, then commit synchronously                                              ▼
+//!                          producer's delivery callback ─► settles the batch's counter
+//!                          acker: per batch, in order: wait for the counter, slow path
+//!                          for failures, count, release the budget, store the offset
 //! ```
 //!
 //! One module per role: [`poll`] (the poll thread, batching, the in-flight budget, pausing,
 //! rebalance callbacks), [`worker`] (a partition's worker: decode, process, encode, hand to
-//! the producer), [`deliver`] (sending, re-sending and redirecting outputs; the acker that
-//! awaits deliveries in order and stores offsets) and [`dead_letter`].
+//! the producer), [`batch`] (a batch's deliveries and the producer's delivery callback),
+//! [`ack`] (the acker, which settles batches in order and stores offsets), [`deliver`]
+//! (sending, and the slow path that sends again, redirects or dead-letters) and
+//! [`dead_letter`].
 //!
 //! - Records of one partition are processed in offset order by one worker; partitions run
 //!   concurrently.
-//! - The worker hands outputs to the idempotent producer without awaiting them; the acker
-//!   awaits each record's deliveries in offset order and only then stores the next offset.
+//! - The worker hands a poll batch's outputs to the idempotent producer without awaiting them,
+//!   each tagged with the batch; the delivery callback counts the batch down, and the acker
+//!   wakes once per batch, in batch order, and only then stores the batch's last offset.
 //!   librdkafka commits stored offsets periodically, on revoke and at shutdown. So nothing is
-//!   committed before everything it caused is acknowledged.
+//!   committed before everything it caused is acknowledged. A failed delivery holds its
+//!   batch, and every later one, back until the slow path has seen it through.
 //! - At most `max_in_flight` records are held between consume and commit by the partitions
 //!   that are not held back. When the budget stays full, the partitions holding their share
 //!   of it (slow or stuck ones) are held back (paused) so the others go on. The poll loop keeps
@@ -35,12 +42,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eip_schemas::{Codec, ErrorClass};
-use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::producer::ThreadedProducer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::config::{PipelineConfig, RetryConfig};
 use crate::health::Health;
@@ -48,11 +53,14 @@ use crate::metrics::Metrics;
 use crate::processor::{Headers, Record};
 use crate::stateful::Stateful;
 
+mod ack;
+mod batch;
 mod dead_letter;
 mod deliver;
 mod poll;
 mod worker;
 
+pub(crate) use batch::{Batches, ProducerContext};
 pub(crate) use poll::{ConsumerCtx, PollState, poll_thread};
 
 /// Why the pipeline stopped, or is stopping.
@@ -97,28 +105,15 @@ pub(crate) struct Core<S: Stateful> {
     pub(crate) processor: S,
     pub(crate) name: String,
     pub(crate) codec: Codec,
-    pub(crate) producer: FutureProducer<ProducerContext>,
+    pub(crate) producer: ThreadedProducer<ProducerContext>,
+    /// The batches with deliveries outstanding, which the producer's context settles.
+    pub(crate) batches: Arc<Batches>,
     pub(crate) metrics: Metrics,
     pub(crate) stop: Arc<Stop>,
     pub(crate) pipeline: PipelineConfig,
     pub(crate) in_flight: Arc<InFlight>,
     /// Liveness and readiness, where contained panics are counted.
     pub(crate) health: Arc<Health>,
-}
-
-/// The producer's context: turns librdkafka's fatal errors into a fatal stop.
-pub(crate) struct ProducerContext {
-    pub(crate) stop: Arc<Stop>,
-}
-
-impl ClientContext for ProducerContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.stop.fatal(format!("producer: {reason}"));
-        } else {
-            warn!(error = %error, reason, "producer error");
-        }
-    }
 }
 
 pub(super) type PartitionKey = (Arc<str>, i32);
@@ -190,58 +185,7 @@ impl DeadLetterInfo {
     }
 }
 
-/// One record's (or timer's) outputs handed to the producer, awaiting acknowledgement.
-pub(super) struct Ack {
-    pub(super) record: Record,
-    pub(super) deliveries: Vec<(Delivery, DeliveryFuture)>,
-    /// The worker's sequence number for it; the acker reports the last one it settled, so a
-    /// group commit can wait until every output before it is acknowledged.
-    pub(super) seq: u64,
-    pub(super) commit: Commit,
-}
-
-/// When a handled record's offset may be stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Commit {
-    /// Once its deliveries are acknowledged (stateless processors; records the state already
-    /// held).
-    OnAck,
-    /// Once a group commit covers it (stateful processors): the worker sends
-    /// [`AckItem::Durable`].
-    OnFlush,
-    /// Never: a timer has no offset.
-    Never,
-}
-
-impl Commit {
-    /// The rule for a record at `offset` (negative for a timer) of a processor that does or
-    /// doesn't stage writes.
-    pub(super) fn of(stages_writes: bool, offset: i64) -> Commit {
-        if offset < 0 {
-            Commit::Never
-        } else if stages_writes {
-            Commit::OnFlush
-        } else {
-            Commit::OnAck
-        }
-    }
-}
-
-/// What a worker hands its acker, in order.
-pub(super) enum AckItem {
-    /// A record or timer handled.
-    Handled(Ack),
-    /// A group commit made everything up to this offset durable.
-    Durable(i64),
-}
-
-/// What a delivery was for, so the acker can count it.
-pub(super) enum Delivery {
-    Output(Arc<str>),
-    DeadLetter(Box<DeadLetterInfo>),
-}
-
-/// Encoded outputs, ready for the producer.
+/// An encoded record, ready for the producer.
 pub(super) struct Encoded {
     pub(super) topic: Arc<str>,
     pub(super) key: Option<Bytes>,

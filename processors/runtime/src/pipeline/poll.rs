@@ -7,18 +7,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tracing::{debug, info, warn};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::processor::{Position, Record};
+use crate::processor::{Headers, Position, Record, intern};
 use crate::stateful::Stateful;
 
 use super::worker::*;
@@ -390,17 +390,59 @@ impl PollState {
 /// How long a shutdown commit refused because the group is rebalancing is retried.
 const COMMIT_RETRY: Duration = Duration::from_secs(5);
 
-/// Copies a consumed message into an owned record.
-pub(super) fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) -> Record {
-    let topic = match topics.get(m.topic()) {
+/// Where a poll batch's payloads are copied: one buffer, sliced, so a record's payload costs
+/// no allocation of its own. A buffer is freed once the last payload sliced from it is
+/// dropped. Keys and header values get copies of their own: processors keep those (state
+/// maps, timers), and a kept slice would pin its whole buffer.
+pub(super) struct Arena {
+    buf: BytesMut,
+}
+
+impl Arena {
+    /// How much room a new buffer starts with.
+    const CHUNK: usize = 256 * 1024;
+
+    pub(super) fn new() -> Arena {
+        Arena {
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// A shared copy of `data`.
+    pub(super) fn copy(&mut self, data: &[u8]) -> Bytes {
+        if self.buf.capacity() - self.buf.len() < data.len() {
+            self.buf = BytesMut::with_capacity(Arena::CHUNK.max(data.len()));
+        }
+        self.buf.extend_from_slice(data);
+        self.buf.split().freeze()
+    }
+}
+
+/// Copies a consumed message into an owned record: its payload into the poll's [`Arena`], its
+/// header names interned, its topic shared with the other records of that topic.
+pub(super) fn to_record(
+    m: &BorrowedMessage<'_>,
+    topics: &mut Vec<Arc<str>>,
+    arena: &mut Arena,
+) -> Record {
+    let topic = match topics.iter().find(|t| ***t == *m.topic()) {
         Some(t) => t.clone(),
         None => {
             let t: Arc<str> = m.topic().into();
-            topics.insert(m.topic().to_string(), t.clone());
+            topics.push(t.clone());
             t
         }
     };
-    let headers = crate::kafka::headers_of(m);
+    let headers = match m.headers() {
+        Some(hs) => {
+            let mut headers = Headers::with_capacity(hs.count());
+            for h in hs.iter() {
+                headers.push_shared(intern(h.key), h.value.map(Bytes::copy_from_slice));
+            }
+            headers
+        }
+        None => Headers::new(),
+    };
     Record {
         position: Position {
             topic,
@@ -409,8 +451,46 @@ pub(super) fn to_record(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Ar
             timestamp_ms: m.timestamp().to_millis(),
         },
         key: m.key().map(Bytes::copy_from_slice),
-        payload: m.payload().map(Bytes::copy_from_slice),
+        payload: m.payload().map(|p| arena.copy(p)),
         headers,
+    }
+}
+
+/// A poll's records, by partition, in the order they came: a handful of partitions, so a
+/// list searched from the last one used, not a hash map.
+#[derive(Default)]
+pub(super) struct Polled {
+    batches: Vec<(PartitionKey, Vec<Record>)>,
+}
+
+impl Polled {
+    fn push(&mut self, record: Record) {
+        let same = |(k, _): &(PartitionKey, Vec<Record>)| {
+            k.1 == record.position.partition && Arc::ptr_eq(&k.0, &record.position.topic)
+        };
+        if let Some(at) = self.batches.iter().rposition(same) {
+            self.batches[at].1.push(record);
+        } else {
+            let key = (record.position.topic.clone(), record.position.partition);
+            self.batches.push((key, vec![record]));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Forgets the records of `key`; how many there were.
+    fn remove(&mut self, key: &PartitionKey) -> usize {
+        let mut n = 0;
+        self.batches.retain(|(k, records)| {
+            let hit = k == key;
+            if hit {
+                n += records.len();
+            }
+            !hit
+        });
+        n
     }
 }
 
@@ -467,8 +547,9 @@ pub(crate) fn poll_loop<S: Stateful>(
 ) {
     let max_batch = core.pipeline.max_batch;
     let max_in_flight = core.pipeline.max_in_flight;
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let mut batches: HashMap<PartitionKey, Vec<Record>> = HashMap::new();
+    let mut topics: Vec<Arc<str>> = Vec::new();
+    let mut arena = Arena::new();
+    let mut batches = Polled::default();
     let mut full_since: Option<Instant> = None;
     while !core.stop.stopping.is_cancelled() {
         start_assigned(&consumer, &state, &core, &runtime);
@@ -486,11 +567,7 @@ pub(crate) fn poll_loop<S: Stateful>(
             let Some(result) = next else { break };
             match result {
                 Ok(m) => {
-                    let record = to_record(&m, &mut topics);
-                    batches
-                        .entry((record.position.topic.clone(), record.position.partition))
-                        .or_default()
-                        .push(record);
+                    batches.push(to_record(&m, &mut topics, &mut arena));
                     taken += 1;
                 }
                 Err(e) => warn!(error = %e, "consume error"),
@@ -512,13 +589,14 @@ pub(crate) fn poll_loop<S: Stateful>(
 }
 
 /// Forgets polled records of partitions revoked since the last look.
-fn drop_revoked(state: &PollState, batches: &mut HashMap<PartitionKey, Vec<Record>>) {
+fn drop_revoked(state: &PollState, batches: &mut Polled) {
     let Ok(mut revoked) = state.revoked.lock() else {
         return;
     };
     for key in revoked.drain(..) {
-        if let Some(dropped) = batches.remove(&key) {
-            debug!(topic = %key.0, partition = key.1, records = dropped.len(), "dropping records polled before their partition was revoked");
+        let dropped = batches.remove(&key);
+        if dropped > 0 {
+            debug!(topic = %key.0, partition = key.1, records = dropped, "dropping records polled before their partition was revoked");
         }
     }
 }
@@ -554,12 +632,12 @@ fn start_assigned<S: Stateful>(
 /// Hands batches to their partitions' workers. A partition this member does not own (revoked
 /// meanwhile) gets nothing: its records are redelivered to its owner. A paused partition still
 /// gets what was polled for it before the pause took effect (counted, within one batch).
-pub(super) fn dispatch(state: &PollState, batches: &mut HashMap<PartitionKey, Vec<Record>>) {
+pub(super) fn dispatch(state: &PollState, batches: &mut Polled) {
     let Ok(mut map) = state.partitions.lock() else {
         state.stop.fatal("partition table poisoned".into());
         return;
     };
-    for (key, batch) in batches.drain() {
+    for (key, batch) in batches.batches.drain(..) {
         if batch.is_empty() {
             continue;
         }

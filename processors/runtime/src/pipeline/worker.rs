@@ -1,6 +1,12 @@
-//! A partition's worker: it opens the partition's state, then handles records and timers one at
-//! a time (decode, wait until due, process, encode, hand outputs to the producer), group-commits
-//! staged writes, and hands the state back when the partition is revoked.
+//! A partition's worker: it opens the partition's state, then handles each poll batch, record
+//! by record in offset order (decode, wait until due, process, encode, hand outputs to the
+//! producer under the batch's tag), seals the batch and hands it to the acker; it fires due
+//! timers, group-commits staged writes, and hands the state back when the partition is
+//! revoked.
+//!
+//! Per batch: one span at `info`, one cancellation registration, one metrics update. Per
+//! record: its trace context and correlation id, a span only at `debug`, the processor's
+//! work, and its outputs' headers.
 //!
 //! Everything it does is raced against the partition's cancel token: when a drain times out
 //! or the assignment is lost, its futures are dropped where they stand, so an abandoned
@@ -18,10 +24,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
-use crate::processor::{Envelope, Position, ProcessError, Record};
+use crate::processor::{Envelope, Headers, Output, Position, ProcessError, Record};
 use crate::stateful::{Effects, Flush, PartitionId, Stateful, Timer, TimerChange, Timers, now_ms};
 use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 
+use super::ack::{AckItem, Acker, Sealed, Tally};
+use super::batch::Outgoing;
 use super::deliver::*;
 use super::*;
 
@@ -39,6 +47,7 @@ pub(super) fn spawn_partition<S: Stateful>(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let fenced = Arc::new(AtomicBool::new(false));
     let cancel = core.stop.abandon.child_token();
+    let labels = [core.name.as_str(), &key.0];
     let worker = Worker {
         core: core.clone(),
         id: PartitionId {
@@ -57,19 +66,21 @@ pub(super) fn spawn_partition<S: Stateful>(
         up_to: None,
         since: None,
         applied: None,
-        consumed: None,
+        consumed: core.metrics.consumed.with_label_values(&labels),
+        processing: core.metrics.processing.with_label_values(&labels),
     };
     runtime.spawn(worker.run(rx));
-    runtime.spawn(acker(
+    let acker = Acker {
         core,
         key,
         consumer,
-        ack_rx,
-        acked_tx,
-        in_flight.clone(),
-        cancel.clone(),
-        done_tx,
-    ));
+        acked: acked_tx,
+        in_flight: in_flight.clone(),
+        cancel: cancel.clone(),
+        stored: -1,
+        produced: Default::default(),
+    };
+    runtime.spawn(acker.run(ack_rx, done_tx));
     PartitionHandle {
         tx,
         in_flight,
@@ -105,7 +116,8 @@ pub(super) struct Worker<S: Stateful> {
     since: Option<Instant>,
     /// Records at or below this offset are already in the state.
     applied: Option<i64>,
-    consumed: Option<(prometheus::IntCounter, prometheus::Histogram)>,
+    consumed: prometheus::IntCounter,
+    processing: prometheus::Histogram,
 }
 
 impl<S: Stateful> Drop for Worker<S> {
@@ -146,11 +158,9 @@ impl<S: Stateful> Worker<S> {
                 _ = cancel.cancelled() => return,
                 _ = halt.cancelled() => return,
                 batch = rx.recv() => match batch {
-                    Some(batch) => {
-                        for record in batch {
-                            if halt.is_cancelled() || !self.record(&mut state, record).await {
-                                return;
-                            }
+                    Some(records) => {
+                        if !self.batch(&mut state, records).await {
+                            return;
                         }
                     }
                     None => {
@@ -257,96 +267,139 @@ impl<S: Stateful> Worker<S> {
         }
     }
 
-    /// Handles one record; false when the worker must stop.
-    async fn record(&mut self, state: &mut S::State, record: Record) -> bool {
-        let (consumed, latency) = match &self.consumed {
-            Some(m) => m.clone(),
-            None => {
-                let labels = [self.core.name.as_str(), &self.id.topic];
-                let m = (
-                    self.core.metrics.consumed.with_label_values(&labels),
-                    self.core.metrics.processing.with_label_values(&labels),
-                );
-                self.consumed = Some(m.clone());
-                m
-            }
+    /// Handles one poll batch of the partition and hands it to the acker; false when the
+    /// worker must stop. One span, one cancellation check and one metrics update per batch.
+    async fn batch(&mut self, state: &mut S::State, records: Vec<Record>) -> bool {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return true;
         };
-        consumed.inc();
-        let offset = record.position.offset;
-        if self.applied.is_some_and(|applied| offset <= applied) {
-            // The state already holds this record's effects (flushed before a crash or a
-            // handover, not yet committed): acknowledge it without handling it again.
-            return self.send(
-                Ack {
-                    record,
-                    deliveries: Vec::new(),
-                    seq: 0,
-                    commit: Commit::OnAck,
-                },
-                Vec::new(),
-            );
-        }
-        if let Some(due) = self.core.processor.not_before(&record) {
-            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
-            if !wait.is_zero() && !self.wait(wait).await {
-                return false;
-            }
-        }
+        let span = tracing::info_span!(
+            "batch",
+            topic = %self.id.topic,
+            partition = self.id.partition,
+            first = first.position.offset,
+            last = last.position.offset,
+        );
+        let n = records.len();
+        self.consumed.inc_by(n as u64);
         let started = Instant::now();
         let cancel = self.cancel.clone();
-        let handled = unless_cancelled(
-            &cancel,
-            handle(&self.core, state, record, Work::Record, &cancel),
-        )
-        .await;
-        latency.observe(started.elapsed().as_secs_f64());
-        let Some((ack, changes)) = handled else {
-            return false;
-        };
-        if self.core.processor.stages_writes() {
-            self.pending += 1;
-            self.up_to = Some(offset);
-            self.since.get_or_insert_with(Instant::now);
+        let handled =
+            unless_cancelled(&cancel, self.handle_batch(state, records).instrument(span)).await;
+        self.processing
+            .observe(started.elapsed().as_secs_f64() / n as f64);
+        match handled {
+            Some(sealed) => self.hand_over(sealed),
+            None => false,
         }
-        self.send(ack, changes)
     }
 
-    /// Fires every timer that is due; false when the worker must stop.
+    /// Each record of a batch in offset order, under one [`Outgoing`] batch of deliveries.
+    async fn handle_batch(&mut self, state: &mut S::State, records: Vec<Record>) -> Option<Sealed> {
+        let core = self.core.clone();
+        let outgoing = core.batches.open();
+        let mut tally = Tally::default();
+        for (index, record) in records.iter().enumerate() {
+            if core.stop.halt.is_cancelled() {
+                return None;
+            }
+            let offset = record.position.offset;
+            tally.counted += 1;
+            if self.applied.is_some_and(|applied| offset <= applied) {
+                // The state already holds this record's effects (flushed before a crash or a
+                // handover, not yet committed): acknowledge it without handling it again.
+                tally.store = Some(offset);
+                continue;
+            }
+            if let Some(due) = core.processor.not_before(record) {
+                let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+                if !wait.is_zero() && !self.wait(wait).await {
+                    return None;
+                }
+            }
+            let step = Step {
+                core: &core,
+                record,
+                index,
+                outgoing: &outgoing,
+                cancel: &self.cancel,
+            };
+            let changes = handle(step, state, &Work::Record, &mut tally).await?;
+            self.apply(changes);
+            if core.processor.stages_writes() {
+                self.pending += 1;
+                self.up_to = Some(offset);
+                self.since.get_or_insert_with(Instant::now);
+            } else {
+                tally.store = Some(offset);
+            }
+        }
+        Some(Sealed {
+            batch: outgoing.seal(),
+            records,
+            tally,
+            seq: 0,
+        })
+    }
+
+    /// Fires every timer that is due, each as a batch of its own; false when the worker must
+    /// stop.
     async fn fire_due(&mut self, state: &mut S::State) -> bool {
         while let Some(timer) = self.timers.pop_due(now_ms()) {
             self.core.metrics.timers.dec();
             self.changes.push(TimerChange::Remove(timer.key.clone()));
             self.since.get_or_insert_with(Instant::now);
-            // A timer has no record: its outputs and dead letter are told apart by offset -1.
-            let record = Record {
-                position: Position {
-                    topic: self.id.topic.clone(),
-                    partition: self.id.partition,
-                    offset: -1,
-                    timestamp_ms: Some(timer.at_ms),
-                },
-                key: Some(timer.key.clone()),
-                payload: None,
-                headers: Headers::new(),
-            };
             let cancel = self.cancel.clone();
-            let handled = unless_cancelled(
-                &cancel,
-                handle(&self.core, state, record, Work::Timer(timer), &cancel),
-            )
-            .await;
-            let Some((ack, changes)) = handled else {
+            let handled = unless_cancelled(&cancel, self.handle_timer(state, timer)).await;
+            let Some(sealed) = handled else {
                 return false;
             };
-            if !self.send(ack, changes) {
+            if !self.hand_over(sealed) {
                 return false;
             }
         }
         true
     }
 
-    /// Hands a record's or timer's deliveries to the acker and applies its timer changes.
-    fn send(&mut self, mut ack: Ack, changes: Vec<TimerChange>) -> bool {
+    async fn handle_timer(&mut self, state: &mut S::State, timer: Timer) -> Option<Sealed> {
+        let core = self.core.clone();
+        // A timer has no record: its outputs and dead letter are told apart by offset -1, and
+        // it has no offset to store.
+        let record = Record {
+            position: Position {
+                topic: self.id.topic.clone(),
+                partition: self.id.partition,
+                offset: -1,
+                timestamp_ms: Some(timer.at_ms),
+            },
+            key: Some(timer.key.clone()),
+            payload: None,
+            headers: Headers::new(),
+        };
+        let outgoing = core.batches.open();
+        let mut tally = Tally::default();
+        let step = Step {
+            core: &core,
+            record: &record,
+            index: 0,
+            outgoing: &outgoing,
+            cancel: &self.cancel,
+        };
+        let changes = handle(step, state, &Work::Timer(timer), &mut tally).await?;
+        self.apply(changes);
+        Some(Sealed {
+            batch: outgoing.seal(),
+            records: vec![record],
+            tally,
+            seq: 0,
+        })
+    }
+
+    /// Applies a record's or timer's timer changes.
+    fn apply(&mut self, changes: Vec<TimerChange>) {
+        if changes.is_empty() {
+            return;
+        }
         for change in &changes {
             let before = self.timers.len();
             self.timers.apply(change);
@@ -355,13 +408,15 @@ impl<S: Stateful> Worker<S> {
                 .timers
                 .add(self.timers.len() as i64 - before as i64);
         }
-        if !changes.is_empty() {
-            self.changes.extend(changes);
-            self.since.get_or_insert_with(Instant::now);
-        }
+        self.changes.extend(changes);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Hands a sealed batch to the acker, numbered.
+    fn hand_over(&mut self, mut sealed: Sealed) -> bool {
         self.seq += 1;
-        ack.seq = self.seq;
-        self.acks.send(AckItem::Handled(ack)).is_ok()
+        sealed.seq = self.seq;
+        self.acks.send(AckItem::Batch(sealed)).is_ok()
     }
 
     /// The group commit: waits until every output so far is acknowledged, then has the
@@ -514,18 +569,102 @@ async fn contained<S: Stateful, T>(
     }
 }
 
-/// Decodes and processes a record (or handles a timer), retrying transient errors in place;
-/// then encodes the outputs, retrying only the encoding when that fails for a reason that may
-/// pass; then hands them to the producer. Returns the acker's work and the timer changes, or
-/// `None` when the partition must stop (fatal error or abandoned); the record is then left
-/// uncommitted.
+/// One record's (or timer's) handling, as the steps below share it.
+struct Step<'a, S: Stateful> {
+    core: &'a Arc<Core<S>>,
+    record: &'a Record,
+    /// Its index in the batch, which its deliveries' tags carry.
+    index: usize,
+    outgoing: &'a Outgoing,
+    cancel: &'a CancellationToken,
+}
+
+impl<S: Stateful> Clone for Step<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: Stateful> Copy for Step<'_, S> {}
+
+/// Why a step did not finish.
+enum Failure {
+    /// The partition must stop (abandoned, or a fatal error recorded).
+    Stop,
+    /// The record failed for good: dead-letter it (or stop, if the class is fatal).
+    Failed(ErrorClass, ProcessError),
+}
+
+/// Handles one record or timer, step by step: its context, decode and process (retrying
+/// transient errors in place), encode (retried alone), then its outputs handed to the
+/// producer, or its dead letter. Returns its timer changes, or `None` when the partition must
+/// stop (the record is left uncommitted).
 async fn handle<S: Stateful>(
-    core: &Arc<Core<S>>,
+    step: Step<'_, S>,
     state: &mut S::State,
-    record: Record,
-    work: Work,
-    cancel: &CancellationToken,
-) -> Option<(Ack, Vec<TimerChange>)> {
+    work: &Work,
+    tally: &mut Tally,
+) -> Option<Vec<TimerChange>> {
+    let (trace, correlation_id) = context_of(step.record);
+    // A span per record only at `debug`: at `info`, the batch's span is the one.
+    let span = tracing::debug_span!(
+        "record",
+        offset = step.record.position.offset,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
+        correlation_id = %correlation_id,
+    );
+    let mut tries = Tries::default();
+    let processed = process(step, state, work, trace, &correlation_id, &mut tries)
+        .instrument(span.clone())
+        .await;
+    let mut effects = match processed {
+        Ok(effects) => effects,
+        Err(Failure::Stop) => return None,
+        Err(Failure::Failed(class, e)) => {
+            return give_up(
+                step,
+                (&trace, &correlation_id),
+                work,
+                class,
+                e,
+                &tries,
+                tally,
+            )
+            .await
+            .map(|()| Vec::new());
+        }
+    };
+    // Once `process` succeeded its state change stands, whatever happens to the outputs: its
+    // timer changes stand with it, even if the record ends in the DLQ.
+    let timers = std::mem::take(&mut effects.timers);
+    let sent = async {
+        let payloads = encode(step, &trace, &effects.outputs, &mut tries).await?;
+        let outputs = std::mem::take(&mut effects.outputs);
+        send_outputs(step, outputs, payloads, trace, &correlation_id, tally).await
+    }
+    .instrument(span)
+    .await;
+    match sent {
+        Ok(()) => Some(timers),
+        Err(Failure::Stop) => None,
+        Err(Failure::Failed(class, e)) => give_up(
+            step,
+            (&trace, &correlation_id),
+            work,
+            class,
+            e,
+            &tries,
+            tally,
+        )
+        .await
+        .map(|()| timers),
+    }
+}
+
+/// A record's trace context (from its `traceparent`, or a new trace) and correlation id (from
+/// its header, or a new one).
+fn context_of(record: &Record) -> (TraceContext, Arc<str>) {
     let trace = record
         .headers
         .get(TRACEPARENT)
@@ -535,44 +674,74 @@ async fn handle<S: Stateful>(
         Some(c) if !c.is_empty() => c.into(),
         _ => uuid::Uuid::new_v4().to_string().into(),
     };
-    let span = tracing::info_span!(
-        "process",
-        topic = %record.position.topic,
-        partition = record.position.partition,
-        offset = record.position.offset,
+    (trace, correlation_id)
+}
+
+/// Attempts at a record so far, and when the first failed.
+#[derive(Debug, Default)]
+pub(super) struct Tries {
+    pub(super) count: u32,
+    pub(super) first_failure: Option<time::OffsetDateTime>,
+}
+
+impl Tries {
+    fn failed(&mut self) {
+        self.first_failure
+            .get_or_insert_with(time::OffsetDateTime::now_utc);
+    }
+}
+
+/// Waits out the backoff before retrying a transient failure in place; `Err(Stop)` if the
+/// partition is abandoned or the process halts meanwhile.
+async fn retry_after<S: Stateful>(
+    step: Step<'_, S>,
+    trace: &TraceContext,
+    tries: &Tries,
+    e: &ProcessError,
+) -> Result<(), Failure> {
+    let core = step.core;
+    let position = &step.record.position;
+    core.metrics
+        .retried
+        .with_label_values(&[core.name.as_str(), &position.topic])
+        .inc();
+    let delay = backoff(&core.pipeline.retry, tries.count);
+    warn!(
+        topic = %position.topic,
+        partition = position.partition,
+        offset = position.offset,
         trace_id = %trace.trace_id_hex(),
-        span_id = %trace.span_id_hex(),
-        correlation_id = %correlation_id,
+        error = %e.chain(),
+        attempt = tries.count,
+        retry_in_ms = delay.as_millis() as u64,
+        "transient error: retrying in place"
     );
-    let mut attempts: u32 = 0;
-    let mut first_failure: Option<time::OffsetDateTime> = None;
-    let mut effects;
-    let failed = |attempts: u32, e: &ProcessError| {
-        core.metrics
-            .retried
-            .with_label_values(&[core.name.as_str(), &record.position.topic])
-            .inc();
-        let delay = backoff(&core.pipeline.retry, attempts);
-        warn!(
-            parent: &span,
-            error = %e.chain(),
-            attempt = attempts,
-            retry_in_ms = delay.as_millis() as u64,
-            "transient error: retrying in place"
-        );
-        delay
-    };
-    let wait = |delay: Duration| wait_or_stop(delay, cancel, Some(&core.stop.halt));
-    // Decode and process (or the timer's handler), retried as a whole on a transient error:
-    // the processor left its state as it was.
-    let processed = loop {
-        attempts += 1;
-        effects = Effects::at(now_ms());
-        let attempt = async {
-            match &work {
-                Work::Record => {
+    if wait_or_stop(delay, step.cancel, Some(&core.stop.halt)).await {
+        Ok(())
+    } else {
+        Err(Failure::Stop)
+    }
+}
+
+/// Decodes and processes a record (or runs a timer's handler), retried as a whole on a
+/// transient error: the processor left its state as it was.
+async fn process<S: Stateful>(
+    step: Step<'_, S>,
+    state: &mut S::State,
+    work: &Work,
+    trace: TraceContext,
+    correlation_id: &Arc<str>,
+    tries: &mut Tries,
+) -> Result<Effects, Failure> {
+    let (core, record) = (step.core, step.record);
+    loop {
+        tries.count += 1;
+        let mut effects = Effects::at(now_ms());
+        let result = match work {
+            Work::Record => {
+                async {
                     let input =
-                        contained(core, "decode", core.processor.decode(&core.codec, &record))
+                        contained(core, "decode", core.processor.decode(&core.codec, record))
                             .await?;
                     let envelope = Envelope {
                         value: input,
@@ -589,149 +758,152 @@ async fn handle<S: Stateful>(
                     )
                     .await
                 }
-                Work::Timer(timer) => {
-                    contained(
-                        core,
-                        "timer",
-                        core.processor.on_timer(state, timer.clone(), &mut effects),
-                    )
-                    .await
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        match attempt {
-            Ok(()) => break Ok(()),
-            Err(e) => {
-                first_failure.get_or_insert_with(time::OffsetDateTime::now_utc);
-                match e.class() {
-                    ErrorClass::Transient => {
-                        if !wait(failed(attempts, &e)).await {
-                            return None;
-                        }
-                    }
-                    class => break Err((class, e)),
-                }
-            }
-        }
-    };
-    // Encode, retried alone: a registry that is down must not run `process` (and its effects)
-    // again.
-    // Once `process` succeeded its state change stands, whatever happens to the outputs: its
-    // timer changes stand with it, even if the record ends in the DLQ.
-    let processed_ok = processed.is_ok();
-    let payloads = match processed {
-        Ok(()) => loop {
-            match encode_payloads(&core.codec, &effects.outputs)
-                .instrument(span.clone())
                 .await
-            {
-                Ok(payloads) => break Ok(payloads),
-                Err(e) => {
-                    first_failure.get_or_insert_with(time::OffsetDateTime::now_utc);
-                    match e.class() {
-                        ErrorClass::Transient => {
-                            attempts += 1;
-                            if !wait(failed(attempts, &e)).await {
-                                return None;
-                            }
-                        }
-                        class => break Err((class, e)),
-                    }
+            }
+            Work::Timer(timer) => {
+                contained(
+                    core,
+                    "timer",
+                    core.processor.on_timer(state, timer.clone(), &mut effects),
+                )
+                .await
+            }
+        };
+        match result {
+            Ok(()) => return Ok(effects),
+            Err(e) => {
+                tries.failed();
+                match e.class() {
+                    ErrorClass::Transient => retry_after(step, &trace, tries, &e).await?,
+                    class => return Err(Failure::Failed(class, e)),
                 }
             }
-        },
-        Err(failure) => Err(failure),
-    };
-    let mut deliveries = Vec::new();
-    match payloads {
-        Ok(payloads) => {
-            let child = trace.child().to_header();
-            for mut out in encoded(std::mem::take(&mut effects.outputs), payloads) {
-                if out.headers.get(TRACEPARENT).is_none() {
-                    out.headers.push(TRACEPARENT, child.clone());
-                }
-                if out.headers.get(CORRELATION_ID).is_none() {
-                    out.headers.push(
-                        CORRELATION_ID,
-                        Bytes::copy_from_slice(correlation_id.as_bytes()),
-                    );
-                }
-                match send_output(core, &record, out, true, cancel).await {
-                    Ok((topic, f)) => deliveries.push((Delivery::Output(topic), f)),
-                    Err((_, SendError::Abandoned)) => return None,
-                    Err((topic, SendError::Permanent(reason))) => {
-                        // The output can't ever be produced (too large, say): the input is poison.
-                        let reason = format!("producing to {topic} failed: {reason}");
-                        return dead_letter(
-                            core,
-                            record,
-                            ErrorClass::Poison,
-                            &reason,
-                            attempts,
-                            first_failure,
-                            cancel,
-                        )
-                        .instrument(span)
-                        .await
-                        .map(|ack| (ack, std::mem::take(&mut effects.timers)));
-                    }
-                    Err((topic, SendError::Fatal(reason) | SendError::Refused(reason))) => {
-                        core.stop.fatal(format!("producing to {topic}: {reason}"));
-                        return None;
-                    }
-                }
-            }
-        }
-        Err((ErrorClass::Fatal, e)) => {
-            core.stop.fatal(format!(
-                "{} at {}[{}]@{}: {}",
-                core.name,
-                record.position.topic,
-                record.position.partition,
-                record.position.offset,
-                e.chain()
-            ));
-            return None;
-        }
-        Err((class, e)) => {
-            if let Work::Timer(timer) = &work {
-                info!(parent: &span, key = ?timer.key, "a timer's handler failed for good: dead-lettering a record of the timer");
-            }
-            return dead_letter(
-                core,
-                record,
-                class,
-                &e.chain(),
-                attempts,
-                first_failure,
-                cancel,
-            )
-            .instrument(span)
-            .await
-            .map(|ack| {
-                let changes = if processed_ok {
-                    std::mem::take(&mut effects.timers)
-                } else {
-                    Vec::new()
-                };
-                (ack, changes)
-            });
         }
     }
-    let commit = match work {
-        Work::Record if core.processor.stages_writes() => Commit::OnFlush,
-        Work::Record => Commit::OnAck,
-        Work::Timer(_) => Commit::Never,
-    };
-    Some((
-        Ack {
-            record,
-            deliveries,
-            seq: 0,
-            commit,
-        },
-        effects.timers,
-    ))
+}
+
+/// Encodes the outputs, retried alone: a registry that is down must not run `process` (and
+/// its effects) again.
+async fn encode<S: Stateful>(
+    step: Step<'_, S>,
+    trace: &TraceContext,
+    outputs: &[Output],
+    tries: &mut Tries,
+) -> Result<Vec<Option<Bytes>>, Failure> {
+    if outputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    loop {
+        match encode_payloads(&step.core.codec, outputs).await {
+            Ok(payloads) => return Ok(payloads),
+            Err(e) => {
+                tries.failed();
+                match e.class() {
+                    ErrorClass::Transient => {
+                        tries.count += 1;
+                        retry_after(step, trace, tries, &e).await?;
+                    }
+                    class => return Err(Failure::Failed(class, e)),
+                }
+            }
+        }
+    }
+}
+
+/// Hands a record's outputs to the producer, each with the trace context of a child span and
+/// the record's correlation id unless it set its own.
+async fn send_outputs<S: Stateful>(
+    step: Step<'_, S>,
+    outputs: Vec<Output>,
+    payloads: Vec<Option<Bytes>>,
+    trace: TraceContext,
+    correlation_id: &str,
+    tally: &mut Tally,
+) -> Result<(), Failure> {
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let child = Bytes::copy_from_slice(&trace.child().header_bytes());
+    let correlation = Bytes::copy_from_slice(correlation_id.as_bytes());
+    let tag = step.outgoing.tag(step.index, false);
+    for mut out in encoded(outputs, payloads) {
+        if out.headers.get(TRACEPARENT).is_none() {
+            out.headers.push(TRACEPARENT, child.clone());
+        }
+        if out.headers.get(CORRELATION_ID).is_none() {
+            out.headers.push(CORRELATION_ID, correlation.clone());
+        }
+        let sent = send_output(
+            step.core,
+            step.record,
+            out,
+            true,
+            step.outgoing,
+            tag,
+            step.cancel,
+        )
+        .await;
+        match sent {
+            Ok(topic) => tally.output(topic),
+            Err((_, SendError::Abandoned)) => return Err(Failure::Stop),
+            Err((topic, SendError::Permanent(reason))) => {
+                // The output can't ever be produced (too large, say): the input is poison.
+                let reason = format!("producing to {topic} failed: {reason}");
+                return Err(Failure::Failed(
+                    ErrorClass::Poison,
+                    ProcessError::poison(reason),
+                ));
+            }
+            Err((topic, SendError::Fatal(reason) | SendError::Refused(reason))) => {
+                step.core
+                    .stop
+                    .fatal(format!("producing to {topic}: {reason}"));
+                return Err(Failure::Stop);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A record that failed for good: a fatal error stops the processor; anything else is
+/// dead-lettered. `None` when the partition must stop.
+async fn give_up<S: Stateful>(
+    step: Step<'_, S>,
+    context: (&TraceContext, &str),
+    work: &Work,
+    class: ErrorClass,
+    e: ProcessError,
+    tries: &Tries,
+    tally: &mut Tally,
+) -> Option<()> {
+    let (core, record) = (step.core, step.record);
+    if class == ErrorClass::Fatal {
+        core.stop.fatal(format!(
+            "{} at {}[{}]@{}: {}",
+            core.name,
+            record.position.topic,
+            record.position.partition,
+            record.position.offset,
+            e.chain()
+        ));
+        return None;
+    }
+    if let Work::Timer(timer) = work {
+        info!(key = ?timer.key, "a timer's handler failed for good: dead-lettering a record of the timer");
+    }
+    let tag = step.outgoing.tag(step.index, true);
+    let info = dead_letter(
+        core,
+        record,
+        context,
+        class,
+        &e.chain(),
+        tries,
+        step.outgoing,
+        tag,
+        step.cancel,
+    )
+    .await?;
+    tally.dead_letters.push((step.index, info));
+    Some(())
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the pass-through and router benchmarks (against raw rdkafka), the gateway
+# `make bench`: the pass-through and router benchmarks (against raw rdkafka and Kafka Streams), the gateway
 # benchmark, and the codec and rule-evaluation micro-benchmarks, on a fresh local stack. Figures are printed; README.md records them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -27,5 +27,11 @@ cargo bench -p eip-tests --bench gateway
 cargo bench -p eip-tests --bench projector -- --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench orders -- --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
 cargo bench -p eip-tests --bench saga -- --sagas "${EIP_BENCH_SAGAS:-2000}" --records "${EIP_BENCH_RECORDS:-100000}" --rounds "${EIP_BENCH_ROUNDS:-3}"
+# eip side by side with Kafka Streams 4.4: both run as processes of their own, over a million
+# records by default, so the JVM is warm.
+peer_env=$(bash deploy/local/stack.sh install-peer)
+while IFS= read -r assignment; do export "${assignment//\'/}"; done <<<"$peer_env"
+cargo build --release -p eip-passthrough -p eip-router --bins
+cargo bench -p eip-tests --bench peers -- --records "${EIP_BENCH_PEER_RECORDS:-1000000}" --rounds "${EIP_BENCH_PEER_ROUNDS:-2}"
 cargo bench -p eip-tests --bench latency
 cargo bench -p eip-tests --bench query

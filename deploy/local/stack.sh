@@ -157,6 +157,22 @@ install_cql() {
     maven_server cassandra "$HERE/cassandra" "$CASSANDRA_HOME" "cassandra.version=$CASSANDRA_VERSION"
 }
 
+install_peer() {
+    # The Kafka Streams peer of `make bench` (tests/benches/peers/kafka-streams): its jars from
+    # Maven Central, its source compiled with the JDK's javac. Prints the Java to run it with
+    # and its classpath, as shell assignments.
+    mkdir -p "$STATE/logs" "$TOOLS"
+    java_17
+    apt_install javac openjdk-17-jdk-headless
+    local home=$TOOLS/kafka-streams-peer src=$ROOT/tests/benches/peers/kafka-streams
+    maven_server kafka-streams-peer "$src" "$home" "peer.version=1"
+    rm -rf "$home/classes"
+    javac -d "$home/classes" -cp "$home/lib/*" "$src"/src/eip/peer/*.java >&2 \
+        || die "compiling the Kafka Streams peer failed"
+    echo "EIP_JAVA='$JAVA'"
+    echo "EIP_PEER_CLASSPATH='$home/classes:$home/lib/*'"
+}
+
 marker() {
     # marker <name>: a string only that component's command line holds, so a pid file left by a
     # reboot (its pid now another process's) is never taken for the component.
@@ -370,6 +386,7 @@ case "$cmd" in
     start-broker) apt_install python3 python3; java_17; start_broker ;;
     install-kafka) java_17; maven_server kafka "$HERE/kafka" "$KAFKA_HOME" "kafka.version=$KAFKA_VERSION" ;;
     install-cql) install_cql ;;
+    install-peer) install_peer ;;
     # The dashboard test drives the saga monitor's page in headless Chromium (Debian's).
     install-chromium) apt_install chromium chromium ;;
     start-cql) apt_install python3 python3; install_cql; start_cql ;;
@@ -382,5 +399,5 @@ case "$cmd" in
          echo "EIP_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT"
          echo "EIP_CQL_NODES=127.0.0.1:$CQL_PORT"
          echo "EIP_RIVVEN_BIN=$TOOLS/bin/rivven-schema" ;;
-    *) die "unknown command $cmd (install|start|stop|status|env|start-broker|stop-broker|start-cql|stop-cql|install-kafka|install-cql)" ;;
+    *) die "unknown command $cmd (install|start|stop|status|env|start-broker|stop-broker|start-cql|stop-cql|install-kafka|install-cql|install-peer)" ;;
 esac

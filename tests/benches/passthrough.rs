@@ -3,6 +3,7 @@
 //! ```text
 //! make bench            # starts the local stack, runs this, stops the stack
 //! cargo bench -p eip-tests --bench passthrough -- [--records N] [--rounds R] [--partitions P]
+//!     [--max-in-flight N] [--max-batch N] [--runtime-only | --raw-only]
 //! ```
 //!
 //! In one run it measures, on one input topic of framed `OrderPlaced` records:
@@ -44,6 +45,7 @@ async fn runtime_passthrough(
     output: &str,
     n: usize,
     max_in_flight: usize,
+    max_batch: Option<usize>,
 ) -> (f64, i64) {
     let group = unique("bench-rt");
     let mut cfg = config(
@@ -60,6 +62,9 @@ async fn runtime_passthrough(
     };
     quiet(&mut cfg);
     cfg.pipeline.max_in_flight = max_in_flight;
+    if let Some(b) = max_batch {
+        cfg.pipeline.max_batch = b;
+    }
     let first = Arc::new(OnceLock::new());
     let timed = Hooked {
         name: "passthrough",
@@ -126,6 +131,7 @@ async fn main() {
             a.records,
             a.max_in_flight
                 .unwrap_or(eip_runtime::config::PipelineConfig::default().max_in_flight),
+            a.has("--max-batch").then(|| a.usize("--max-batch", 500)),
         )
         .await;
         println!(

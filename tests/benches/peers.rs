@@ -16,7 +16,8 @@
 //!
 //! The configurations, each reading the same `N` framed `OrderPlaced` records from the start:
 //! 1. raw rdkafka consume → produce (in this process: the floor of client work);
-//! 2. `eip-passthrough` and the Kafka Streams pass-through: decode the framed Avro, validate
+//! 2. `eip-passthrough` (as shipped, with mimalloc, and built with the system allocator when
+//!    `EIP_PEER_SYSTEM_ALLOC` names that binary) and the Kafka Streams pass-through: decode the framed Avro, validate
 //!    it is an `OrderPlaced`, re-encode, produce (at-least-once, idempotent, `acks=all`);
 //!    Kafka Streams at its defaults, and again with eip's producer batching;
 //! 3. eip's `router` and the Kafka Streams router with the same 10-rule table.
@@ -186,6 +187,24 @@ fn configs(ep: &Endpoints, input: &str, dir: &tempfile::TempDir) -> Vec<Config> 
         env: passthrough_env(ep, input, &output, &unique("bench-peer-eip"), free_port()),
         output,
     });
+    if let Ok(program) = std::env::var("EIP_PEER_SYSTEM_ALLOC") {
+        // The same pass-through built with `--no-default-features`: the system allocator
+        // instead of mimalloc, so the allocator is measured in the same run.
+        let output = unique("bench-peer-eip-sys");
+        configs.push(Config {
+            name: "eip pass-through (system allocator)",
+            program: program.into(),
+            args: Vec::new(),
+            env: passthrough_env(
+                ep,
+                input,
+                &output,
+                &unique("bench-peer-eip-sys"),
+                free_port(),
+            ),
+            output,
+        });
+    }
     for (name, mode, batching) in [
         (
             "Kafka Streams pass-through (defaults)",
@@ -293,6 +312,7 @@ async fn main() {
         Some(med(f, runs.get(a)?) / med(f, runs.get(b)?))
     };
     for (eip, peer) in [
+        ("eip pass-through", "eip pass-through (system allocator)"),
         ("eip pass-through", "Kafka Streams pass-through (defaults)"),
         (
             "eip pass-through",

@@ -49,6 +49,12 @@ pub use processor::{
 };
 pub use stateful::{Effects, Flush, Opened, PartitionId, Stateful, Stateless, Timer, TimerChange};
 
+/// mimalloc as the global allocator, with the `mimalloc` feature: its thread-local heaps free
+/// a block allocated on another thread without a lock, which glibc's arenas can't.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pipeline::{Batches, ConsumerCtx, Core, InFlight, PollState, ProducerContext, Stop};
 
 /// A startup failure (a port in use, a missing topic, a client that could not be created):

@@ -16,7 +16,9 @@ pub const PRODUCED: &str = "eip_records_produced_total";
 pub const DLQ: &str = "eip_records_dlq_total";
 /// Retries of a record after a transient error.
 pub const RETRIED: &str = "eip_records_retried_total";
-/// Time from taking a record to having produced all its outputs (before acknowledgement).
+/// Time per record to handle a poll batch (decode, process, encode, hand the outputs to the
+/// producer; before acknowledgement, and with any wait for a record not yet due): the batch's
+/// time divided by its records, observed once per batch, so `_count` counts batches.
 pub const PROCESSING_SECONDS: &str = "eip_processing_seconds";
 /// Records consumed but not yet committed.
 pub const IN_FLIGHT: &str = "eip_records_in_flight";
@@ -146,7 +148,7 @@ impl Metrics {
         let processing = HistogramVec::new(
             HistogramOpts::new(
                 PROCESSING_SECONDS,
-                "Time from taking a record to having handed all its outputs to the producer.",
+                "Time per record to handle a batch (to handing its outputs to the producer), observed once per batch.",
             )
             .buckets(vec![
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,

@@ -152,7 +152,9 @@ impl<S: Stateful> Acker<S> {
     /// held back until all of it is done.
     async fn slow_path(&mut self, sealed: &mut Sealed, mut failed: Vec<Failed>) -> bool {
         failed.sort_by_key(|f| f.tag.record());
-        let mut poisoned: Vec<usize> = Vec::new();
+        // A record the worker dead-lettered already (an output refused at send time, after
+        // earlier ones were sent) is not dead-lettered again for those earlier outputs.
+        let mut poisoned: Vec<usize> = sealed.tally.dead_letters.iter().map(|(i, _)| *i).collect();
         for f in failed {
             let index = f.tag.record();
             let Some(source) = sealed.records.get(index) else {
@@ -164,7 +166,11 @@ impl<S: Stateful> Acker<S> {
             };
             if f.tag.dead_letter() {
                 let Some(info) = sealed.tally.dead_letter_failed(index) else {
-                    continue;
+                    self.core.stop.fatal(format!(
+                        "a dead letter of {}[{}] failed and its reason is not known",
+                        self.key.0, self.key.1
+                    ));
+                    return false;
                 };
                 if !settle_dead_letter(&self.core, &self.key, source, info, f, &self.cancel).await {
                     return false;

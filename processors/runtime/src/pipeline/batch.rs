@@ -83,10 +83,10 @@ impl Batch {
 
     /// The deliveries that failed, in the order they were reported.
     pub(super) fn take_failed(&self) -> Vec<Failed> {
-        self.failed
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
+        match self.failed.lock() {
+            Ok(mut f) => std::mem::take(&mut *f),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 }
 
@@ -137,10 +137,11 @@ impl Batches {
             let Some(batch) = table.get(slot) else {
                 return;
             };
-            if let Some(f) = failed
-                && let Ok(mut list) = batch.failed.lock()
-            {
-                list.push(f);
+            if let Some(f) = failed {
+                match batch.failed.lock() {
+                    Ok(mut list) => list.push(f),
+                    Err(poisoned) => poisoned.into_inner().push(f),
+                }
             }
             if batch.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                 Some(table.remove(slot))

@@ -25,7 +25,8 @@ use super::*;
 
 pub(super) enum SendError {
     Abandoned,
-    Permanent(String),
+    /// The producer refused the record for good (too large, say).
+    Permanent(RDKafkaErrorCode),
     /// The producer refused the record for now (its topic is not known to exist).
     Refused(String),
     Fatal(String),
@@ -153,7 +154,9 @@ pub(super) async fn send<S: Stateful>(
     if let Some(p) = &out.payload {
         record = record.payload(p);
     }
-    batch.expect();
+    // Taken back unless the producer took the record: on an error, or if this future is
+    // dropped while it waits for room (an abandoned partition), no report will come.
+    let expected = Expected::new(batch);
     let sent = loop {
         match core.producer.send(record) {
             Ok(()) => break Ok(()),
@@ -164,7 +167,7 @@ pub(super) async fn send<S: Stateful>(
                 }
             }
             Err((KafkaError::MessageProduction(code), _)) if record_is_unproducible(code) => {
-                break Err(SendError::Permanent(code.to_string()));
+                break Err(SendError::Permanent(code));
             }
             Err((KafkaError::MessageProduction(code), _))
                 if matches!(
@@ -179,10 +182,39 @@ pub(super) async fn send<S: Stateful>(
             Err((e, _)) => break Err(SendError::Fatal(e.to_string())),
         }
     };
-    if sent.is_err() {
-        batch.unexpect();
+    if sent.is_ok() {
+        expected.delivered();
     }
     sent
+}
+
+/// One delivery counted in a batch, taken back when dropped unless the producer took it.
+struct Expected<'a> {
+    batch: &'a Outgoing,
+    taken: bool,
+}
+
+impl<'a> Expected<'a> {
+    fn new(batch: &'a Outgoing) -> Expected<'a> {
+        batch.expect();
+        Expected {
+            batch,
+            taken: false,
+        }
+    }
+
+    /// The producer has it: its delivery report settles the count.
+    fn delivered(mut self) {
+        self.taken = true;
+    }
+}
+
+impl Drop for Expected<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.batch.unexpect();
+        }
+    }
 }
 
 /// How a delivery taken through the slow path ended.
@@ -209,7 +241,18 @@ async fn deliver_once<S: Stateful>(
     let topic = match send_output(core, source, out, redirectable, &batch, tag, cancel).await {
         Ok(topic) => topic,
         Err((_, SendError::Abandoned)) => return Err(None),
-        Err((to, SendError::Permanent(r) | SendError::Fatal(r) | SendError::Refused(r))) => {
+        Err((topic, SendError::Permanent(code))) => {
+            // Refused for good before it was sent: the same as a delivery refused for good.
+            return Err(Some(Failed {
+                tag,
+                error: KafkaError::MessageProduction(code),
+                topic,
+                key: None,
+                payload: None,
+                headers: Default::default(),
+            }));
+        }
+        Err((to, SendError::Fatal(r) | SendError::Refused(r))) => {
             core.stop.fatal(format!("sending to {to} again: {r}"));
             return Err(None);
         }
@@ -413,7 +456,7 @@ pub(super) async fn dead_letter<S: Stateful>(
     let sent = match send(core, batch, tag, &whole, cancel).await {
         Err(SendError::Permanent(refused)) => {
             info.reduced = true;
-            let reduced = reduced(core, record, &info, &refused);
+            let reduced = reduced(core, record, &info, &refused.to_string());
             send(core, batch, tag, &reduced, cancel).await
         }
         other => other,
@@ -421,7 +464,12 @@ pub(super) async fn dead_letter<S: Stateful>(
     match sent {
         Ok(()) => Some(info),
         Err(SendError::Abandoned) => None,
-        Err(SendError::Permanent(r)) | Err(SendError::Fatal(r)) | Err(SendError::Refused(r)) => {
+        Err(SendError::Permanent(code)) => {
+            core.stop
+                .fatal(format!("dead-lettering to {}: {code}", whole.topic));
+            None
+        }
+        Err(SendError::Fatal(r)) | Err(SendError::Refused(r)) => {
             core.stop
                 .fatal(format!("dead-lettering to {}: {r}", whole.topic));
             None

@@ -400,7 +400,8 @@ pub(super) struct Arena {
 
 impl Arena {
     /// How much room a new buffer starts with.
-    const CHUNK: usize = 256 * 1024;
+    /// Small, so a partition held back keeps little of the others' payloads alive with its own.
+    const CHUNK: usize = 64 * 1024;
 
     pub(super) fn new() -> Arena {
         Arena {

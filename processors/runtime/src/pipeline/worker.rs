@@ -268,7 +268,8 @@ impl<S: Stateful> Worker<S> {
     }
 
     /// Handles one poll batch of the partition and hands it to the acker; false when the
-    /// worker must stop. One span, one cancellation check and one metrics update per batch.
+    /// worker must stop. One span, one cancellation registration and one metrics update per
+    /// batch, unless the batch is cut (see [`Worker::handle_segment`]).
     async fn batch(&mut self, state: &mut S::State, records: Vec<Record>) -> bool {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return true;
@@ -284,37 +285,64 @@ impl<S: Stateful> Worker<S> {
         self.consumed.inc_by(n as u64);
         let started = Instant::now();
         let cancel = self.cancel.clone();
-        let handled =
-            unless_cancelled(&cancel, self.handle_batch(state, records).instrument(span)).await;
+        let mut rest = records;
+        let mut go_on = true;
+        while go_on && !rest.is_empty() {
+            let handled = unless_cancelled(
+                &cancel,
+                self.handle_segment(state, &mut rest)
+                    .instrument(span.clone()),
+            )
+            .await;
+            let Some((sealed, more)) = handled else {
+                return false;
+            };
+            go_on = more && self.hand_over(sealed);
+        }
         self.processing
             .observe(started.elapsed().as_secs_f64() / n as f64);
-        match handled {
-            Some(sealed) => self.hand_over(sealed),
-            None => false,
-        }
+        go_on
     }
 
-    /// Each record of a batch in offset order, under one [`Outgoing`] batch of deliveries.
-    async fn handle_batch(&mut self, state: &mut S::State, records: Vec<Record>) -> Option<Sealed> {
+    /// Handles records from the front of `rest` in offset order, under one [`Outgoing`] batch
+    /// of deliveries, and returns them sealed, with whether to go on. A segment ends early,
+    /// so what it handled is acknowledged and committed without waiting: before a record that
+    /// is not due yet (a retry topic's), and when the process halts (what was produced is
+    /// still seen through). `None` when nothing was handled and the worker must stop.
+    async fn handle_segment(
+        &mut self,
+        state: &mut S::State,
+        rest: &mut Vec<Record>,
+    ) -> Option<(Sealed, bool)> {
         let core = self.core.clone();
         let outgoing = core.batches.open();
         let mut tally = Tally::default();
-        for (index, record) in records.iter().enumerate() {
+        let mut go_on = true;
+        let mut index = 0;
+        while index < rest.len() {
             if core.stop.halt.is_cancelled() {
-                return None;
+                go_on = false;
+                break;
             }
+            let record = &rest[index];
             let offset = record.position.offset;
-            tally.counted += 1;
             if self.applied.is_some_and(|applied| offset <= applied) {
                 // The state already holds this record's effects (flushed before a crash or a
                 // handover, not yet committed): acknowledge it without handling it again.
+                tally.counted += 1;
                 tally.store = Some(offset);
+                index += 1;
                 continue;
             }
             if let Some(due) = core.processor.not_before(record) {
                 let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
-                if !wait.is_zero() && !self.wait(wait).await {
-                    return None;
+                if !wait.is_zero() {
+                    if index > 0 {
+                        break;
+                    }
+                    if !self.wait(wait).await {
+                        return None;
+                    }
                 }
             }
             let step = Step {
@@ -324,8 +352,13 @@ impl<S: Stateful> Worker<S> {
                 outgoing: &outgoing,
                 cancel: &self.cancel,
             };
-            let changes = handle(step, state, &Work::Record, &mut tally).await?;
+            let Some(changes) = handle(step, state, &Work::Record, &mut tally).await else {
+                // Fatal: what came before this record is still seen through and committed.
+                go_on = false;
+                break;
+            };
             self.apply(changes);
+            tally.counted += 1;
             if core.processor.stages_writes() {
                 self.pending += 1;
                 self.up_to = Some(offset);
@@ -333,13 +366,20 @@ impl<S: Stateful> Worker<S> {
             } else {
                 tally.store = Some(offset);
             }
+            index += 1;
         }
-        Some(Sealed {
+        if index == 0 {
+            return None;
+        }
+        let remaining = rest.split_off(index);
+        let records = std::mem::replace(rest, remaining);
+        let sealed = Sealed {
             batch: outgoing.seal(),
             records,
             tally,
             seq: 0,
-        })
+        };
+        Some((sealed, go_on))
     }
 
     /// Fires every timer that is due, each as a batch of its own; false when the worker must
@@ -846,7 +886,8 @@ async fn send_outputs<S: Stateful>(
         match sent {
             Ok(topic) => tally.output(topic),
             Err((_, SendError::Abandoned)) => return Err(Failure::Stop),
-            Err((topic, SendError::Permanent(reason))) => {
+            Err((topic, SendError::Permanent(code))) => {
+                let reason = code.to_string();
                 // The output can't ever be produced (too large, say): the input is poison.
                 let reason = format!("producing to {topic} failed: {reason}");
                 return Err(Failure::Failed(

@@ -31,6 +31,10 @@ cargo bench -p eip-tests --bench saga -- --sagas "${EIP_BENCH_SAGAS:-2000}" --re
 # records by default, so the JVM is warm.
 peer_env=$(bash deploy/local/stack.sh install-peer)
 while IFS= read -r assignment; do export "${assignment//\'/}"; done <<<"$peer_env"
+# The pass-through built with the system allocator too, to measure mimalloc in the same run.
+cargo build --release -p eip-passthrough --no-default-features
+cp target/release/eip-passthrough target/release/eip-passthrough-system-alloc
+export EIP_PEER_SYSTEM_ALLOC=$ROOT/target/release/eip-passthrough-system-alloc
 cargo build --release -p eip-passthrough -p eip-router --bins
 cargo bench -p eip-tests --bench peers -- --records "${EIP_BENCH_PEER_RECORDS:-1000000}" --rounds "${EIP_BENCH_PEER_ROUNDS:-2}"
 cargo bench -p eip-tests --bench latency

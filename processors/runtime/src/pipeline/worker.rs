@@ -297,7 +297,9 @@ impl<S: Stateful> Worker<S> {
             let Some((sealed, more)) = handled else {
                 return false;
             };
-            go_on = more && self.hand_over(sealed);
+            // Handed over even when the worker stops: what it produced is seen through.
+            let handed = self.hand_over(sealed);
+            go_on = more && handed;
         }
         self.processing
             .observe(started.elapsed().as_secs_f64() / n as f64);

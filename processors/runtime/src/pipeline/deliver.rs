@@ -20,7 +20,7 @@ use crate::trace::{CORRELATION_ID, TRACEPARENT, TraceContext};
 
 use super::batch::{Failed, Outgoing, Tag};
 use super::dead_letter::*;
-use super::worker::Tries;
+use super::record::Tries;
 use super::*;
 
 pub(super) enum SendError {

@@ -14,8 +14,9 @@
 //! ```
 //!
 //! One module per role: [`poll`] (the poll thread, batching, the in-flight budget, pausing,
-//! rebalance callbacks), [`worker`] (a partition's worker: decode, process, encode, hand to
-//! the producer), [`batch`] (a batch's deliveries and the producer's delivery callback),
+//! rebalance callbacks), [`worker`] (a partition's worker: its batches, timers and group
+//! commits), [`record`] (one record's steps: decode, process, encode, hand to the producer),
+//! [`batch`] (a batch's deliveries and the producer's delivery callback),
 //! [`ack`] (the acker, which settles batches in order and stores offsets), [`deliver`]
 //! (sending, and the slow path that sends again, redirects or dead-letters) and
 //! [`dead_letter`].
@@ -58,6 +59,7 @@ mod batch;
 mod dead_letter;
 mod deliver;
 mod poll;
+mod record;
 mod worker;
 
 pub(crate) use batch::{Batches, ProducerContext};
